@@ -1,0 +1,1 @@
+"""Certified robustness of ConvNODE classifiers."""

@@ -1,0 +1,174 @@
+"""Certificates of a whole ODE block as run: the continuous rate and the discrete solver's Lipschitz factor.
+
+Every result carries a status: `certified` means `factor` (and `rate`, when given) are proven bounds for the
+block as integrated; `not_certified` means no sound bound is available and the numbers are None.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from contraction.convops import centre_taps, conv_spectral_norm
+from contraction.errors import CNodeError
+from contraction.weights import (
+    check_slopes,
+    euler_factor_1,
+    euler_factor_2,
+    euler_factor_inf,
+    euler_perron_weights,
+    mu_1_bound,
+    mu_2_gershgorin_bound,
+    mu_inf_bound,
+    mu_inf_weighted_bound,
+    perron_weights,
+)
+
+__all__ = ["Certificate", "BlockSpec", "block_certificates", "best_certificate", "NORMS", "CERTIFIED", "NOT_CERTIFIED"]
+
+CERTIFIED = "certified"
+NOT_CERTIFIED = "not_certified"
+NORMS = ("inf", "inf_weighted", "1", "2", "2_P")
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A bound on the block: ||x_N - y_N|| <= factor ||x_0 - y_0|| in `norm`; mu(J) <= -rate in continuous time."""
+
+    method: str
+    norm: str
+    status: str
+    rate: float | None
+    factor: float | None
+    condition: str
+    step_factors: tuple[float, ...] = ()
+    weights: tuple[float, ...] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def certified(self) -> bool:
+        return self.status == CERTIFIED
+
+    @property
+    def contracting(self) -> bool:
+        """True when the certified discrete factor is below 1."""
+        return self.certified and self.factor is not None and self.factor < 1.0
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "norm": self.norm,
+            "status": self.status,
+            "rate": self.rate,
+            "factor": self.factor,
+            "condition": self.condition,
+            "step_factors": list(self.step_factors),
+            "weights": list(self.weights) if self.weights is not None else None,
+            **self.extra,
+        }
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """What a certificate needs of an ODE block: the kernel of each step, slopes, solver, step, padding, image size."""
+
+    kernels: tuple[torch.Tensor, ...]
+    a: float
+    b: float
+    h: float
+    solver: str
+    padding: str
+    height: int
+    width: int
+
+    def __post_init__(self) -> None:
+        check_slopes(self.a, self.b)
+        if not self.kernels:
+            raise CNodeError("a block needs at least one kernel")
+        if not (math.isfinite(self.h) and self.h > 0):
+            raise CNodeError(f"step size must be positive, got {self.h}")
+        for K in self.kernels:
+            if not bool(torch.isfinite(K).all()):
+                raise CNodeError("block has non-finite weights: nothing can be certified")
+
+    @property
+    def steps(self) -> int:
+        return len(self.kernels)
+
+
+def _euler(spec: BlockSpec, norm: str) -> Certificate:
+    Ks = [K.detach().to(torch.float64) for K in spec.kernels]
+    a, b, h = spec.a, spec.b, spec.h
+    weights = None
+    if norm == "inf":
+        mus = [float(mu_inf_bound(K, a, b)) for K in Ks]
+        steps = [float(euler_factor_inf(K, a, b, h)) for K in Ks]
+        method = "mu_inf row sums"
+    elif norm == "inf_weighted":
+        eta = euler_perron_weights(Ks, a, b, h)
+        eta_c = perron_weights(Ks)
+        mus = [float(mu_inf_weighted_bound(K, a, b, eta_c)) for K in Ks]
+        steps = [float(euler_factor_inf(K, a, b, h, eta)) for K in Ks]
+        weights = tuple(float(e) for e in eta / eta.min())
+        method = "optimal channel-weighted mu_inf (Perron)"
+    elif norm == "1":
+        mus = [float(mu_1_bound(K, a, b)) for K in Ks]
+        steps = [float(euler_factor_1(K, a, b, h)) for K in Ks]
+        method = "mu_1 column sums"
+    elif norm == "2":
+        mus = [float(mu_2_gershgorin_bound(K, a, b)) for K in Ks]
+        steps = []
+        for K in Ks:
+            snorm = conv_spectral_norm(K, spec.height, spec.width, spec.padding)
+            steps.append(float(euler_factor_2(K, a, b, h, snorm)))
+        method = "Gershgorin mu_2 + FFT spectral norm"
+    else:
+        raise CNodeError(f"norm must be one of ['inf', 'inf_weighted', '1', '2'] for weight bounds, got {norm!r}")
+    if norm in ("inf", "inf_weighted", "1"):
+        hbc = max(float(h * b * centre_taps(K).abs().max()) for K in Ks)
+        cond = (f"Euler h={h:g}; h*b*max|K_iic| = {hbc:.3g} " +
+                ("<= 1: factor = 1 + h*mu bound per step" if hbc <= 1 else "> 1: general |1+h d c| row form used"))
+    else:
+        cond = f"Euler h={h:g}; ||I+hJ||^2 <= 1 + 2h mu2 + h^2 b^2 ||T||^2 ({spec.padding} padding, torus FFT norm)"
+    factor = math.prod(steps)
+    return Certificate(
+        method=method,
+        norm=norm,
+        status=CERTIFIED,
+        rate=-max(mus),
+        factor=factor,
+        condition=cond + f"; slopes in [{a:g}, {b:g}]; {spec.steps} steps",
+        step_factors=tuple(steps),
+        weights=weights,
+    )
+
+
+def block_certificates(spec: BlockSpec, norms: Sequence[str] = ("inf", "inf_weighted", "1", "2")) -> list[Certificate]:
+    """Weight-only certificates of the block in each norm, for the solver actually run.
+
+    Euler: the per-step factors are proven bounds of ||I + h D T_k|| for every admissible D, their product
+    bounds the block. Other solvers: `not_certified` (no sound discrete bound implemented)."""
+    if spec.solver != "euler":
+        return [
+            Certificate(
+                method="weights",
+                norm=n,
+                status=NOT_CERTIFIED,
+                rate=None,
+                factor=None,
+                condition=f"solver {spec.solver!r}: no sound discrete-step bound; train with --solver euler",
+            )
+            for n in norms
+        ]
+    with torch.no_grad():
+        return [_euler(spec, n) for n in norms]
+
+
+def best_certificate(certs: Sequence[Certificate], norm_family: str) -> Certificate | None:
+    """The certified certificate with the smallest factor among those usable for `inf` or `2` inputs."""
+    family = {"inf": ("inf", "inf_weighted"), "2": ("2", "2_P")}[norm_family]
+    usable = [c for c in certs if c.certified and c.norm in family and c.factor is not None]
+    return min(usable, key=lambda c: c.factor) if usable else None

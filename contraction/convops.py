@@ -1,0 +1,161 @@
+"""Facts about a stride-1 'same' convolution T(K) read off its kernel, without building the matrix.
+
+Kernels are [C_out, C_in, k, k] with odd k; a dense layer W is the kernel W[:, :, None, None] on a 1x1 image.
+With zero padding, boundary pixels only lose terms, so channel-level sums bound every pixel's row/column.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from contraction.errors import CNodeError
+
+__all__ = [
+    "PADDINGS",
+    "as_kernel",
+    "check_kernel",
+    "apply_conv",
+    "apply_conv_adjoint",
+    "centre_taps",
+    "channel_abs_sums",
+    "offdiag_row_sums",
+    "offdiag_col_sums",
+    "pixel_row_sums",
+    "pixel_col_sums",
+    "conv_matrix",
+    "conv_spectral_norm",
+    "conv_inf_norm",
+]
+
+PADDINGS = ("zeros", "circular")
+
+
+def as_kernel(layer: nn.Module | torch.Tensor) -> torch.Tensor:
+    """The kernel of an nn.Conv2d, an nn.Linear (as [out, in, 1, 1]) or a kernel tensor itself."""
+    if isinstance(layer, nn.Conv2d):
+        if layer.stride != (1, 1) or layer.dilation != (1, 1) or layer.groups != 1:
+            raise CNodeError("only stride-1, undilated, ungrouped convolutions are supported")
+        return layer.weight
+    if isinstance(layer, nn.Linear):
+        return layer.weight[:, :, None, None]
+    if isinstance(layer, torch.Tensor):
+        return check_kernel(layer)
+    raise CNodeError(f"expected nn.Conv2d, nn.Linear or a kernel tensor, got {type(layer).__name__}")
+
+
+def layer_padding(layer: nn.Module | torch.Tensor) -> str:
+    """Padding mode of a conv layer ('zeros' for dense layers and bare kernels)."""
+    return layer.padding_mode if isinstance(layer, nn.Conv2d) else "zeros"
+
+
+def check_kernel(K: torch.Tensor, *, square: bool = False) -> torch.Tensor:
+    """Validate a kernel [C_out, C_in, k, k] with odd k (finite; C_out == C_in when `square`)."""
+    if not isinstance(K, torch.Tensor) or K.dim() != 4 or K.shape[2] != K.shape[3] or K.shape[2] % 2 != 1:
+        shape = tuple(K.shape) if isinstance(K, torch.Tensor) else type(K).__name__
+        raise CNodeError(f"expected a kernel [C_out, C_in, k, k] with odd k, got {shape}")
+    if square and K.shape[0] != K.shape[1]:
+        raise CNodeError(f"expected a square kernel (C_out == C_in), got {tuple(K.shape)}")
+    if not bool(torch.isfinite(K).all()):
+        raise CNodeError("kernel has non-finite entries")
+    return K
+
+
+def _check_padding(padding: str) -> None:
+    if padding not in PADDINGS:
+        raise CNodeError(f"padding must be one of {list(PADDINGS)}, got {padding!r}")
+
+
+def apply_conv(x: torch.Tensor, K: torch.Tensor, padding: str) -> torch.Tensor:
+    """T(K) x: same-size convolution (cross-correlation, as nn.Conv2d) with the given padding, no bias."""
+    _check_padding(padding)
+    p = K.shape[-1] // 2
+    if padding == "circular" and p > 0:
+        return F.conv2d(F.pad(x, (p, p, p, p), mode="circular"), K)
+    return F.conv2d(x, K, padding=p)
+
+
+def apply_conv_adjoint(y: torch.Tensor, K: torch.Tensor, padding: str) -> torch.Tensor:
+    """T(K)^T y, the adjoint of `apply_conv` (by a vector-Jacobian product, exact for both paddings)."""
+    x = torch.zeros(y.shape[0], K.shape[1], *y.shape[2:], dtype=y.dtype, device=y.device)
+    _, vjp = torch.func.vjp(lambda z: apply_conv(z, K, padding), x)
+    return vjp(y)[0]
+
+
+def centre_taps(K: torch.Tensor) -> torch.Tensor:
+    """Diagonal of T(K): the centre taps K[i, i, c, c], shape [C]."""
+    K = check_kernel(K, square=True)
+    c = K.shape[-1] // 2
+    return K[:, :, c, c].diagonal()
+
+
+def channel_abs_sums(K: torch.Tensor) -> torch.Tensor:
+    """Channel-level majorant M[i, j] = sum_{u,v} |K[i, j, u, v]|, shape [C_out, C_in]."""
+    return check_kernel(K).abs().sum(dim=(2, 3))
+
+
+def offdiag_row_sums(K: torch.Tensor) -> torch.Tensor:
+    """Largest off-diagonal absolute row sum of output channel i: sum |K[i]| - |K[i,i,c,c]| (interior pixels)."""
+    return channel_abs_sums(K).sum(1) - centre_taps(K).abs()
+
+
+def offdiag_col_sums(K: torch.Tensor) -> torch.Tensor:
+    """Largest off-diagonal absolute column sum of input channel j: sum |K[:, j]| - |K[j,j,c,c]|."""
+    return channel_abs_sums(K).sum(0) - centre_taps(K).abs()
+
+
+def pixel_row_sums(K: torch.Tensor, H: int, W: int, padding: str, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Absolute row sums of T(K) per output pixel, sum_q |T_pq| w_q, shape [C_out, H, W] (w = 1 by default)."""
+    ones = torch.ones(1, K.shape[1], H, W, dtype=K.dtype, device=K.device)
+    x = ones if weights is None else weights.reshape(1, -1, H, W)
+    return apply_conv(x, K.abs(), padding)[0]
+
+
+def pixel_col_sums(K: torch.Tensor, H: int, W: int, padding: str, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Absolute column sums of T(K) per input pixel, sum_p w_p |T_pq|, shape [C_in, H, W]."""
+    ones = torch.ones(1, K.shape[0], H, W, dtype=K.dtype, device=K.device)
+    y = ones if weights is None else weights.reshape(1, -1, H, W)
+    return apply_conv_adjoint(y, K.abs(), padding)[0]
+
+
+def conv_matrix(K: torch.Tensor, H: int, W: int, padding: str) -> torch.Tensor:
+    """The explicit matrix of T(K) on C_in x H x W inputs (channel-major flattening). Tests and small cases only."""
+    K = check_kernel(K)
+    n_in = K.shape[1] * H * W
+    if n_in * K.shape[0] * H * W > 50_000_000:
+        raise CNodeError(f"conv_matrix is for small cases; {K.shape[0] * H * W} x {n_in} is too large")
+    eye = torch.eye(n_in, dtype=K.dtype, device=K.device).reshape(n_in, K.shape[1], H, W)
+    return apply_conv(eye, K, padding).reshape(n_in, -1).T
+
+
+def conv_spectral_norm(K: torch.Tensor, H: int, W: int, padding: str) -> float:
+    """||T(K)||_2 by the 2-D DFT: exact for circular padding; for zero padding, the exact norm of the circular
+    conv on the (H+k-1) x (W+k-1) torus, which bounds it (zero padding = crop o torus conv o zero extension)."""
+    K = check_kernel(K).detach().to(torch.float64)
+    _check_padding(padding)
+    k = K.shape[-1]
+    if padding == "zeros":
+        H, W = H + k - 1, W + k - 1
+    return float(torch.linalg.matrix_norm(conv_symbols(K, H, W), ord=2).amax())
+
+
+def conv_symbols(K: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """Per-frequency C_out x C_in matrices of the circular conv T(K) on an H x W torus, shape [H, W, C_out, C_in].
+
+    T is unitarily block-diagonalised by the 2-D DFT; these blocks carry its spectrum (up to a common unitary)."""
+    k = K.shape[-1]
+    p = k // 2
+    # cross-correlation: y[p] = sum_u K[u] x[p + u - c]; place tap u at offset (u - c) mod H
+    ctype = torch.complex128 if K.dtype == torch.float64 else torch.complex64
+    taps = torch.zeros(K.shape[0], K.shape[1], H, W, dtype=ctype, device=K.device)
+    for u in range(k):
+        for v in range(k):
+            taps[:, :, (u - p) % H, (v - p) % W] += K[:, :, u, v]
+    sym = torch.fft.fft2(taps, dim=(-2, -1)).conj()  # y_hat(w) = sum_u K[u] e^{+i w u} x_hat(w)
+    return sym.permute(2, 3, 0, 1)
+
+
+def conv_inf_norm(K: torch.Tensor, H: int, W: int, padding: str) -> float:
+    """||T(K)||_inf: the largest absolute row sum over output pixels (exact, boundary included)."""
+    return float(pixel_row_sums(check_kernel(K).detach(), H, W, padding).amax())

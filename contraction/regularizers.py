@@ -1,0 +1,85 @@
+"""Contraction-promoting penalties (loss = CE + lambda * R) for slope-restricted conv or dense vector fields.
+
+They take layers (nn.Conv2d / nn.Linear / kernels) and states, not a particular model, so they work in any
+plain PyTorch loop on a field x' = sigma(layer(x)).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from contraction.convops import as_kernel, centre_taps, channel_abs_sums, layer_padding
+from contraction.errors import CNodeError
+from contraction.jacobian import mu_1_at, mu_2_estimate, mu_inf_at
+from contraction.slopes import Activation
+from contraction.weights import metzler_majorant
+
+__all__ = ["weight_hinge", "jacobian_hinge", "jacobian_log_norm"]
+
+
+def _check_rho(rho: float) -> None:
+    if not (isinstance(rho, (int, float)) and rho >= 0 and rho == rho and rho != float("inf")):
+        raise CNodeError(f"rho must be a finite number >= 0, got {rho!r}")
+
+
+def weight_hinge(
+    layers: Iterable[nn.Module | torch.Tensor], activation: Activation, *, rho: float, norm: str = "inf"
+) -> torch.Tensor:
+    """Weight penalty, zero iff every layer is certified to contract at rate rho for all states.
+
+    inf: sum_i relu(s_i + rho/a), s_i = K_iic + off-diagonal row sum (then mu_inf(D T) <= -rho, needs a > 0).
+    2 (the lab's conv form): sum_i relu(2 rho + 2 (a+b) K_iic + b (sum|K[i]| + sum|K[:, i]|)), a Gershgorin
+    argument on the symmetric part then gives mu_2(D T) <= -rho."""
+    _check_rho(rho)
+    a, b = activation.a, activation.b
+    terms = []
+    for layer in layers:
+        K = as_kernel(layer)
+        if norm == "inf":
+            if a <= 0:
+                raise CNodeError(f"the inf-norm weight hinge needs a lower slope a > 0 ({activation.name} has a = {a})")
+            terms.append(F.relu(metzler_majorant(K).sum(1) + rho / a).sum())
+        elif norm == "2":
+            M = channel_abs_sums(K)
+            terms.append(F.relu(2 * rho + 2 * (a + b) * centre_taps(K) + b * (M.sum(1) + M.sum(0))).sum())
+        else:
+            raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+    if not terms:
+        raise CNodeError("weight_hinge needs at least one layer")
+    return torch.stack(terms).sum()
+
+
+def _as_images(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x[:, :, None, None] if isinstance(layer, nn.Linear) else x
+
+
+def jacobian_log_norm(
+    layer: nn.Module, activation: Activation, x: torch.Tensor, *, norm: str = "2", iters: int = 5,
+    v0: torch.Tensor | None = None
+) -> torch.Tensor:
+    """mu(J(x)) per sample for x' = sigma(layer(x)): exact for inf and 1, power-iteration estimate for 2.
+
+    Differentiable in the layer's parameters (the state x is treated as data)."""
+    x = x.detach()
+    if norm in ("inf", "1"):
+        K = as_kernel(layer)
+        d = activation.deriv(layer(x))
+        d = _as_images(layer, d)
+        probe = mu_inf_at if norm == "inf" else mu_1_at
+        return probe(d, K, layer_padding(layer))
+    if norm == "2":
+        est, _ = mu_2_estimate(lambda z: activation(layer(z)), x, iters=iters, v0=v0, differentiable=True)
+        return est
+    raise CNodeError(f"norm must be 'inf', '1' or '2', got {norm!r}")
+
+
+def jacobian_hinge(
+    layer: nn.Module, activation: Activation, states: torch.Tensor, *, rho: float, norm: str = "2", iters: int = 5
+) -> torch.Tensor:
+    """mean over states of relu(mu(J(x_k)) + rho) for the field x' = sigma(layer(x))."""
+    _check_rho(rho)
+    return F.relu(jacobian_log_norm(layer, activation, states, norm=norm, iters=iters) + rho).mean()

@@ -1,0 +1,22 @@
+"""ConvNODE classifiers: configs, data, model, training and checkpoints."""
+
+from nodes.checkpoint import load_checkpoint, load_model, save_model
+from nodes.classifier import ConvNODE
+from nodes.config import ModelConfig, TrainConfig
+from nodes.data import ImageData, load_dataset, resolve_data_root
+from nodes.train import History, evaluate, train
+
+__all__ = [
+    "ConvNODE",
+    "ModelConfig",
+    "TrainConfig",
+    "ImageData",
+    "load_dataset",
+    "resolve_data_root",
+    "train",
+    "evaluate",
+    "History",
+    "save_model",
+    "load_model",
+    "load_checkpoint",
+]

@@ -1,0 +1,61 @@
+"""The ODE block: x' = sigma(K(t)*x + b(t)) on [0, T], integrated with torchdiffeq on a grid of `steps` intervals."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchdiffeq import odeint
+
+from contraction.certificates import BlockSpec
+
+from nodes.config import ModelConfig
+from nodes.field import ConvField, make_conv
+
+__all__ = ["ODEBlock"]
+
+
+class ODEBlock(nn.Module):
+    """Shared weights: one conv on [0, T]; otherwise conv k acts on [t_k, t_{k+1}], t_k = k T / steps.
+
+    Fixed-step solvers (euler, rk4) take exactly one step per interval, so euler runs x+ = x + h sigma(K_k x + b_k).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        act = config.act
+        self.fields = nn.ModuleList(
+            ConvField(make_conv(config.channels, config.channels, config.kernel_size, config.padding), act)
+            for _ in range(config.num_convs)
+        )
+
+    def field_at_step(self, k: int) -> ConvField:
+        """The vector field active on the k-th interval."""
+        return self.fields[0 if self.config.shared_weights else k]
+
+    def _odeint(self, field: ConvField, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if cfg.solver == "dopri5":
+            return odeint(field, x, t, method="dopri5", rtol=cfg.rtol, atol=cfg.atol)
+        return odeint(field, x, t, method=cfg.solver)
+
+    def trajectory(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """States at t_0, ..., t_steps (steps + 1 tensors shaped like x)."""
+        cfg = self.config
+        grid = torch.linspace(0.0, cfg.T, cfg.steps + 1, dtype=x.dtype, device=x.device)
+        if cfg.shared_weights:
+            return list(self._odeint(self.fields[0], x, grid).unbind(0))
+        states = [x]
+        for k, field in enumerate(self.fields):
+            states.append(self._odeint(field, states[-1], grid[k : k + 2])[-1])
+        return states
+
+    def spec(self) -> BlockSpec:
+        """The block as run, for certificates: one kernel per step, slopes, solver, step size, padding."""
+        cfg = self.config
+        act = cfg.act
+        kernels = tuple(self.field_at_step(k).conv.weight.detach() for k in range(cfg.steps))
+        return BlockSpec(kernels, act.a, act.b, cfg.h, cfg.solver, cfg.padding, cfg.image_size, cfg.image_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trajectory(x)[-1]

@@ -1,0 +1,101 @@
+"""Checkpoints as plain dicts of tensors and primitives: atomic writes, `weights_only=True` loads, clear errors."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from contraction.errors import CNodeError
+from nodes.classifier import ConvNODE
+from nodes.config import ModelConfig, TrainConfig
+
+__all__ = ["save_model", "load_model", "load_checkpoint", "FORMAT", "FORMAT_VERSION", "library_version"]
+
+FORMAT = "contractive-nodes/convnode"
+FORMAT_VERSION = 1
+
+
+def library_version() -> str:
+    """The installed distribution's version (or 'unknown' when run from a source tree)."""
+    try:
+        return metadata.version("contractive-nodes")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def save_model(
+    path: str | os.PathLike[str],
+    model: ConvNODE,
+    *,
+    train_config: TrainConfig | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write `model` with its configs and metrics to `path` atomically (temp file in the same folder + rename)."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": library_version(),
+        "model_config": model.config.to_dict(),
+        "train_config": train_config.to_dict() if train_config is not None else None,
+        "metrics": dict(metrics or {}),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate a checkpoint dict; any unreadable, truncated or foreign file raises CNodeError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CNodeError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt input
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CNodeError(f"{path}: not a readable checkpoint ({reason[:160]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CNodeError(f"{path}: not a contractive-nodes checkpoint")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CNodeError(
+            f"{path}: checkpoint format version {payload.get('format_version')!r} is not supported "
+            f"(this library reads version {FORMAT_VERSION})"
+        )
+    for key in ("model_config", "state_dict"):
+        if not isinstance(payload.get(key), dict):
+            raise CNodeError(f"{path}: checkpoint has no {key}")
+    return payload
+
+
+def load_model(path: str | os.PathLike[str]) -> ConvNODE:
+    """The classifier stored at `path`, in eval mode: input [B, 1, 28, 28] in [0, 1], output logits."""
+    payload = load_checkpoint(path)
+    try:
+        config = ModelConfig.from_dict(payload["model_config"])
+    except (CNodeError, TypeError) as exc:
+        raise CNodeError(f"{path}: invalid model config ({exc})") from None
+    model = ConvNODE(config)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CNodeError(f"{path}: weights do not match the model config ({first[:160]})") from None
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise CNodeError(f"{path}: checkpoint holds non-finite weights")
+    return model.eval()

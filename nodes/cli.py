@@ -1,0 +1,238 @@
+"""`cnode`: train, evaluate and demo ConvNODE classifiers from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from contraction.certificates import Certificate, block_certificates
+from contraction.errors import CNodeError
+from nodes.checkpoint import load_checkpoint, load_model, save_model
+from nodes.classifier import ConvNODE
+from nodes.config import DATASETS, PADDINGS, READOUTS, REGULARIZERS, SOLVERS, ModelConfig, TrainConfig
+from nodes.data import EMBEDDED_NOTE, ImageData, load_dataset
+from nodes.regularize import make_regularizer, negative_diagonal_init_
+from nodes.train import evaluate, train
+
+__all__ = ["main", "build_parser", "add_config_flags", "config_from_args", "run_cli"]
+
+_CHOICES: dict[str, Sequence[str]] = {
+    "padding": PADDINGS,
+    "solver": SOLVERS,
+    "readout": READOUTS,
+    "dataset": DATASETS,
+    "reg": REGULARIZERS,
+    "norm": ("inf", "2"),
+}
+_HELP = {
+    "channels": "channels of the ODE state",
+    "activation": "slope-restricted activation (smooth_leaky_relu, leaky_relu, tanh)",
+    "slope": "lower slope a of the leaky activations",
+    "padding": "padding of every convolution",
+    "solver": "torchdiffeq solver of the ODE block",
+    "T": "integration horizon",
+    "steps": "solver steps (one conv per step unless --shared-weights)",
+    "shared_weights": "one convolution shared by all steps",
+    "readout": "linear on the flattened state, or on the pixel average",
+    "dataset": "training and test data",
+    "epochs": "training epochs",
+    "lr": "Adam learning rate",
+    "lr_decay": "learning-rate factor per epoch",
+    "train_limit": "use the first N training images (0: all)",
+    "reg": "contraction regularizer",
+    "rho": "target contraction rate of the regularizer",
+    "reg_weight": "weight lambda of the regularizer in the loss",
+    "norm": "norm of the regularizer",
+    "neg_init": "initialise the block's centre taps to a negative diagonal",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-").lower()
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of a config dataclass, defaulting to the dataclass default."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kwargs: dict[str, Any] = {"dest": f.name, "default": f.default, "help": _HELP.get(f.name, f.name)}
+        if isinstance(f.default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = type(f.default)
+            if f.name in _CHOICES:
+                kwargs["choices"] = list(_CHOICES[f.name])
+        kwargs["help"] += " (default: %(default)s)"
+        parser.add_argument(_flag(f.name), **kwargs)
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """Build a validated config dataclass from parsed flags."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", default=None, help="folder holding MNIST/raw, FashionMNIST/raw "
+                        "(default: $CNODE_DATA, else ./data)")
+    parser.add_argument("--download", action="store_true", help="download the dataset into the data root if missing")
+
+
+def _log_data(data: ImageData) -> None:
+    if data.name == "mnist-mini":
+        print(f"using the {EMBEDDED_NOTE}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    model_cfg: ModelConfig = config_from_args(ModelConfig, args)
+    train_cfg: TrainConfig = config_from_args(TrainConfig, args)
+    train_data = load_dataset(train_cfg.dataset, "train", data_root=args.data_root, download=args.download,
+                              limit=train_cfg.train_limit or None)
+    test_data = load_dataset(train_cfg.dataset, "test", data_root=args.data_root, download=args.download,
+                             limit=args.test_limit or None)
+    _log_data(train_data)
+    model, history = fit(model_cfg, train_cfg, train_data, test_data, progress=not args.quiet)
+    metrics = {
+        "test_accuracy": history.test_accuracy[-1] if history.test_accuracy else None,
+        "test_accuracy_per_epoch": history.test_accuracy,
+        "train_loss_per_epoch": history.train_loss,
+        "seconds_per_epoch": history.epoch_seconds,
+        "test_images": len(test_data),
+    }
+    save_model(args.out, model, train_config=train_cfg, metrics=metrics)
+    print(f"saved {args.out}")
+    return 0
+
+
+def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, train_data: ImageData, test_data: ImageData | None,
+        *, progress: bool = True) -> tuple[ConvNODE, Any]:
+    """Build a model from its config and train it (with the configured regularizer)."""
+    torch.manual_seed(train_cfg.seed)
+    model = ConvNODE(model_cfg)
+    if train_cfg.neg_init:
+        negative_diagonal_init_(model)
+    regularizer = make_regularizer(train_cfg, seed=train_cfg.seed)
+    if regularizer is None and train_cfg.reg == "none" and train_cfg.reg_weight > 0:
+        raise CNodeError("--reg-weight given without --reg {jacobian,weight}")
+    history = train(model, train_data, train_cfg, test_data=test_data, regularizer=regularizer, progress=progress,
+                    on_epoch=_print_epoch)
+    return model, history
+
+
+def _print_epoch(epoch: int, history: Any) -> None:
+    acc = f"{history.test_accuracy[-1]:.4f}" if history.test_accuracy else "-"
+    print(f"epoch {epoch + 1}: loss {history.train_loss[-1]:.4f}, reg {history.reg_value[-1]:.4f}, "
+          f"test accuracy {acc} ({history.epoch_seconds[-1]:.1f} s)", flush=True)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    model = load_model(args.model)
+    payload = load_checkpoint(args.model)
+    dataset = args.dataset or (payload.get("train_config") or {}).get("dataset", "mnist")
+    data = load_dataset(dataset, "test", data_root=args.data_root, download=args.download, limit=args.limit or None)
+    _log_data(data)
+    acc = evaluate(model, data, progress=not args.quiet)
+    certs = block_certificates(model.block.spec())
+    report = {"model": str(args.model), "dataset": dataset, "n": len(data), "clean_accuracy": acc,
+              "block_certificates": [c.to_dict() for c in certs]}
+    print(f"{args.model}: {dataset} test accuracy {acc:.4f} on {len(data)} images")
+    print(format_certificates(certs))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def format_certificates(certs: Sequence[Certificate]) -> str:
+    """A small table of the ODE block's certificates: norm, status, continuous rate, discrete factor, method."""
+    lines = ["certified contraction of the ODE block (weight bounds, valid at every state):",
+             f"  {'norm':<13}{'status':<15}{'rate':>10}{'factor':>12}  method"]
+    for c in certs:
+        rate = f"{c.rate:.4g}" if c.rate is not None else "-"
+        factor = f"{c.factor:.4g}" if c.factor is not None else "-"
+        lines.append(f"  {c.norm:<13}{c.status:<15}{rate:>10}{factor:>12}  {c.method}")
+    if certs and not certs[0].certified:
+        lines.append(f"  ({certs[0].condition})")
+    return "\n".join(lines)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from nodes.data import resolve_data_root
+
+    root = resolve_data_root(args.data_root)
+    dataset = "mnist" if (root / "MNIST" / "raw").is_dir() else "mnist-mini"
+    limit = 10_000 if dataset == "mnist" else 0
+    train_cfg = TrainConfig(dataset=dataset, epochs=args.epochs, train_limit=limit, seed=args.seed)
+    model_cfg = ModelConfig()
+    train_data = load_dataset(dataset, "train", data_root=root, limit=limit or None)
+    test_data = load_dataset(dataset, "test", data_root=root, limit=1000)
+    if dataset == "mnist":
+        print(f"using MNIST from {train_data.source} (first {limit} training, first 1000 test images)")
+    _log_data(train_data)
+    model, history = fit(model_cfg, train_cfg, train_data, test_data, progress=not args.quiet)
+    save_model(args.out, model, train_config=train_cfg,
+               metrics={"test_accuracy": history.test_accuracy[-1] if history.test_accuracy else None})
+    print(f"trained {sum(history.epoch_seconds):.0f} s; test accuracy {history.test_accuracy[-1]:.4f}; saved {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cnode", description="Train and evaluate contractive ConvNODE classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a ConvNODE classifier", description="Train a ConvNODE classifier.")
+    add_config_flags(p, ModelConfig, skip=("in_channels", "image_size", "num_classes"))
+    add_config_flags(p, TrainConfig)
+    _add_data_flags(p)
+    p.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images (0: all)")
+    p.add_argument("--out", required=True, help="checkpoint path to write")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="clean test accuracy of a checkpoint", description="Evaluate a checkpoint.")
+    p.add_argument("model", help="checkpoint written by `cnode train`")
+    p.add_argument("--dataset", choices=list(DATASETS), default=None, help="default: the checkpoint's dataset")
+    _add_data_flags(p)
+    p.add_argument("--limit", type=int, default=0, help="first N test images (0: all)")
+    p.add_argument("--json", default=None, help="write the report as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="train a small model and evaluate it (the README's main job)",
+                       description="Train a small ConvNODE on MNIST (or the embedded subset) and evaluate it.")
+    _add_data_flags(p)
+    p.add_argument("--epochs", type=int, default=2, help="training epochs (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--out", default="runs/demo.pt", help="checkpoint path (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse and dispatch; a CNodeError becomes one line on stderr and exit code 2."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except CNodeError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

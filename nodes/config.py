@@ -1,0 +1,143 @@
+"""Typed, validated configuration of a ConvNODE classifier and of its training run."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from contraction.errors import CNodeError
+from contraction.slopes import ACTIVATIONS, Activation, get_activation
+
+__all__ = ["ModelConfig", "TrainConfig", "PADDINGS", "SOLVERS", "READOUTS", "DATASETS", "REGULARIZERS"]
+
+PADDINGS = ("zeros", "circular")
+SOLVERS = ("euler", "rk4", "dopri5")
+READOUTS = ("linear", "avgpool")
+DATASETS = ("mnist", "fashion-mnist", "mnist-mini")
+REGULARIZERS = ("none", "jacobian", "weight")
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        span = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise CNodeError(f"{name} must be an integer {span}, got {value!r}")
+
+
+def _check_float(name: str, value: Any, low: float, *, strict: bool = True, high: float | None = None) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if strict else value >= low) and (high is None or value <= high)
+    if not ok:
+        span = (">" if strict else ">=") + f" {low}" + ("" if high is None else f" and <= {high}")
+        raise CNodeError(f"{name} must be a finite number {span}, got {value!r}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise CNodeError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+class _Config:
+    """Shared helpers: plain-dict round trip for checkpoints."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):  # type: ignore[no-untyped-def]
+        if not isinstance(data, dict):
+            raise CNodeError(f"{cls.__name__} must be a dict, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CNodeError(f"{cls.__name__}: unknown fields {unknown}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Config):
+    """ConvNODE: u -> sigma(conv0 u) -> ODE block x' = sigma(K(t)*x + b(t)) on [0, T] -> readout."""
+
+    channels: int = 8
+    activation: str = "smooth_leaky_relu"
+    slope: float = 0.1
+    padding: str = "zeros"
+    solver: str = "euler"
+    T: float = 1.0
+    steps: int = 10
+    shared_weights: bool = False
+    readout: str = "linear"
+    kernel_size: int = 3
+    in_channels: int = 1
+    image_size: int = 28
+    num_classes: int = 10
+    rtol: float = 1e-3
+    atol: float = 1e-4
+
+    def __post_init__(self) -> None:
+        _check_int("channels", self.channels, 1, 512)
+        _check_choice("activation", self.activation, tuple(ACTIVATIONS))
+        _check_float("slope", self.slope, 0.0, high=0.999)
+        _check_choice("padding", self.padding, PADDINGS)
+        _check_choice("solver", self.solver, SOLVERS)
+        _check_float("T", self.T, 0.0)
+        _check_int("steps", self.steps, 1, 10_000)
+        if not isinstance(self.shared_weights, bool):
+            raise CNodeError(f"shared_weights must be a bool, got {self.shared_weights!r}")
+        _check_choice("readout", self.readout, READOUTS)
+        _check_int("kernel_size", self.kernel_size, 1, 15)
+        if self.kernel_size % 2 == 0:
+            raise CNodeError(f"kernel_size must be odd (a centre tap is needed), got {self.kernel_size}")
+        _check_int("in_channels", self.in_channels, 1, 16)
+        _check_int("image_size", self.image_size, 1, 1024)
+        _check_int("num_classes", self.num_classes, 2, 100_000)
+        _check_float("rtol", self.rtol, 0.0)
+        _check_float("atol", self.atol, 0.0)
+
+    @property
+    def h(self) -> float:
+        """Step size T / steps of the fixed-step solvers (the output grid of dopri5)."""
+        return self.T / self.steps
+
+    @property
+    def act(self) -> Activation:
+        """The activation with its slope interval [a, b]."""
+        return get_activation(self.activation, self.slope)
+
+    @property
+    def num_convs(self) -> int:
+        """Number of distinct convolutions in the ODE block."""
+        return 1 if self.shared_weights else self.steps
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Config):
+    """Adam with a step-decayed learning rate, optional contraction regularizer."""
+
+    dataset: str = "mnist"
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1e-2
+    lr_decay: float = 0.7
+    seed: int = 0
+    train_limit: int = 0
+    reg: str = "none"
+    rho: float = 0.0
+    reg_weight: float = 0.0
+    norm: str = "inf"
+    neg_init: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("dataset", self.dataset, DATASETS)
+        _check_int("epochs", self.epochs, 0, 10_000)
+        _check_int("batch_size", self.batch_size, 1, 1_000_000)
+        _check_float("lr", self.lr, 0.0)
+        _check_float("lr_decay", self.lr_decay, 0.0, high=1.0)
+        _check_int("seed", self.seed, 0)
+        _check_int("train_limit", self.train_limit, 0)
+        _check_choice("reg", self.reg, REGULARIZERS)
+        _check_float("rho", self.rho, 0.0, strict=False)
+        _check_float("reg_weight", self.reg_weight, 0.0, strict=False)
+        _check_choice("norm", self.norm, ("inf", "2"))
+        if not isinstance(self.neg_init, bool):
+            raise CNodeError(f"neg_init must be a bool, got {self.neg_init!r}")
