@@ -71,8 +71,11 @@ def apply_conv(x: torch.Tensor, K: torch.Tensor, padding: str) -> torch.Tensor:
     """T(K) x: same-size convolution (cross-correlation, as nn.Conv2d) with the given padding, no bias."""
     _check_padding(padding)
     p = K.shape[-1] // 2
-    if padding == "circular" and p > 0:
-        return F.conv2d(F.pad(x, (p, p, p, p), mode="circular"), K)
+    if padding == "circular" and p > 0:  # index wrapping: also valid when taps wrap more than once
+        H, W = x.shape[-2:]
+        rows = torch.arange(-p, H + p, device=x.device) % H
+        cols = torch.arange(-p, W + p, device=x.device) % W
+        return F.conv2d(x[..., rows, :][..., cols], K)
     return F.conv2d(x, K, padding=p)
 
 
@@ -123,7 +126,7 @@ def conv_matrix(K: torch.Tensor, H: int, W: int, padding: str) -> torch.Tensor:
     """The explicit matrix of T(K) on C_in x H x W inputs (channel-major flattening). Tests and small cases only."""
     K = check_kernel(K)
     n_in = K.shape[1] * H * W
-    if n_in * K.shape[0] * H * W > 50_000_000:
+    if n_in * K.shape[0] * H * W > 20_000_000:
         raise CNodeError(f"conv_matrix is for small cases; {K.shape[0] * H * W} x {n_in} is too large")
     eye = torch.eye(n_in, dtype=K.dtype, device=K.device).reshape(n_in, K.shape[1], H, W)
     return apply_conv(eye, K, padding).reshape(n_in, -1).T

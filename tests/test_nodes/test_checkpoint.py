@@ -1,0 +1,76 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from contraction.errors import CNodeError
+from nodes import ConvNODE, ModelConfig, TrainConfig, load_checkpoint, load_model, save_model
+from nodes.checkpoint import FORMAT, FORMAT_VERSION
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    model = ConvNODE(ModelConfig(channels=2, steps=2, image_size=8, padding="circular"))
+    path = save_model(tmp_path / "m.pt", model, train_config=TrainConfig(epochs=1), metrics={"test_accuracy": 0.5})
+    return model, path
+
+
+def test_round_trip_gives_identical_logits_and_eval_mode(saved):
+    model, path = saved
+    u = torch.rand(3, 1, 8, 8)
+    loaded = load_model(path)
+    assert not loaded.training
+    assert loaded.config == model.config
+    torch.testing.assert_close(loaded(u), model.eval()(u), rtol=0, atol=0)
+    payload = torch.load(path, weights_only=True)  # plain data, no pickled classes
+    assert payload["format"] == FORMAT and payload["format_version"] == FORMAT_VERSION
+    assert payload["train_config"]["epochs"] == 1 and payload["metrics"]["test_accuracy"] == 0.5
+    assert not [p for p in os.listdir(path.parent) if p.endswith(".tmp")]
+
+
+class Boom:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def _bad_files(tmp_path, good):
+    data = good.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.pt").write_bytes(b"\x00\x01not a checkpoint" * 50)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    payload = torch.load(good, weights_only=True)
+    torch.save({**payload, "format_version": 99}, tmp_path / "future.pt")
+    bad_cfg = {**payload, "model_config": {**payload["model_config"], "channels": -1}}
+    torch.save(bad_cfg, tmp_path / "badconfig.pt")
+    sd = dict(payload["state_dict"])
+    sd.pop(next(iter(sd)))
+    torch.save({**payload, "state_dict": sd}, tmp_path / "missingkey.pt")
+    nan_sd = {k: torch.full_like(v, float("nan")) for k, v in payload["state_dict"].items()}
+    torch.save({**payload, "state_dict": nan_sd}, tmp_path / "nan.pt")
+    with open(tmp_path / "evil.pt", "wb") as fh:
+        pickle.dump(Boom(), fh)
+    torch.save({"x": Boom()}, tmp_path / "evil_torch.pt")
+    return ["truncated", "garbage", "empty", "foreign", "tensor", "future", "badconfig", "missingkey", "nan",
+            "evil", "evil_torch", "missing"]
+
+
+def test_bad_checkpoints_give_one_line_errors_naming_the_file(saved, tmp_path, monkeypatch):
+    _, good = saved
+    monkeypatch.chdir(tmp_path)
+    for name in _bad_files(tmp_path, good):
+        path = tmp_path / f"{name}.pt"
+        with pytest.raises(CNodeError) as info:
+            load_model(path)
+        message = str(info.value)
+        assert str(path) in message and "\n" not in message, (name, message)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_load_checkpoint_returns_metadata(saved):
+    _, path = saved
+    payload = load_checkpoint(path)
+    assert payload["model_config"]["padding"] == "circular"
