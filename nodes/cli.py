@@ -21,7 +21,7 @@ from nodes.data import EMBEDDED_NOTE, ImageData, load_dataset
 from nodes.regularize import make_regularizer, negative_diagonal_init_
 from nodes.train import evaluate, train
 
-__all__ = ["main", "build_parser", "add_config_flags", "config_from_args", "run_cli"]
+__all__ = ["main", "build_parser", "OneLineParser", "add_config_flags", "config_from_args", "run_cli"]
 
 _CHOICES: dict[str, Sequence[str]] = {
     "padding": PADDINGS,
@@ -52,6 +52,13 @@ _HELP = {
     "norm": "norm of the regularizer",
     "neg_init": "initialise the block's centre taps to a negative diagonal",
 }
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with usage errors as one line on stderr and exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _flag(name: str) -> str:
@@ -183,8 +190,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cnode", description="Train and evaluate contractive ConvNODE classifiers.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="cnode", description="Train and evaluate contractive ConvNODE classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     p = sub.add_parser("train", help="train a ConvNODE classifier", description="Train a ConvNODE classifier.")
     add_config_flags(p, ModelConfig, skip=("in_channels", "image_size", "num_classes"))

@@ -1,0 +1,46 @@
+"""Certified radii from margins and pairwise Lipschitz constants: r = min_{j != y} (z_y - z_j - slack) / L_yj."""
+
+from __future__ import annotations
+
+import torch
+
+from contraction.errors import CNodeError
+
+__all__ = ["certified_radii", "certified_accuracy", "roundoff_slack"]
+
+
+def roundoff_slack(logits: torch.Tensor, rel: float = 1e-4) -> torch.Tensor:
+    """Slack subtracted from each margin for float32 evaluation: 4 tau, tau = rel * (1 + max|z|).
+
+    tau bounds the error of one float32 logit; a margin is a difference of two logits, evaluated once at u and
+    once at u' in the ball. `rel` must exceed the measured float32 error (certify.run checks it in float64)."""
+    return 4 * rel * (1 + logits.detach().to(torch.float64).abs().amax(1))
+
+
+def certified_radii(
+    logits: torch.Tensor, labels: torch.Tensor, constants: torch.Tensor, slack: torch.Tensor | float = 0.0
+) -> torch.Tensor:
+    """Radius per input: min_{j != y} (z_y - z_j - slack) / L_yj, and 0 if misclassified, tied or within slack.
+
+    Shapes: logits [B, K], labels [B], constants [K, K] (L_yj > 0 off the diagonal), slack scalar or [B]."""
+    if logits.dim() != 2 or labels.shape != logits.shape[:1] or constants.shape != (logits.shape[1],) * 2:
+        raise CNodeError(f"shape mismatch: logits {tuple(logits.shape)}, labels {tuple(labels.shape)}, "
+                         f"constants {tuple(constants.shape)}")
+    z = logits.to(torch.float64)
+    K = z.shape[1]
+    slack_t = torch.as_tensor(slack, dtype=torch.float64).expand(z.shape[0])
+    margins = z.gather(1, labels[:, None]) - z - slack_t[:, None]  # [B, K]
+    L = constants.to(torch.float64)[labels]  # [B, K]
+    other = torch.ones_like(margins, dtype=torch.bool)
+    other[torch.arange(z.shape[0]), labels] = False
+    ratio = torch.where(L > 0, margins / L.clamp_min(1e-300), torch.where(margins > 0, torch.inf, 0.0))
+    ratio = torch.where(other, ratio, torch.inf)
+    radius = ratio.amin(1) if K > 1 else torch.full((z.shape[0],), torch.inf, dtype=torch.float64)
+    return radius.clamp_min(0.0)
+
+
+def certified_accuracy(radii: torch.Tensor, eps: float) -> float:
+    """Share of inputs whose certified radius is strictly larger than eps."""
+    if radii.numel() == 0:
+        return 0.0
+    return float((radii > eps).double().mean())

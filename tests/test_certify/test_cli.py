@@ -1,0 +1,90 @@
+"""The command lines: bad inputs give one line on stderr and exit 2; the JSON report's schema; the README demo."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from certify.cli import main as certify_main
+from nodes.cli import main as cnode_main
+
+
+def _run(main, argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        sys.exit(main(argv))
+    out, err = capsys.readouterr()
+    return info.value.code, out, err
+
+
+def test_certify_json_schema(tiny_trained, tmp_path, capsys):
+    _, path = tiny_trained
+    out_json = tmp_path / "r.json"
+    code, out, err = _run(certify_main, [str(path), "--eps", "0.001", "--limit", "50", "--json", str(out_json),
+                                         "--quiet", "--attack-check"], capsys)
+    assert code == 0, err
+    report = json.loads(out_json.read_text())
+    for key in ("dataset", "norm", "eps", "n", "clean_accuracy", "certified_accuracy", "bound", "timing", "samples"):
+        assert key in report
+    assert report["dataset"] == "mnist-mini" and report["norm"] == "inf" and report["n"] == 50
+    for key in ("method", "norm", "rate", "factor", "embedding_lipschitz", "network_lipschitz_pairwise_max"):
+        assert key in report["bound"]
+    s = report["samples"]
+    assert [x["index"] for x in s] == list(range(50))
+    assert all(set(x) == {"index", "label", "prediction", "radius", "certified"} for x in s)
+    assert report["certified_accuracy"] == pytest.approx(sum(x["certified"] for x in s) / 50)
+    assert all(x["certified"] == (x["radius"] > 0.001) for x in s)
+    assert report["attack_check"]["broken"] == 0
+    assert "certified accuracy" in out
+
+
+def test_bad_inputs_give_one_line_and_exit_2(tiny_trained, tmp_path, capsys):
+    _, path = tiny_trained
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"garbage" * 10)
+    nan_model = tmp_path / "nan.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"] = {k: v * float("nan") for k, v in payload["state_dict"].items()}
+    torch.save(payload, nan_model)
+    rk4 = tmp_path / "rk4.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["model_config"]["solver"] = "rk4"
+    torch.save(payload, rk4)
+    cases = [
+        (certify_main, [str(tmp_path / "missing.pt"), "--eps", "0.1"], "not found"),
+        (certify_main, [str(corrupt), "--eps", "0.1"], "not a readable checkpoint"),
+        (certify_main, [str(nan_model), "--eps", "0.1"], "non-finite"),
+        (certify_main, [str(rk4), "--eps", "0.1", "--dataset", "mnist-mini"], "no sound"),
+        (certify_main, [str(path), "--eps", "0"], "eps"),
+        (certify_main, [str(path), "--eps", "-0.1"], "eps"),
+        (certify_main, [str(path), "--eps", "nan"], "eps"),
+        (certify_main, [str(path), "--eps", "abc"], "eps"),
+        (certify_main, [str(path), "--eps", "0.1", "--norm", "1"], "norm"),
+        (certify_main, [str(path)], "--eps"),
+        (certify_main, [str(path), "--eps", "0.1", "--dataset", "mnist", "--data-root", str(tmp_path)], "not found"),
+        (cnode_main, ["train", "--epochs", "1"], "--out"),
+        (cnode_main, ["train", "--out", "x.pt", "--channels", "0", "--dataset", "mnist-mini"], "channels"),
+        (cnode_main, ["train", "--out", "x.pt", "--padding", "reflect"], "padding"),
+        (cnode_main, ["evaluate", str(corrupt)], "not a readable checkpoint"),
+        (cnode_main, ["frobnicate"], "invalid choice"),
+    ]
+    for main, argv, fragment in cases:
+        code, _, err = _run(main, argv, capsys)
+        assert code == 2, (argv, err)
+        assert fragment in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
+
+
+def test_evaluate_prints_accuracy_and_block_certificates(tiny_trained, capsys):
+    _, path = tiny_trained
+    code, out, err = _run(cnode_main, ["evaluate", str(path), "--limit", "100", "--quiet"], capsys)
+    assert code == 0, err
+    assert "test accuracy" in out and "inf_weighted" in out and "certified" in out
+
+
+def test_help_everywhere():
+    for args in (["cnode", "--help"], ["cnode", "train", "--help"], ["cnode", "evaluate", "--help"],
+                 ["cnode", "demo", "--help"], ["certify", "--help"]):
+        module = "nodes.cli" if args[0] == "cnode" else "certify"
+        proc = subprocess.run([sys.executable, "-m", module, *args[1:]], capture_output=True, text=True)
+        assert proc.returncode == 0 and "usage" in proc.stdout, (args, proc.stderr)
