@@ -1,1 +1,23 @@
-"""Certified robustness of ConvNODE classifiers."""
+"""Certified robustness of ConvNODE classifiers: Lipschitz bounds, radii, attacks, noise."""
+
+from certify.attacks import fgsm, pgd, square
+from certify.lipschitz import NetworkBound, best_network_bound, network_bounds
+from certify.noise import gaussian_noise, salt_and_pepper
+from certify.radius import certified_accuracy, certified_radii
+from certify.run import CertifyReport, attack_check, certify_model
+
+__all__ = [
+    "certify_model",
+    "attack_check",
+    "CertifyReport",
+    "NetworkBound",
+    "network_bounds",
+    "best_network_bound",
+    "certified_radii",
+    "certified_accuracy",
+    "pgd",
+    "fgsm",
+    "square",
+    "gaussian_noise",
+    "salt_and_pepper",
+]

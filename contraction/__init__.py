@@ -1,6 +1,31 @@
-"""Contraction analysis of slope-restricted ConvNODE vector fields."""
+"""Contraction analysis of slope-restricted ConvNODE vector fields: log-norms, conv facts, Jacobian probes,
+weight certificates and regularizers."""
 
+from contraction.certificates import BlockSpec, Certificate, best_certificate, block_certificates
 from contraction.errors import CNodeError
+from contraction.jacobian import mu_1_at, mu_2_estimate, mu_inf_at
+from contraction.measures import mu_1, mu_2, mu_2_weighted, mu_inf, mu_inf_weighted
+from contraction.regularizers import jacobian_hinge, jacobian_log_norm, weight_hinge
 from contraction.slopes import ACTIVATIONS, Activation, get_activation
 
-__all__ = ["CNodeError", "Activation", "ACTIVATIONS", "get_activation"]
+__all__ = [
+    "CNodeError",
+    "Activation",
+    "ACTIVATIONS",
+    "get_activation",
+    "mu_1",
+    "mu_2",
+    "mu_inf",
+    "mu_inf_weighted",
+    "mu_2_weighted",
+    "mu_inf_at",
+    "mu_1_at",
+    "mu_2_estimate",
+    "weight_hinge",
+    "jacobian_hinge",
+    "jacobian_log_norm",
+    "BlockSpec",
+    "Certificate",
+    "block_certificates",
+    "best_certificate",
+]

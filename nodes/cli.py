@@ -21,7 +21,7 @@ from nodes.data import EMBEDDED_NOTE, ImageData, load_dataset
 from nodes.regularize import make_regularizer, negative_diagonal_init_
 from nodes.train import evaluate, train
 
-__all__ = ["main", "build_parser", "OneLineParser", "add_config_flags", "config_from_args", "run_cli"]
+__all__ = ["main", "build_parser", "OneLineParser", "add_data_flags", "announce_data", "fit", "format_certificates", "add_config_flags", "config_from_args", "run_cli"]
 
 _CHOICES: dict[str, Sequence[str]] = {
     "padding": PADDINGS,
@@ -45,6 +45,7 @@ _HELP = {
     "epochs": "training epochs",
     "lr": "Adam learning rate",
     "lr_decay": "learning-rate factor per epoch",
+    "readout_lr_scale": "learning rate of the (wide) linear readout relative to --lr",
     "train_limit": "use the first N training images (0: all)",
     "reg": "contraction regularizer",
     "rho": "target contraction rate of the regularizer",
@@ -86,13 +87,13 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
 
 
-def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", default=None, help="folder holding MNIST/raw, FashionMNIST/raw "
                         "(default: $CNODE_DATA, else ./data)")
     parser.add_argument("--download", action="store_true", help="download the dataset into the data root if missing")
 
 
-def _log_data(data: ImageData) -> None:
+def announce_data(data: ImageData) -> None:
     if data.name == "mnist-mini":
         print(f"using the {EMBEDDED_NOTE}")
 
@@ -104,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                               limit=train_cfg.train_limit or None)
     test_data = load_dataset(train_cfg.dataset, "test", data_root=args.data_root, download=args.download,
                              limit=args.test_limit or None)
-    _log_data(train_data)
+    announce_data(train_data)
     model, history = fit(model_cfg, train_cfg, train_data, test_data, progress=not args.quiet)
     metrics = {
         "test_accuracy": history.test_accuracy[-1] if history.test_accuracy else None,
@@ -144,7 +145,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     payload = load_checkpoint(args.model)
     dataset = args.dataset or (payload.get("train_config") or {}).get("dataset", "mnist")
     data = load_dataset(dataset, "test", data_root=args.data_root, download=args.download, limit=args.limit or None)
-    _log_data(data)
+    announce_data(data)
     acc = evaluate(model, data, progress=not args.quiet)
     certs = block_certificates(model.block.spec())
     report = {"model": str(args.model), "dataset": dataset, "n": len(data), "clean_accuracy": acc,
@@ -169,34 +170,15 @@ def format_certificates(certs: Sequence[Certificate]) -> str:
     return "\n".join(lines)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from nodes.data import resolve_data_root
-
-    root = resolve_data_root(args.data_root)
-    dataset = "mnist" if (root / "MNIST" / "raw").is_dir() else "mnist-mini"
-    limit = 10_000 if dataset == "mnist" else 0
-    train_cfg = TrainConfig(dataset=dataset, epochs=args.epochs, train_limit=limit, seed=args.seed)
-    model_cfg = ModelConfig()
-    train_data = load_dataset(dataset, "train", data_root=root, limit=limit or None)
-    test_data = load_dataset(dataset, "test", data_root=root, limit=1000)
-    if dataset == "mnist":
-        print(f"using MNIST from {train_data.source} (first {limit} training, first 1000 test images)")
-    _log_data(train_data)
-    model, history = fit(model_cfg, train_cfg, train_data, test_data, progress=not args.quiet)
-    save_model(args.out, model, train_config=train_cfg,
-               metrics={"test_accuracy": history.test_accuracy[-1] if history.test_accuracy else None})
-    print(f"trained {sum(history.epoch_seconds):.0f} s; test accuracy {history.test_accuracy[-1]:.4f}; saved {args.out}")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*extra: Callable[[Any], None]) -> argparse.ArgumentParser:
+    """The `cnode` parser; each `extra` callable may add subcommands to its subparsers."""
     parser = OneLineParser(prog="cnode", description="Train and evaluate contractive ConvNODE classifiers.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     p = sub.add_parser("train", help="train a ConvNODE classifier", description="Train a ConvNODE classifier.")
     add_config_flags(p, ModelConfig, skip=("in_channels", "image_size", "num_classes"))
     add_config_flags(p, TrainConfig)
-    _add_data_flags(p)
+    add_data_flags(p)
     p.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images (0: all)")
     p.add_argument("--out", required=True, help="checkpoint path to write")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -205,20 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="clean test accuracy of a checkpoint", description="Evaluate a checkpoint.")
     p.add_argument("model", help="checkpoint written by `cnode train`")
     p.add_argument("--dataset", choices=list(DATASETS), default=None, help="default: the checkpoint's dataset")
-    _add_data_flags(p)
+    add_data_flags(p)
     p.add_argument("--limit", type=int, default=0, help="first N test images (0: all)")
     p.add_argument("--json", default=None, help="write the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="train a small model and evaluate it (the README's main job)",
-                       description="Train a small ConvNODE on MNIST (or the embedded subset) and evaluate it.")
-    _add_data_flags(p)
-    p.add_argument("--epochs", type=int, default=2, help="training epochs (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--out", default="runs/demo.pt", help="checkpoint path (default: %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_demo)
+    for extend in extra:
+        extend(sub)
     return parser
 
 

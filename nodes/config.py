@@ -117,8 +117,9 @@ class TrainConfig(_Config):
     dataset: str = "mnist"
     epochs: int = 5
     batch_size: int = 128
-    lr: float = 1e-2
-    lr_decay: float = 0.7
+    lr: float = 5e-2
+    lr_decay: float = 0.5
+    readout_lr_scale: float = 1.0
     seed: int = 0
     train_limit: int = 0
     reg: str = "none"
@@ -133,6 +134,7 @@ class TrainConfig(_Config):
         _check_int("batch_size", self.batch_size, 1, 1_000_000)
         _check_float("lr", self.lr, 0.0)
         _check_float("lr_decay", self.lr_decay, 0.0, high=1.0)
+        _check_float("readout_lr_scale", self.readout_lr_scale, 0.0)
         _check_int("seed", self.seed, 0)
         _check_int("train_limit", self.train_limit, 0)
         _check_choice("reg", self.reg, REGULARIZERS)

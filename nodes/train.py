@@ -72,7 +72,14 @@ def train(
 ) -> History:
     """Train in place with loss = CE(model(u), y) + reg_weight * regularizer(model, states)."""
     gen = seed_everything(config.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    readout = list(model.readout.parameters())
+    ids = {id(p) for p in readout}
+    optimizer = torch.optim.Adam(
+        [
+            {"params": [p for p in model.parameters() if id(p) not in ids], "lr": config.lr},
+            {"params": readout, "lr": config.lr * config.readout_lr_scale},
+        ]
+    )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_decay)
     history = History()
     use_reg = regularizer is not None and config.reg_weight > 0

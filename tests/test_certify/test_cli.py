@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from certify.cli import main as certify_main
-from nodes.cli import main as cnode_main
+from certify.demo import main as cnode_main
 
 
 def _run(main, argv, capsys):
@@ -85,6 +85,6 @@ def test_evaluate_prints_accuracy_and_block_certificates(tiny_trained, capsys):
 def test_help_everywhere():
     for args in (["cnode", "--help"], ["cnode", "train", "--help"], ["cnode", "evaluate", "--help"],
                  ["cnode", "demo", "--help"], ["certify", "--help"]):
-        module = "nodes.cli" if args[0] == "cnode" else "certify"
+        module = "certify.demo" if args[0] == "cnode" else "certify"
         proc = subprocess.run([sys.executable, "-m", module, *args[1:]], capture_output=True, text=True)
         assert proc.returncode == 0 and "usage" in proc.stdout, (args, proc.stderr)
