@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
     p.add_argument("--dataset", choices=list(DATASETS), default=None, help="default: the checkpoint's dataset")
     p.add_argument("--limit", type=int, default=0, help="certify the first N test images (0: all)")
-    p.add_argument("--bound", choices=list(BOUNDS), default="auto", help="certificate of the ODE block")
+    p.add_argument("--bound", choices=list(BOUNDS), default="auto", help="certificate of the ODE block: auto/weights = every weight bound, the best wins; "
+                   "lmi = the S-procedure LMI in a P-norm (circular padding, --norm 2; about a minute)")
     p.add_argument("--attack-check", action="store_true",
                    help="attack certified inputs inside their radius (PGD + gradient-free); any success exits 1")
     p.add_argument("--json", default=None, help="write the full report as JSON")

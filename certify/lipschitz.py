@@ -96,6 +96,18 @@ def _bound(model: ConvNODE, cert: Certificate, norm: str) -> NetworkBound:
         dual_rows = (W.abs() * (scale if scale is not None else 1.0)).sum(1)
         emb = embedding_constant(model, "inf", eta)
         assumption = "Linf input; readout rows in the (weighted) 1-norm"
+    elif cert.norm == "2_P":
+        # ||x||_P = ||R^T x|| with P = P_c (x) I = R R^T: readout duals ||R^-1 w||, embedding ||R^T|| b ||T0||
+        P = torch.tensor(cert.extra["P"], dtype=torch.float64)
+        R = torch.linalg.cholesky(P)
+        Rinv = torch.linalg.inv(R)
+        C = P.shape[0]
+        Wc = W.view(W.shape[0], C, hw)
+        Wt = torch.einsum("ij,kjp->kip", Rinv, Wc).reshape(W.shape[0], -1)
+        pair = _pairwise(Wt, "2", None)
+        dual_rows = Wt.norm(dim=1)
+        emb = embedding_constant(model, "2") * float(torch.linalg.eigvalsh(P).max().sqrt())
+        assumption = "L2 input; block in the LMI metric ||x||_P; readout duals ||P^-1/2 (w_y - w_j)||"
     else:
         pair = _pairwise(W, "2", None)
         dual_rows = W.norm(dim=1)

@@ -20,7 +20,7 @@ from nodes.data import ImageData, batches
 
 __all__ = ["CertifyReport", "certify_model", "attack_check", "check_eps", "BOUNDS"]
 
-BOUNDS = ("auto", "weights")
+BOUNDS = ("auto", "weights", "lmi")
 ROUNDOFF_REL = 1e-4
 
 
@@ -110,7 +110,17 @@ def certify_model(
     if bound not in BOUNDS:
         raise CNodeError(f"bound must be one of {list(BOUNDS)}, got {bound!r}")
     t0 = time.perf_counter()
-    certs = block_certificates(model.block.spec())
+    spec = model.block.spec()
+    certs = block_certificates(spec)
+    if bound == "lmi":
+        from contraction.lmi import lmi_block_certificate
+
+        lmi = lmi_block_certificate(spec)
+        if not lmi.certified:
+            raise CNodeError(f"LMI certificate not available: {lmi.status}: {lmi.condition}")
+        certs = [lmi] if norm == "2" else certs
+        if norm == "inf":
+            raise CNodeError("the LMI certifies the 2-norm: use --norm 2 with --bound lmi")
     net = best_network_bound(model, norm, certs)
     constants = net.constants()
     t_bound = time.perf_counter() - t0

@@ -155,7 +155,7 @@ def conv_symbols(K: torch.Tensor, H: int, W: int) -> torch.Tensor:
     for u in range(k):
         for v in range(k):
             taps[:, :, (u - p) % H, (v - p) % W] += K[:, :, u, v]
-    sym = torch.fft.fft2(taps, dim=(-2, -1)).conj()  # y_hat(w) = sum_u K[u] e^{+i w u} x_hat(w)
+    sym = torch.fft.fft2(taps, dim=(-2, -1)).conj().resolve_conj()  # y_hat(w) = sum_u K[u] e^{+i w u} x_hat(w)
     return sym.permute(2, 3, 0, 1)
 
 

@@ -54,7 +54,8 @@ class ODEBlock(nn.Module):
         """The block as run, for certificates: one kernel per step, slopes, solver, step size, padding."""
         cfg = self.config
         act = cfg.act
-        kernels = tuple(self.field_at_step(k).conv.weight.detach() for k in range(cfg.steps))
+        distinct = [f.conv.weight.detach() for f in self.fields]  # shared weights: one tensor, repeated
+        kernels = tuple(distinct[0 if cfg.shared_weights else k] for k in range(cfg.steps))
         return BlockSpec(kernels, act.a, act.b, cfg.h, cfg.solver, cfg.padding, cfg.image_size, cfg.image_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -108,3 +108,18 @@ def test_best_bound_picks_the_smallest_constant(tiny_trained):
     bounds = network_bounds(model, "inf")
     best = best_network_bound(model, "inf")
     assert len(bounds) == 2 and float(best.constants().max()) == min(float(b.constants().max()) for b in bounds)
+
+
+def test_lmi_network_bound_never_below_the_true_jacobian():
+    from contraction.lmi import lmi_block_certificate
+
+    model = _random_model(5, "circular", image=6, steps=2, channels=2)
+    lmi = lmi_block_certificate(model.block.spec(), tol=1e-3)
+    assert lmi.certified
+    (nb,) = network_bounds(model, "2", [lmi])
+    L = nb.constants()
+    u = torch.rand(3, 1, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for i in range(3):
+        J = torch.autograd.functional.jacobian(lambda v: model(v.view(1, 1, 6, 6))[0], u[i].flatten())
+        dual = (J[:, None, :] - J[None, :, :]).norm(dim=-1)
+        assert (dual <= L * (1 + 1e-9) + 1e-12).all()
