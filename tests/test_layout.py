@@ -49,3 +49,12 @@ def test_readme_demo_runs_on_the_embedded_subset(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "embedded MNIST subset" in out.stdout
     assert "certified accuracy" in out.stdout and "inf_weighted" in out.stdout and (tmp_path / "demo.pt").exists()
+
+
+def test_example_loop_makes_a_dense_field_contracting():
+    out = subprocess.run([sys.executable, str(REPO / "examples" / "regularize_your_own_loop.py")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    before = float(out.stdout.split("before: ")[1].split()[0])
+    after = float(out.stdout.split("after:")[1].split()[0])
+    assert before > 1.0 > after
