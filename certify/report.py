@@ -21,7 +21,8 @@ def format_report(report: CertifyReport, model_path: str = "") -> str:
         f"  certified accuracy      {report.certified_accuracy:8.2%}   (radius > eps)",
         f"  median radius           {report.median_radius:8.4g}",
         f"  ODE block               {cert.status}, {cert.method} ({cert.norm}-norm)",
-        f"    continuous rate       {cert.rate:8.4g}",
+        f"    continuous rate       {cert.rate:8.4g}" if cert.rate is not None else
+        "    continuous rate              -   (the LMI certifies the discrete step only)",
         f"    discrete factor       {b.block_factor:8.4g}   ({len(cert.step_factors)} Euler steps)",
         f"  embedding Lipschitz     {b.embedding:8.4g}",
         f"  network constant L_yj   {float(b.constants().max()):8.4g}   (largest pairwise)",

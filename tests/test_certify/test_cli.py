@@ -88,3 +88,24 @@ def test_help_everywhere():
         module = "certify.demo" if args[0] == "cnode" else "certify"
         proc = subprocess.run([sys.executable, "-m", module, *args[1:]], capture_output=True, text=True)
         assert proc.returncode == 0 and "usage" in proc.stdout, (args, proc.stderr)
+
+
+def test_certify_with_the_lmi_bound(tmp_path, capsys):
+    from nodes import ConvNODE, ModelConfig, TrainConfig, save_model
+
+    torch.manual_seed(0)
+    model = ConvNODE(ModelConfig(channels=2, steps=2, padding="circular"))
+    with torch.no_grad():
+        for f in model.block.fields:
+            f.conv.weight[range(2), range(2), 1, 1] -= 3.0
+    path = save_model(tmp_path / "circ.pt", model, train_config=TrainConfig(dataset="mnist-mini"))
+    out_json = tmp_path / "lmi.json"
+    code, out, err = _run(certify_main, [str(path), "--eps", "0.01", "--norm", "2", "--bound", "lmi", "--limit", "20",
+                                         "--json", str(out_json), "--quiet"], capsys)
+    assert code == 0, err
+    report = json.loads(out_json.read_text())
+    assert report["bound"]["block_norm"] == "2_P" and report["bound"]["factor"] > 0 and "LMI" in out
+    zeros = tmp_path / "zeros.pt"
+    save_model(zeros, ConvNODE(ModelConfig(channels=2, steps=1)), train_config=TrainConfig(dataset="mnist-mini"))
+    code, _, err = _run(certify_main, [str(zeros), "--eps", "0.01", "--norm", "2", "--bound", "lmi"], capsys)
+    assert code == 2 and "circular" in err and len(err.strip().splitlines()) == 1
