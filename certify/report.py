@@ -56,7 +56,7 @@ def plot_curves(report: CertifyReport, path: str | Path, pgd_points: Sequence[tu
     ax.plot(eps_grid.numpy(), cert, label="certified (lower bound)")
     if pgd_points:
         xs, ys = zip(*pgd_points)
-        ax.plot(xs, ys, "o--", label="PGD accuracy (upper bound)")
+        ax.plot(xs, ys, "o--", label="PGD accuracy, first 200 images (upper bound)")
     ax.axvline(report.eps, color="grey", lw=0.8, ls=":")
     ax.set_xlabel(f"eps ({'Linf' if report.norm == 'inf' else 'L2'})")
     ax.set_ylabel("accuracy")

@@ -117,6 +117,9 @@ def _feasible(cp, layers: list[np.ndarray], a: float, b: float, h: float, c: flo
             M12r = h * P + (a + b) * (Tr.T @ Ld)
             M12i = -(a + b) * (Ti.T @ Ld)
             Mr = cp.bmat([[M11r, M12r], [M12r.T, M22]])
+            if not np.any(Ti):  # a real block (dense layers, zero and Nyquist frequencies): no complex embedding
+                cons.append(0.5 * (Mr + Mr.T) << 0)
+                continue
             Mi = cp.bmat([[M11i, M12i], [-M12i.T, np.zeros((n, n))]])
             emb = cp.bmat([[Mr, -Mi], [Mi, Mr]])
             cons.append(0.5 * (emb + emb.T) << 0)
