@@ -188,7 +188,7 @@ def solve_step_lmi(
     return StepLMI(CERTIFIED, best[1], tuple(best[2]), tuple(best[3]), f"{solver}; verified in float64", seconds)
 
 
-def lmi_block_certificate(spec: BlockSpec, *, solver: str | None = None, max_blocks: int = 96, tol: float = 1e-3
+def lmi_block_certificate(spec: BlockSpec, *, solver: str | None = None, max_blocks: int = 48, tol: float = 1e-3
                           ) -> Certificate:
     """The P-norm Euler certificate of a block with circular padding (P = P_c (x) I, FFT blocks).
 
