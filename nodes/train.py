@@ -70,7 +70,9 @@ def train(
     progress: bool = True,
     on_epoch: Callable[[int, History], None] | None = None,
 ) -> History:
-    """Train in place with loss = CE(model(u), y) + reg_weight * regularizer(model, states)."""
+    """Train in place with loss = CE(model(u), y) + reg_weight * regularizer(model, states).
+
+    The model runs in train mode during the epochs and is left in the mode it had on entry."""
     gen = seed_everything(config.seed)
     readout = list(model.readout.parameters())
     ids = {id(p) for p in readout}
@@ -83,6 +85,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_decay)
     history = History()
     use_reg = regularizer is not None and config.reg_weight > 0
+    was_training = model.training
     for epoch in range(config.epochs):
         model.train()
         start = time.perf_counter()
@@ -124,5 +127,5 @@ def train(
         )
         if on_epoch is not None:
             on_epoch(epoch, history)
-    model.eval()
+    model.train(was_training)  # the caller's mode, as it was
     return history
