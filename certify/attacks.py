@@ -4,27 +4,14 @@ eps, and leave the caller's model mode as it was."""
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from contraction.errors import CNodeError
+from nodes.train import eval_mode
 
 __all__ = ["eval_mode", "project", "pgd", "fgsm", "square", "margin_loss", "is_adversarial"]
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run `model` in eval mode and restore its previous mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def _eps(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from contraction.errors import CNodeError
 from certify.attacks import pgd
 from certify.report import format_report, plot_curves, write_json
 from certify.run import BOUNDS, attack_check, certify_model, check_eps
-from nodes.checkpoint import load_checkpoint, load_model
+from nodes.checkpoint import load_checkpoint, model_from_checkpoint, trained_dataset
 from nodes.cli import OneLineParser, run_cli
 from nodes.config import DATASETS
 from nodes.data import EMBEDDED_NOTE, load_dataset
@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
     check_eps(args.eps)
     if args.limit < 0 or args.batch_size < 1:
         raise CNodeError("--limit must be >= 0 and --batch-size >= 1")
-    model = load_model(args.model)
     payload = load_checkpoint(args.model)
-    dataset = args.dataset or (payload.get("train_config") or {}).get("dataset", "mnist")
+    model = model_from_checkpoint(payload, args.model)
+    dataset = args.dataset or trained_dataset(payload)
     data = load_dataset(dataset, "test", data_root=args.data_root, download=args.download, limit=args.limit or None)
     if dataset == "mnist-mini":
         print(f"using the {EMBEDDED_NOTE}")

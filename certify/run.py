@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from contraction.certificates import block_certificates
 from contraction.errors import CNodeError
-from certify.attacks import eval_mode, is_adversarial, pgd, square
+from certify.attacks import is_adversarial, pgd, square
+from nodes.train import eval_mode
 from certify.lipschitz import NetworkBound, best_network_bound
 from certify.radius import certified_accuracy, certified_radii, roundoff_slack
 from nodes.classifier import ConvNODE

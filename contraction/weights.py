@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from contraction.convops import centre_taps, channel_abs_sums, check_kernel, conv_spectral_norm
+from contraction.convops import centre_taps, channel_abs_sums, check_kernel
 from contraction.errors import CNodeError
 
 __all__ = [

@@ -9,7 +9,7 @@ import argparse
 import time
 
 from certify.run import attack_check, certify_model
-from nodes import load_checkpoint, load_dataset, load_model
+from nodes import load_checkpoint, load_dataset, model_from_checkpoint, trained_dataset
 
 EPS = {"inf": (0.01, 0.05, 0.1), "2": (0.1, 0.5, 1.0, 1.58)}
 
@@ -22,8 +22,9 @@ def main() -> None:
     p.add_argument("--data-root", default=None)
     args = p.parse_args()
     for path in args.models:
-        model = load_model(path)
-        dataset = (load_checkpoint(path).get("train_config") or {}).get("dataset", "mnist")
+        payload = load_checkpoint(path)
+        model = model_from_checkpoint(payload, path)
+        dataset = trained_dataset(payload)
         data = load_dataset(dataset, "test", data_root=args.data_root, limit=args.limit or None)
         runs = [("inf", "auto"), ("2", "auto")]
         if args.lmi and model.config.padding == "circular":

@@ -1,10 +1,10 @@
 """ConvNODE classifiers: configs, data, model, training and checkpoints."""
 
-from nodes.checkpoint import load_checkpoint, load_model, save_model
+from nodes.checkpoint import load_checkpoint, load_model, model_from_checkpoint, save_model, trained_dataset
 from nodes.classifier import ConvNODE
 from nodes.config import ModelConfig, TrainConfig
 from nodes.data import ImageData, load_dataset, resolve_data_root
-from nodes.train import History, evaluate, train
+from nodes.train import History, eval_mode, evaluate, train
 
 __all__ = [
     "ConvNODE",
@@ -19,4 +19,7 @@ __all__ = [
     "save_model",
     "load_model",
     "load_checkpoint",
+    "model_from_checkpoint",
+    "trained_dataset",
+    "eval_mode",
 ]

@@ -14,7 +14,7 @@ from contraction.errors import CNodeError
 from nodes.classifier import ConvNODE
 from nodes.config import ModelConfig, TrainConfig
 
-__all__ = ["save_model", "load_model", "load_checkpoint", "FORMAT", "FORMAT_VERSION", "library_version"]
+__all__ = ["save_model", "load_model", "load_checkpoint", "model_from_checkpoint", "trained_dataset", "FORMAT", "FORMAT_VERSION", "library_version"]
 
 FORMAT = "contractive-nodes/convnode"
 FORMAT_VERSION = 1
@@ -85,7 +85,16 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def load_model(path: str | os.PathLike[str]) -> ConvNODE:
     """The classifier stored at `path`, in eval mode: input [B, 1, 28, 28] in [0, 1], output logits."""
-    payload = load_checkpoint(path)
+    return model_from_checkpoint(load_checkpoint(path), path)
+
+
+def trained_dataset(payload: dict[str, Any], default: str = "mnist") -> str:
+    """The dataset a checkpoint was trained on (its train config), else `default`."""
+    return (payload.get("train_config") or {}).get("dataset", default)
+
+
+def model_from_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> ConvNODE:
+    """The classifier of a payload returned by `load_checkpoint(path)`, in eval mode (`path` names errors)."""
     try:
         config = ModelConfig.from_dict(payload["model_config"])
     except (CNodeError, TypeError) as exc:

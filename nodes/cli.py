@@ -14,7 +14,7 @@ import torch
 
 from contraction.certificates import Certificate, block_certificates
 from contraction.errors import CNodeError
-from nodes.checkpoint import load_checkpoint, load_model, save_model
+from nodes.checkpoint import load_checkpoint, model_from_checkpoint, save_model, trained_dataset
 from nodes.classifier import ConvNODE
 from nodes.config import DATASETS, PADDINGS, READOUTS, REGULARIZERS, SOLVERS, ModelConfig, TrainConfig
 from nodes.data import EMBEDDED_NOTE, ImageData, load_dataset
@@ -141,9 +141,9 @@ def _print_epoch(epoch: int, history: Any) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    model = load_model(args.model)
     payload = load_checkpoint(args.model)
-    dataset = args.dataset or (payload.get("train_config") or {}).get("dataset", "mnist")
+    model = model_from_checkpoint(payload, args.model)
+    dataset = args.dataset or trained_dataset(payload)
     data = load_dataset(dataset, "test", data_root=args.data_root, download=args.download, limit=args.limit or None)
     announce_data(data)
     acc = evaluate(model, data, progress=not args.quiet)

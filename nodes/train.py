@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from nodes.classifier import ConvNODE
 from nodes.config import TrainConfig
 from nodes.data import ImageData, batches
 
-__all__ = ["train", "evaluate", "seed_everything", "Regularizer", "History"]
+__all__ = ["train", "evaluate", "eval_mode", "seed_everything", "Regularizer", "History"]
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +45,21 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-@torch.no_grad()
-def evaluate(model: ConvNODE, data: ImageData, *, batch_size: int = 500, progress: bool = False) -> float:
-    """Clean accuracy of `model` on `data` (the model's train/eval mode is restored afterwards)."""
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run `model` in eval mode and restore its previous mode afterwards."""
     was_training = model.training
     model.eval()
     try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def evaluate(model: ConvNODE, data: ImageData, *, batch_size: int = 500, progress: bool = False) -> float:
+    """Clean accuracy of `model` on `data` (the model's train/eval mode is restored afterwards)."""
+    with eval_mode(model):
         correct = 0
         it = batches(data, batch_size)
         if progress:
@@ -56,8 +67,6 @@ def evaluate(model: ConvNODE, data: ImageData, *, batch_size: int = 500, progres
         for x, y in it:
             correct += int((model(x).argmax(1) == y).sum())
         return correct / max(len(data), 1)
-    finally:
-        model.train(was_training)
 
 
 def train(

@@ -1,6 +1,5 @@
 """Soundness: weight-only certificates vs dense Jacobians D T(K) at random states and slopes, and vs simulation."""
 
-import math
 
 import numpy as np
 import pytest
