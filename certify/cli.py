@@ -41,8 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
     p.add_argument("--dataset", choices=list(DATASETS), default=None, help="default: the checkpoint's dataset")
     p.add_argument("--limit", type=int, default=0, help="certify the first N test images (0: all)")
-    p.add_argument("--bound", choices=list(BOUNDS), default="auto", help="certificate of the ODE block: auto/weights = every weight bound, the best wins; "
-                   "lmi = the S-procedure LMI in a P-norm (circular padding, --norm 2; about a minute)")
+    p.add_argument("--bound", choices=list(BOUNDS), default="auto",
+                   help="global = Lipschitz product with the best weight bound of the ODE block; lmi = the same with "
+                   "the S-procedure LMI (circular padding, --norm 2; about a minute); local = interval + local-slope "
+                   "boxes over the eps-ball; crown = linear bound propagation (CROWN-IBP style); auto (default) = "
+                   "global, then local and crown on the inputs still uncertified")
+    p.add_argument("--radius", action="store_true",
+                   help="with local/crown/auto: bisect each input's certified radius (about 12x the time)")
     p.add_argument("--attack-check", action="store_true",
                    help="attack certified inputs inside their radius (PGD + gradient-free); any success exits 1")
     p.add_argument("--json", default=None, help="write the full report as JSON")
@@ -64,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if dataset == "mnist-mini":
         print(f"using the {EMBEDDED_NOTE}")
     report = certify_model(model, data, eps=args.eps, norm=args.norm, bound=args.bound, batch_size=args.batch_size,
-                           progress=not args.quiet)
+                           progress=not args.quiet, radius=args.radius)
     if args.attack_check:
         report.attack = attack_check(model, data, report)
     print(format_report(report, args.model))

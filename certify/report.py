@@ -18,7 +18,10 @@ def format_report(report: CertifyReport, model_path: str = "") -> str:
     lines = [
         f"certify {model_path}: {report.dataset} test, first {report.n} images, {norm} eps = {report.eps:g}",
         f"  clean accuracy          {report.clean_accuracy:8.2%}",
-        f"  certified accuracy      {report.certified_accuracy:8.2%}   (radius > eps)",
+        f"  certified accuracy      {report.certified_accuracy:8.2%}   "
+        + ("(radius > eps)" if report.certified_by is None else
+           "(" + ", ".join(f"{m}: {c}" for m, c in report.certified_counts().items()) + " inputs; bound "
+           + report.extra.get("bound_mode", "") + ")"),
         f"  median radius           {report.median_radius:8.4g}",
         f"  ODE block               {cert.status}, {cert.method} ({cert.norm}-norm)",
         f"    continuous rate       {cert.rate:8.4g}" if cert.rate is not None else
@@ -27,7 +30,9 @@ def format_report(report: CertifyReport, model_path: str = "") -> str:
         f"  embedding Lipschitz     {b.embedding:8.4g}",
         f"  network constant L_yj   {float(b.constants().max()):8.4g}   (largest pairwise)",
         f"  time                    {report.timing['total_seconds']:8.2f} s "
-        f"(bound {report.timing['bound_seconds']:.2f} s, radii {report.timing['certify_seconds']:.2f} s)",
+        f"(bound {report.timing['bound_seconds']:.2f} s, radii {report.timing['certify_seconds']:.2f} s"
+        + "".join(f", {m} {report.timing[m + '_seconds']:.2f} s" for m in ("local", "crown")
+                  if m + "_seconds" in report.timing) + ")",
     ]
     if report.attack is not None:
         a = report.attack

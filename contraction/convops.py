@@ -80,10 +80,8 @@ def apply_conv(x: torch.Tensor, K: torch.Tensor, padding: str) -> torch.Tensor:
 
 
 def apply_conv_adjoint(y: torch.Tensor, K: torch.Tensor, padding: str) -> torch.Tensor:
-    """T(K)^T y, the adjoint of `apply_conv` (by a vector-Jacobian product, exact for both paddings)."""
-    x = torch.zeros(y.shape[0], K.shape[1], *y.shape[2:], dtype=y.dtype, device=y.device)
-    _, vjp = torch.func.vjp(lambda z: apply_conv(z, K, padding), x)
-    return vjp(y)[0]
+    """T(K)^T y, the adjoint of `apply_conv`: the same-padding conv with the flipped, transposed kernel."""
+    return apply_conv(y, K.flip(-1, -2).transpose(0, 1), padding)
 
 
 def centre_taps(K: torch.Tensor) -> torch.Tensor:

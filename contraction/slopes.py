@@ -16,48 +16,85 @@ __all__ = ["Activation", "ACTIVATIONS", "get_activation"]
 
 @dataclass(frozen=True)
 class Activation:
-    """A scalar activation with `a <= sigma'(z) <= b` for every z."""
+    """A scalar activation with `a <= sigma'(z) <= b` for every z.
+
+    `slope_range(lo, hi)` gives the exact range of sigma' over [lo, hi] (local slopes); `tangent_points(k)` gives
+    every z with sigma'(z) = k (where sigma(z) - k z can have an interior extremum; used by linear relaxations)."""
 
     name: str
     fn: Callable[[torch.Tensor], torch.Tensor]
     deriv: Callable[[torch.Tensor], torch.Tensor]
     a: float
     b: float
+    slope_range: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    tangent_points: Callable[[torch.Tensor], list[torch.Tensor]]
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         return self.fn(z)
 
 
+def _increasing_slopes(deriv: Callable[[torch.Tensor], torch.Tensor]):
+    """Slope range of a convex activation (sigma' non-decreasing): [sigma'(lo), sigma'(hi)]."""
+    return lambda lo, hi: (deriv(lo), deriv(hi))
+
+
 def _smooth_leaky_relu(a: float) -> Activation:
-    """a*z + (1-a)*softplus(z): slopes in [a, 1] (open at both ends)."""
+    """a*z + (1-a)*softplus(z): slopes in [a, 1] (open at both ends); convex, so sigma' is increasing."""
+    deriv = lambda z: a + (1.0 - a) * torch.sigmoid(z)  # noqa: E731
+
+    def tangent_points(k: torch.Tensor) -> list[torch.Tensor]:
+        s = ((k - a) / (1.0 - a)).clamp(1e-300, 1.0 - 1e-16)
+        return [torch.log(s) - torch.log1p(-s)]  # sigmoid(z) = s
+
     return Activation(
         name="smooth_leaky_relu",
         fn=lambda z: a * z + (1.0 - a) * F.softplus(z),
-        deriv=lambda z: a + (1.0 - a) * torch.sigmoid(z),
+        deriv=deriv,
         a=a,
         b=1.0,
+        slope_range=_increasing_slopes(deriv),
+        tangent_points=tangent_points,
     )
 
 
 def _leaky_relu(a: float) -> Activation:
-    """max(z, a*z): slopes in [a, 1]."""
+    """max(z, a*z): slopes in [a, 1]; convex with its kink at 0."""
+
+    def slope_range(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        one, low = torch.ones_like(lo), torch.full_like(lo, a)  # in lo's dtype: no float32 rounding of a
+        return torch.where(lo > 0, one, low), torch.where(hi > 0, one, low)
+
     return Activation(
         name="leaky_relu",
         fn=lambda z: F.leaky_relu(z, negative_slope=a),
         deriv=lambda z: torch.where(z > 0, torch.ones_like(z), torch.full_like(z, a)),
         a=a,
         b=1.0,
+        slope_range=slope_range,
+        tangent_points=lambda k: [torch.zeros_like(k)],
     )
 
 
 def _tanh(_a: float) -> Activation:
-    """tanh: slopes in [0, 1]."""
+    """tanh: slopes in [0, 1]; sigma' = 1 - tanh^2 decreases in |z|."""
+    deriv = lambda z: 1.0 - torch.tanh(z) ** 2  # noqa: E731
+
+    def slope_range(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        near = torch.where((lo <= 0) & (hi >= 0), torch.zeros_like(lo), torch.minimum(lo.abs(), hi.abs()))
+        return deriv(torch.maximum(lo.abs(), hi.abs())), deriv(near)
+
+    def tangent_points(k: torch.Tensor) -> list[torch.Tensor]:
+        t = torch.sqrt((1.0 - k).clamp(0.0, 1.0)).clamp(max=1.0 - 1e-16)
+        return [torch.atanh(t), -torch.atanh(t)]
+
     return Activation(
         name="tanh",
         fn=torch.tanh,
-        deriv=lambda z: 1.0 - torch.tanh(z) ** 2,
+        deriv=deriv,
         a=0.0,
         b=1.0,
+        slope_range=slope_range,
+        tangent_points=tangent_points,
     )
 
 

@@ -142,8 +142,7 @@ def perron_weights(kernels: list[torch.Tensor]) -> torch.Tensor:
     For one layer: eta = 1 / Perron vector of the Metzler majorant, rate = -a * its spectral abscissa."""
     Ms = [metzler_majorant(K).detach().to(torch.float64) for K in kernels]
     shift = max(float(M.diagonal().abs().max()) for M in Ms) + 1.0
-    v = _nonlinear_perron([M + shift * torch.eye(M.shape[0], dtype=M.dtype) for M in Ms])
-    return 1.0 / v
+    return 1.0 / _best_vector([M + shift * torch.eye(M.shape[0], dtype=M.dtype) for M in Ms])
 
 
 def euler_perron_weights(kernels: list[torch.Tensor], a: float, b: float, h: float) -> torch.Tensor:
@@ -155,4 +154,13 @@ def euler_perron_weights(kernels: list[torch.Tensor], a: float, b: float, h: flo
         off = M - torch.diag_embed(c)
         for d in (a, b):
             maps.append(h * d * off + torch.diag_embed((1 + h * d * c).abs()))
-    return 1.0 / _nonlinear_perron(maps)
+    return 1.0 / _best_vector(maps)
+
+
+def _best_vector(maps: list[torch.Tensor]) -> torch.Tensor:
+    """The Perron iterate, or all ones when the iteration (reducible or ill-conditioned maps) did not beat it:
+    the weighted gain max_i (M v)_i / v_i never exceeds the unweighted one."""
+    v = _nonlinear_perron(maps)
+    ones = torch.ones_like(v)
+    gain = lambda w: max(float(((M @ w) / w).max()) for M in maps)  # noqa: E731
+    return v if bool(torch.isfinite(v).all()) and bool((v > 0).all()) and gain(v) <= gain(ones) else ones

@@ -26,7 +26,7 @@ def main() -> None:
         model = model_from_checkpoint(payload, path)
         dataset = trained_dataset(payload)
         data = load_dataset(dataset, "test", data_root=args.data_root, limit=args.limit or None)
-        runs = [("inf", "auto"), ("2", "auto")]
+        runs = [("inf", "global"), ("2", "global")]
         if args.lmi and model.config.padding == "circular":
             runs.append(("2", "lmi"))
         for norm, bound in runs:

@@ -32,9 +32,13 @@ def test_certify_json_schema(tiny_trained, tmp_path, capsys):
         assert key in report["bound"]
     s = report["samples"]
     assert [x["index"] for x in s] == list(range(50))
-    assert all(set(x) == {"index", "label", "prediction", "radius", "certified"} for x in s)
+    assert all(set(x) == {"index", "label", "prediction", "radius", "certified", "certified_by"} for x in s)
     assert report["certified_accuracy"] == pytest.approx(sum(x["certified"] for x in s) / 50)
-    assert all(x["certified"] == (x["radius"] > 0.001) for x in s)
+    for x in s:  # global: radius > eps; tight (closed ball proven): radius >= eps; uncertified: no method
+        assert x["certified"] == (x["certified_by"] != "")
+        assert (x["certified_by"] != "global") or x["radius"] > 0.001
+        assert (x["certified_by"] not in ("local", "crown")) or x["radius"] >= 0.001
+    assert sum(report["certified_by"].values()) == sum(x["certified"] for x in s)
     assert report["attack_check"]["broken"] == 0
     assert "certified accuracy" in out
 

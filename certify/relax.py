@@ -1,0 +1,44 @@
+"""Sound linear relaxations of a slope-restricted activation on an interval: k z + lo <= sigma(z) <= k z + up.
+
+One slope per neuron (the chord slope), two offsets: the exact min and max of g(z) = sigma(z) - k z on [l, u],
+taken over the endpoints and every interior point where sigma'(z) = k. For a convex sigma (smooth leaky ReLU,
+leaky ReLU) the upper line is the chord and the lower one the tangent parallel to it; for tanh it is the tightest
+pair of parallel lines with the chord's slope. Computed in float64 with a small outward margin."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from contraction.slopes import Activation
+
+__all__ = ["Relaxation", "relax"]
+
+MARGIN = 1e-12  # outward, relative to 1 + |sigma| at the endpoints: covers float64 error in g's extrema
+NARROW = 1e-9  # intervals narrower than this use the slope at the midpoint instead of the chord
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """slope * z + lower <= sigma(z) <= slope * z + upper for every z in the interval it was built on."""
+
+    slope: torch.Tensor
+    lower: torch.Tensor
+    upper: torch.Tensor
+
+
+def relax(act: Activation, lo: torch.Tensor, hi: torch.Tensor) -> Relaxation:
+    """Parallel-chord relaxation of `act` on [lo, hi] (elementwise, lo <= hi), valid for every z in the interval."""
+    lo = lo.to(torch.float64)
+    hi = torch.maximum(hi.to(torch.float64), lo)
+    s_lo, s_hi = act.fn(lo), act.fn(hi)
+    width = hi - lo
+    mid = 0.5 * (lo + hi)
+    narrow = width < NARROW
+    chord = (s_hi - s_lo) / torch.where(narrow, torch.ones_like(width), width)
+    k = torch.where(narrow, act.deriv(mid), chord).clamp(act.a, act.b)
+    candidates = [lo, hi, mid] + [torch.minimum(torch.maximum(z, lo), hi) for z in act.tangent_points(k)]
+    g = torch.stack([act.fn(z) - k * z for z in candidates])
+    margin = MARGIN * (1.0 + s_lo.abs() + s_hi.abs()) + 0.5 * act.b * torch.where(narrow, width, torch.zeros_like(width))
+    return Relaxation(slope=k, lower=g.amin(0) - margin, upper=g.amax(0) + margin)

@@ -1,0 +1,180 @@
+"""Tight certificates vs brute force: relaxations on dense samples, boxes vs sampled and attacked inputs,
+margin bounds vs true margins, superset order global <= local <= crown, attacks inside certified balls."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from certify.attacks import pgd
+from certify.crown import backward_margins, crown_margins
+from certify.lipschitz import best_network_bound
+from certify.local import local_bounds, local_margins
+from certify.radius import certified_radii
+from certify.relax import relax
+from certify.run import attack_check, certify_model
+from certify.tight import certified_at, tight_radii
+from certify.unrolled import unroll
+from contraction.errors import CNodeError
+from contraction.slopes import get_activation
+from nodes import ConvNODE, ModelConfig, load_dataset
+from tests.strategies import seeds
+
+ACTS = ["smooth_leaky_relu", "leaky_relu", "tanh"]
+
+
+@settings(max_examples=60)
+@given(st.sampled_from(ACTS), st.floats(-8, 8), st.floats(0, 12), st.floats(0.05, 0.5))
+def test_relaxation_holds_on_dense_samples(name, lo, width, slope):
+    act = get_activation(name, slope)
+    lo_t = torch.tensor([lo], dtype=torch.float64)
+    hi_t = lo_t + width
+    r = relax(act, lo_t, hi_t)
+    z = torch.linspace(lo, lo + width, 20001, dtype=torch.float64)
+    s = act.fn(z)
+    assert (r.slope * z + r.lower <= s + 1e-12).all()
+    assert (s <= r.slope * z + r.upper + 1e-12).all()
+    # and it is not vacuous: the gap between the lines is at most what the constant bounds give
+    assert float(r.upper - r.lower) <= float(s.max() - s.min()) + float((r.slope * width).abs()) + 1e-9
+
+
+@settings(max_examples=60)
+@given(st.sampled_from(ACTS), st.floats(-8, 8), st.floats(0, 12))
+def test_local_slope_range_is_the_range_of_the_derivative(name, lo, width):
+    act = get_activation(name, 0.1)
+    lo_t = torch.tensor([lo], dtype=torch.float64)
+    dl, du = act.slope_range(lo_t, lo_t + width)
+    z = torch.linspace(lo, lo + width, 4001, dtype=torch.float64)
+    d = act.deriv(z)
+    assert float(dl) <= float(d.min()) + 1e-12 and float(d.max()) <= float(du) + 1e-12
+    assert act.a - 1e-12 <= float(dl) <= float(du) <= act.b + 1e-12
+    if name != "leaky_relu":  # smooth: the range is attained on the grid up to its spacing
+        assert float(d.min()) - float(dl) < 1e-2 and float(du) - float(d.max()) < 1e-2
+
+
+def _model(seed, padding="circular", act="smooth_leaky_relu", readout="linear", shared=False, scale=1.0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(channels=2, steps=3, image_size=6, padding=padding, readout=readout, num_classes=3,
+                      activation=act, shared_weights=shared)
+    model = ConvNODE(cfg).double().eval()
+    with torch.no_grad():
+        for f in model.block.fields:
+            f.conv.weight.mul_(scale)
+    return model
+
+
+def _ball(u, eps, norm, n, gen):
+    """n random points of the eps-ball around each u (half of them on the boundary), clipped to [0, 1]."""
+    d = torch.rand(n, *u.shape, generator=gen, dtype=u.dtype) * 2 - 1
+    if norm == "2":
+        d = d / d.flatten(2).norm(dim=2)[..., None, None, None]
+        d = d * torch.where(torch.arange(n)[:, None, None, None, None] % 2 == 0, 1.0,
+                            torch.rand(n, *[1] * u.dim(), generator=gen, dtype=u.dtype))
+    else:
+        d = torch.where(torch.arange(n)[:, None, None, None, None] % 2 == 0, d.sign(), d)
+    return (u + eps * d).clamp(0, 1)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seeds, st.sampled_from(["zeros", "circular"]), st.sampled_from(ACTS), st.sampled_from(["inf", "2"]),
+       st.sampled_from(["linear", "avgpool"]), st.booleans())
+def test_boxes_and_margins_contain_sampled_and_attacked_inputs(seed, padding, act, norm, readout, shared):
+    model = _model(seed, padding, act, readout, shared)
+    net = unroll(model)
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(3, 1, 6, 6, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (3,), generator=gen)
+    eps = 0.3 if norm == "inf" else 1.0
+    b = local_bounds(net, u, eps, norm)
+    low_local = local_margins(net, u, y, eps, norm)
+    low_crown = crown_margins(net, u, y, eps, norm)
+    pts = _ball(u, eps, norm, 64, gen)  # [n, B, 1, 6, 6]
+    adv = pgd(model, u, y, eps=eps, norm=norm, steps=30, loss="margin")
+    for v in list(pts) + [adv]:
+        z, x = net.trajectory(v)
+        tol = 1e-9
+        for (lo, hi), zk in zip(b.pre, z):
+            assert (lo - tol <= zk).all() and (zk <= hi + tol).all()
+        assert (b.lo - tol <= x[-1]).all() and (x[-1] <= b.hi + tol).all()
+        logits = net.logits(x[-1])
+        true = logits.gather(1, y[:, None]) - logits
+        other = ~torch.nn.functional.one_hot(y, 3).bool()
+        assert (low_local[other] <= true[other] + tol).all()
+        assert (low_crown[other] <= true[other] + tol).all()
+    assert torch.allclose(net.logits(net.trajectory(u)[1][-1]), model(u))  # the unrolled net is the model
+    # not vacuous: on a tiny ball both bounds meet the true margin at u
+    z0 = model(u)
+    true0 = (z0.gather(1, y[:, None]) - z0)[other]
+    for fn in (local_margins, crown_margins):
+        assert torch.allclose(fn(net, u, y, 1e-7, norm)[other], true0, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny_batch(tiny_trained):
+    model, _ = tiny_trained
+    x, y = load_dataset("mnist-mini", "test").tensors(0, 120)
+    return model, x, y
+
+
+@pytest.mark.parametrize("norm,eps_list", [("inf", [0.005, 0.01, 0.02, 0.05]), ("2", [0.05, 0.1, 0.3, 0.6])])
+def test_tighter_methods_certify_supersets(tiny_batch, norm, eps_list):
+    model, x, y = tiny_batch
+    net = unroll(model)
+    L = best_network_bound(model, norm).constants()
+    with torch.no_grad():
+        z = model(x)
+    g_radius = certified_radii(z, y, L)
+    x64 = x.double()
+    for eps in eps_list:
+        glob = g_radius > eps
+        loc = local_margins(net, x64, y, eps, norm).amin(1) > 0
+        back = backward_margins(net, local_bounds(net, x64, eps, norm), x64, y, eps, norm).amin(1) > 0
+        crown = crown_margins(net, x64, y, eps, norm).amin(1) > 0
+        assert not (glob & ~loc).any(), f"global certified an input that local did not at eps={eps}"
+        assert not (loc & ~crown).any() and not (back & ~crown).any()
+        assert int(crown.sum()) >= int(glob.sum())
+
+
+def test_attacks_never_break_a_tight_certificate(tiny_trained):
+    model, _ = tiny_trained
+    data = load_dataset("mnist-mini", "test", limit=150)
+    for norm, eps in (("inf", 0.03), ("2", 0.4)):
+        report = certify_model(model, data, eps=eps, norm=norm, bound="crown")
+        assert report.certified_accuracy > 0, "the tiny model should certify something here"
+        assert set(report.certified_counts()) <= {"crown"}
+        check = attack_check(model, data, report, limit=80, restarts=2, steps=30, queries=200)
+        assert check["attacked"] > 0 and check["broken"] == 0, check
+
+
+def test_auto_runs_cheap_first_and_never_loses_to_a_single_method(tiny_trained):
+    model, _ = tiny_trained
+    data = load_dataset("mnist-mini", "test", limit=100)
+    reports = {b: certify_model(model, data, eps=0.02, norm="inf", bound=b) for b in ("global", "local", "crown", "auto")}
+    for b in ("global", "local", "crown"):
+        assert not (reports[b].certified_mask & ~reports["auto"].certified_mask).any(), b
+    counts = reports["auto"].certified_counts()
+    assert counts.get("global", 0) == int(reports["global"].certified_mask.sum())
+    assert sum(counts.values()) == int(reports["auto"].certified_mask.sum())
+
+
+def test_bisected_radius_is_certified_and_nearly_maximal(tiny_batch):
+    model, x, y = tiny_batch
+    net = unroll(model)
+    x64, y = x[:20].double(), y[:20]
+    with torch.no_grad():
+        right = model(x[:20]).argmax(1) == y
+    x64, y = x64[right], y[right]
+    r = tight_radii(net, x64, y, "inf", "crown", 0.0, torch.zeros(len(y), dtype=torch.float64), 0.5)
+    assert (r > 0).any()
+    assert certified_at(net, x64[r > 0], y[r > 0], r[r > 0], "inf", "crown").all()
+    bigger = certified_at(net, x64, y, torch.minimum(r * 1.01 + 1e-6, torch.tensor(0.5)), "inf", "crown")
+    assert not bigger[r < 0.5 * 0.999].any()
+
+
+def test_tight_bounds_need_the_euler_solver():
+    model = ConvNODE(ModelConfig(channels=2, steps=2, image_size=6, num_classes=3, solver="rk4"))
+    with pytest.raises(CNodeError, match="Euler"):
+        unroll(model)
+    data = load_dataset("mnist-mini", "test", limit=4)
+    with pytest.raises(CNodeError):
+        certify_model(ConvNODE(ModelConfig(channels=2, steps=2, solver="rk4")), data, eps=0.1, bound="crown")
