@@ -9,7 +9,9 @@ import sys
 from typing import Any, Sequence
 
 from certify.report import format_report
+from certify.robustness import add_robustness
 from certify.run import certify_model
+from certify.training import certified_objective
 from contraction.certificates import block_certificates
 from nodes.checkpoint import save_model
 from nodes.cli import add_data_flags, announce_data, build_parser, fit, format_certificates, run_cli
@@ -69,8 +71,10 @@ def add_demo(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `cnode`: the nodes commands (train, evaluate) plus demo."""
-    return run_cli(build_parser(add_demo), argv)
+    """Entry point of `cnode`: the nodes commands (train, evaluate) plus demo; training gets the certified loss."""
+    parser = build_parser(add_demo, add_robustness)
+    parser.set_defaults(objective_factory=certified_objective)
+    return run_cli(parser, argv)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,11 @@ def _meet(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Ten
     return lo, torch.maximum(hi, lo)  # both contain the set; equal-width guard against round-off crossings
 
 
-def local_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, norm: str) -> LocalBounds:
-    """Boxes of every layer over {u' in [0,1]^n : ||u' - u|| <= eps} (per-input eps allowed)."""
+def local_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, norm: str, *,
+                 interval: bool = True) -> LocalBounds:
+    """Boxes of every layer over {u' in [0,1]^n : ||u' - u|| <= eps} (per-input eps allowed).
+
+    `interval=False` skips the IBP enclosure inside the steps (mean value only: cheaper, for training)."""
     if norm not in ("inf", "2"):
         raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
     lo_u, hi_u = input_box(u, eps)
@@ -73,15 +76,18 @@ def local_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, norm
         r = torch.maximum(xc - lo, hi - xc).clamp_min(0.0)
         zc = layer(xc)
         abs_r = layer.abs(r)
-        zm, zmr = layer(0.5 * (lo + hi)), layer.abs(0.5 * (hi - lo))
-        zl, zh = _meet((zc - abs_r, zc + abs_r), (zm - zmr, zm + zmr))
+        zl, zh = zc - abs_r, zc + abs_r
+        if interval:
+            zm, zmr = layer(0.5 * (lo + hi)), layer.abs(0.5 * (hi - lo))
+            zl, zh = _meet((zl, zh), (zm - zmr, zm + zmr))
         pre.append((zl, zh))
         dl, du = act.slope_range(zl, zh)
         c = layer.centre()
         off = (abs_r - c.abs() * r).clamp_min(0.0)
         gain = torch.maximum((1 + h * dl * c).abs() * r + h * dl * off, (1 + h * du * c).abs() * r + h * du * off)
         xc = xc + h * act(zc)
-        lo, hi = _meet((xc - gain, xc + gain), (lo + h * act(zl), hi + h * act(zh)))
+        lo, hi = (xc - gain, xc + gain) if not interval else \
+            _meet((xc - gain, xc + gain), (lo + h * act(zl), hi + h * act(zh)))
     return LocalBounds(pre, lo, hi, lo_u, hi_u)
 
 

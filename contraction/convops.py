@@ -71,8 +71,11 @@ def apply_conv(x: torch.Tensor, K: torch.Tensor, padding: str) -> torch.Tensor:
     """T(K) x: same-size convolution (cross-correlation, as nn.Conv2d) with the given padding, no bias."""
     _check_padding(padding)
     p = K.shape[-1] // 2
-    if padding == "circular" and p > 0:  # index wrapping: also valid when taps wrap more than once
+    if padding == "circular" and p > 0:
         H, W = x.shape[-2:]
+        if p < H and p < W:  # taps wrap at most once: circular pad (fast, also in backward)
+            return F.conv2d(F.pad(x, (p, p, p, p), mode="circular"), K)
+        # index wrapping: also valid when taps wrap more than once
         rows = torch.arange(-p, H + p, device=x.device) % H
         cols = torch.arange(-p, W + p, device=x.device) % W
         return F.conv2d(x[..., rows, :][..., cols], K)

@@ -16,10 +16,10 @@ from contraction.certificates import Certificate, block_certificates
 from contraction.errors import CNodeError
 from nodes.checkpoint import load_checkpoint, model_from_checkpoint, save_model, trained_dataset
 from nodes.classifier import ConvNODE
-from nodes.config import DATASETS, PADDINGS, READOUTS, REGULARIZERS, SOLVERS, ModelConfig, TrainConfig
+from nodes.config import CERTIFIED_METHODS, DATASETS, PADDINGS, READOUTS, REGULARIZERS, SOLVERS, ModelConfig, TrainConfig
 from nodes.data import EMBEDDED_NOTE, ImageData, load_dataset
 from nodes.regularize import make_regularizer, negative_diagonal_init_
-from nodes.train import evaluate, train
+from nodes.train import Objective, evaluate, train
 
 __all__ = ["main", "build_parser", "OneLineParser", "add_data_flags", "announce_data", "fit", "format_certificates", "add_config_flags", "config_from_args", "run_cli"]
 
@@ -30,6 +30,7 @@ _CHOICES: dict[str, Sequence[str]] = {
     "dataset": DATASETS,
     "reg": REGULARIZERS,
     "norm": ("inf", "2"),
+    "certified_method": CERTIFIED_METHODS,
 }
 _HELP = {
     "channels": "channels of the ODE state",
@@ -50,8 +51,12 @@ _HELP = {
     "reg": "contraction regularizer",
     "rho": "target contraction rate of the regularizer",
     "reg_weight": "weight lambda of the regularizer in the loss",
-    "norm": "norm of the regularizer",
+    "norm": "norm of the regularizer and of the certified loss's threat model",
     "neg_init": "initialise the block's centre taps to a negative diagonal",
+    "certified_eps": "certified training: eps of the worst-case loss over the ball (0: off)",
+    "certified_method": "certified loss: interval = local boxes (IBP-style), lipschitz = global Lipschitz margin",
+    "certified_mix": "loss = mix * clean CE + (1 - mix) * certified CE",
+    "certified_warmup": "epochs over which the certified eps ramps up linearly from 0",
 }
 
 
@@ -106,7 +111,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     test_data = load_dataset(train_cfg.dataset, "test", data_root=args.data_root, download=args.download,
                              limit=args.test_limit or None)
     announce_data(train_data)
-    model, history = fit(model_cfg, train_cfg, train_data, test_data, progress=not args.quiet)
+    factory = getattr(args, "objective_factory", None)
+    if train_cfg.certified_eps > 0 and factory is None:
+        raise CNodeError("certified training (--certified-eps) runs through the `cnode` command")
+    objective = factory(train_cfg) if factory is not None and train_cfg.certified_eps > 0 else None
+    model, history = fit(model_cfg, train_cfg, train_data, test_data, progress=not args.quiet, objective=objective)
     metrics = {
         "test_accuracy": history.test_accuracy[-1] if history.test_accuracy else None,
         "test_accuracy_per_epoch": history.test_accuracy,
@@ -120,8 +129,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, train_data: ImageData, test_data: ImageData | None,
-        *, progress: bool = True) -> tuple[ConvNODE, Any]:
-    """Build a model from its config and train it (with the configured regularizer)."""
+        *, progress: bool = True, objective: Objective | None = None) -> tuple[ConvNODE, Any]:
+    """Build a model from its config and train it (with the configured regularizer and certified objective)."""
     torch.manual_seed(train_cfg.seed)
     model = ConvNODE(model_cfg)
     if train_cfg.neg_init:
@@ -129,8 +138,8 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, train_data: ImageData, t
     regularizer = make_regularizer(train_cfg, seed=train_cfg.seed)
     if regularizer is None and train_cfg.reg == "none" and train_cfg.reg_weight > 0:
         raise CNodeError("--reg-weight given without --reg {jacobian,weight}")
-    history = train(model, train_data, train_cfg, test_data=test_data, regularizer=regularizer, progress=progress,
-                    on_epoch=_print_epoch)
+    history = train(model, train_data, train_cfg, test_data=test_data, regularizer=regularizer, objective=objective,
+                    progress=progress, on_epoch=_print_epoch)
     return model, history
 
 

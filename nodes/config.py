@@ -110,6 +110,9 @@ class ModelConfig(_Config):
         return 1 if self.shared_weights else self.steps
 
 
+CERTIFIED_METHODS = ("interval", "lipschitz")
+
+
 @dataclass(frozen=True)
 class TrainConfig(_Config):
     """Adam with a step-decayed learning rate, optional contraction regularizer."""
@@ -127,9 +130,17 @@ class TrainConfig(_Config):
     reg_weight: float = 0.0
     norm: str = "inf"
     neg_init: bool = False
+    certified_eps: float = 0.0
+    certified_method: str = "interval"
+    certified_mix: float = 0.5
+    certified_warmup: float = 1.0
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
+        _check_float("certified_eps", self.certified_eps, 0.0, strict=False)
+        _check_choice("certified_method", self.certified_method, CERTIFIED_METHODS)
+        _check_float("certified_mix", self.certified_mix, 0.0, strict=False, high=1.0)
+        _check_float("certified_warmup", self.certified_warmup, 0.0, strict=False)
         _check_int("epochs", self.epochs, 0, 10_000)
         _check_int("batch_size", self.batch_size, 1, 1_000_000)
         _check_float("lr", self.lr, 0.0)

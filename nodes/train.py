@@ -15,16 +15,28 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from contraction.errors import CNodeError
 from nodes.classifier import ConvNODE
 from nodes.config import TrainConfig
 from nodes.data import ImageData, batches
 
-__all__ = ["train", "evaluate", "eval_mode", "seed_everything", "Regularizer", "History"]
+__all__ = ["train", "evaluate", "eval_mode", "seed_everything", "eps_schedule", "Regularizer", "Objective", "History"]
 
 log = logging.getLogger(__name__)
 
 Regularizer = Callable[[ConvNODE, list[torch.Tensor]], torch.Tensor]
 """R(model, states) -> scalar; the loss is CE + reg_weight * R."""
+
+Objective = Callable[[ConvNODE, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+"""L(model, x, y, logits, eps) -> scalar robust loss (e.g. cross-entropy of certified worst-case logits)."""
+
+
+def eps_schedule(config: TrainConfig, epoch: int, batch: int, batches_per_epoch: int) -> float:
+    """Linear warm-up of the certified eps from 0 over `certified_warmup` epochs, then constant."""
+    done = epoch + batch / max(batches_per_epoch, 1)
+    if config.certified_warmup <= 0:
+        return config.certified_eps
+    return config.certified_eps * min(1.0, done / config.certified_warmup)
 
 
 @dataclass
@@ -76,10 +88,12 @@ def train(
     *,
     test_data: ImageData | None = None,
     regularizer: Regularizer | None = None,
+    objective: Objective | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, History], None] | None = None,
 ) -> History:
-    """Train in place with loss = CE(model(u), y) + reg_weight * regularizer(model, states).
+    """Train in place with loss = CE(model(u), y) + reg_weight * regularizer(model, states); with an `objective`
+    and certified_eps > 0: mix * CE + (1 - mix) * objective(model, u, y, logits, eps(t)) (eps warmed up).
 
     The model runs in train mode during the epochs and is left in the mode it had on entry."""
     gen = seed_everything(config.seed)
@@ -94,6 +108,9 @@ def train(
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_decay)
     history = History()
     use_reg = regularizer is not None and config.reg_weight > 0
+    if config.certified_eps > 0 and objective is None:
+        raise CNodeError("certified_eps > 0 needs a certified objective (certify.training.certified_objective)")
+    use_obj = objective is not None and config.certified_eps > 0
     was_training = model.training
     for epoch in range(config.epochs):
         model.train()
@@ -107,9 +124,13 @@ def train(
             disable=not progress,
             leave=False,
         )
-        for x, y in bar:
+        for i, (x, y) in enumerate(bar):
             logits, states = model.trajectory(x)
             loss = F.cross_entropy(logits, y)
+            if use_obj:
+                eps = eps_schedule(config, epoch, i, nb)
+                robust = objective(model, x, y, logits, eps) if eps > 0 else loss  # type: ignore[misc]
+                loss = config.certified_mix * loss + (1 - config.certified_mix) * robust
             if use_reg:
                 reg = regularizer(model, states)  # type: ignore[misc]
                 reg_total += float(reg.detach()) * len(y)

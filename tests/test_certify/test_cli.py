@@ -113,3 +113,26 @@ def test_certify_with_the_lmi_bound(tmp_path, capsys):
     save_model(zeros, ConvNODE(ModelConfig(channels=2, steps=1)), train_config=TrainConfig(dataset="mnist-mini"))
     code, _, err = _run(certify_main, [str(zeros), "--eps", "0.01", "--norm", "2", "--bound", "lmi"], capsys)
     assert code == 2 and "circular" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cnode_robustness_table_and_json(tiny_trained, tmp_path, capsys):
+    from certify.demo import main as cnode_main
+
+    _, path = tiny_trained
+    out_json = tmp_path / "rob.json"
+    code, out, err = _run(cnode_main, ["robustness", str(path), "--limit", "40", "--draws", "2", "--square-queries",
+                                       "20", "--certify-eps", "0.01", "0.1", "--json", str(out_json), "--quiet"],
+                          capsys)
+    assert code == 0, err
+    r = json.loads(out_json.read_text())
+    assert r["n"] == 40 and set(r["gaussian"]) == {"0.1", "0.2", "0.3"} and set(r["pgd"]) == {"0.05", "0.1", "0.2", "0.3"}
+    assert set(r["certified"]) == {"0.01", "0.1"}
+    for e in ("0.05", "0.1", "0.2", "0.3"):  # PGD is at least as strong as FGSM here, never above clean
+        assert r["pgd"][e] <= r["clean"] + 1e-12 and r["fgsm"][e] <= r["clean"] + 1e-12
+    for e in ("0.01", "0.1"):  # certified accuracy never exceeds what PGD leaves at a larger or equal eps
+        assert r["certified"][e] <= r["clean"]
+    assert r["certified"]["0.1"] <= r["pgd"]["0.1"] + 1e-12
+    assert r["square"]["accuracy"] >= r["certified"]["0.1"] - 1e-12
+    assert "PGD-20 Linf" in out and "gradient-free" in out
+    code, _, err = _run(cnode_main, ["robustness", str(path), "--certify-eps", "-1", "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1

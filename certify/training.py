@@ -1,0 +1,84 @@
+"""Certified training: cross-entropy of the certified worst-case logits over the eps-ball.
+
+For every wrong class j the logit z_j - z_y is replaced by an upper bound over the ball, -m_j, with m_j a
+differentiable lower bound of the margin z_y - z_j:
+- 'lipschitz' (Lipschitz-margin training): m_j = (z_y - z_j)(u) - eps * L_yj, L_yj the global pairwise constant
+  (readout pair norm x Euler step gains with slopes in [a, b] x embedding norm), in the chosen norm;
+- 'interval': m_j from the local boxes of certify.local (interval + local-slope bounds through every Euler step),
+  the IBP-style bound, tighter and what `certify --bound local` checks.
+The loss is CE([-m_j]_j, y) (the y entry is 0), an upper bound of the worst-case CE over the ball."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from contraction.convops import conv_symbols, pixel_row_sums
+from contraction.errors import CNodeError
+from contraction.weights import euler_factor_2, euler_factor_inf
+from certify.local import box_margins, local_bounds
+from certify.unrolled import unroll
+from nodes.classifier import ConvNODE
+from nodes.config import TrainConfig
+from nodes.train import Objective
+
+__all__ = ["lipschitz_constants", "certified_margins", "certified_loss", "certified_objective"]
+
+
+def _spectral_norm(K: torch.Tensor, H: int, W: int, padding: str) -> torch.Tensor:
+    """Differentiable ||T(K)||_2: exact for circular padding, the enlarged-torus bound for zero padding."""
+    p = K.shape[-1] // 2 if padding == "zeros" else 0
+    return torch.linalg.matrix_norm(conv_symbols(K, H + 2 * p, W + 2 * p), ord=2).amax()
+
+
+def lipschitz_constants(model: ConvNODE, norm: str) -> torch.Tensor:
+    """Differentiable pairwise constants L_yj [K, K] of the whole network (global bound, as in certify.lipschitz)."""
+    cfg = model.config
+    if cfg.solver != "euler":
+        raise CNodeError(f"certified training follows the Euler steps; this model uses {cfg.solver!r}")
+    net = unroll(model, dtype=None, detach=False)
+    a, b, h, n = model.activation.a, model.activation.b, cfg.h, cfg.image_size
+    W = net.readout_weight
+    diff = W[:, None, :] - W[None, :, :]
+    if norm == "inf":
+        pair = diff.abs().sum(-1)
+        emb = b * pixel_row_sums(net.embed.weight, n, n, cfg.padding).amax()
+        steps = [euler_factor_inf(layer.weight, a, b, h) for layer in net.steps]
+    elif norm == "2":
+        pair = diff.norm(dim=-1)
+        emb = b * _spectral_norm(net.embed.weight, n, n, cfg.padding)
+        steps = [euler_factor_2(layer.weight, a, b, h, _spectral_norm(layer.weight, n, n, cfg.padding))
+                 for layer in net.steps]
+    else:
+        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+    return pair * torch.stack(steps).prod() * emb
+
+
+def certified_margins(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, method: str,
+                      logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Differentiable lower bounds of z_y - z_j over the eps-ball, [B, K] (0 at j = y)."""
+    if method == "lipschitz":
+        z = model(x) if logits is None else logits
+        m = z.gather(1, y[:, None]) - z - eps * lipschitz_constants(model, norm)[y]
+    elif method == "interval":
+        net = unroll(model, dtype=None, detach=False)
+        b = local_bounds(net, x, eps, norm, interval=False)
+        m = box_margins(net, y, b.lo, b.hi)
+    else:
+        raise CNodeError(f"certified method must be 'interval' or 'lipschitz', got {method!r}")
+    return m.masked_fill(F.one_hot(y, m.shape[1]).bool(), 0.0)
+
+
+def certified_loss(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "inf",
+                   method: str = "interval", logits: torch.Tensor | None = None) -> torch.Tensor:
+    """CE of the worst-case logits -m_j: >= max over the eps-ball of CE(model(u'), y)."""
+    return F.cross_entropy(-certified_margins(model, x, y, eps, norm, method, logits), y)
+
+
+def certified_objective(config: TrainConfig) -> Objective:
+    """The training hook for nodes.train: certified_loss with the config's norm and method."""
+
+    def objective(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, eps: float) -> torch.Tensor:
+        return certified_loss(model, x, y, eps, config.norm, config.certified_method, logits)
+
+    return objective

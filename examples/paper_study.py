@@ -1,0 +1,141 @@
+"""The paper's study on MNIST and FashionMNIST, with our protocol (METHOD.md section 6): nominal, Jacobian-regularized
+and weight-regularized ConvNODEs over a sweep of target rates rho (and seeds), each through `cnode robustness`;
+certified-trained checkpoints can join every table with --extra. Writes results.json and four plots.
+
+    python examples/paper_study.py --quick                      # smoke test on the embedded subset, minutes
+    python examples/paper_study.py --out runs/study             # the full run (see docs/RESULTS.md for its time)
+    python examples/paper_study.py --extra mnist:certified=examples/models/mnist_certified_linf.pt ...
+
+Resumable: a checkpoint or result already in --out is reused, so an interrupted run picks up where it stopped."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from certify.robustness import ATTACK_EPS, GAUSSIAN, SALT_PEPPER, robustness
+from nodes import load_dataset
+from nodes.checkpoint import load_model, save_model
+from nodes.cli import fit
+from nodes.config import ModelConfig, TrainConfig
+
+# one recipe per dataset for every method (a fair comparison): Adam, readout at a tenth of the lr
+RECIPES = {
+    "mnist": dict(lr=1e-2, lr_decay=0.7, readout_lr_scale=0.1),
+    "fashion-mnist": dict(lr=1e-2, lr_decay=0.7, readout_lr_scale=0.1),
+    "mnist-mini": dict(lr=1e-2, lr_decay=0.7, readout_lr_scale=0.1),
+}
+REG_WEIGHT = {"jacobian": 0.1, "weight": 0.01}
+
+
+def runs(args: argparse.Namespace) -> list[tuple[str, str, float, int]]:
+    """(dataset, method, rho, seed) for every model to train; nominal has rho 0."""
+    out = []
+    for ds in args.datasets:
+        for seed in range(args.seeds):
+            out.append((ds, "nominal", 0.0, seed))
+            for method in ("jacobian", "weight"):
+                out.extend((ds, method, rho, seed) for rho in args.rhos)
+    return out
+
+
+def train_one(ds: str, method: str, rho: float, seed: int, args: argparse.Namespace, path: Path) -> None:
+    reg = {} if method == "nominal" else dict(reg=method, rho=rho, reg_weight=REG_WEIGHT[method], neg_init=True)
+    tcfg = TrainConfig(dataset=ds, epochs=args.epochs, seed=seed, train_limit=args.train_limit, **RECIPES[ds], **reg)
+    data = load_dataset(ds, "train", data_root=args.data_root, limit=args.train_limit or None)
+    model, history = fit(ModelConfig(), tcfg, data, None, progress=False)
+    save_model(path, model, train_config=tcfg, metrics={"train_seconds": sum(history.epoch_seconds)})
+
+
+def plots(results: list[dict], out: Path) -> None:
+    """Fig. 1 (clean accuracy vs rho) and accuracy vs noise, attack eps and certified eps, per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r["dataset"] for r in results})
+    fig, axes = plt.subplots(len(datasets), 4, figsize=(18, 4 * len(datasets)), squeeze=False)
+    for row, ds in zip(axes, datasets):
+        rs = [r for r in results if r["dataset"] == ds]
+        for method, marker in (("jacobian", "o-"), ("weight", "s-")):
+            pts = sorted((r["rho"], r["robustness"]["clean"]) for r in rs if r["method"] == method)
+            if pts:
+                row[0].plot(*zip(*pts), marker, label=method)
+        for r in rs:
+            if r["method"] not in ("jacobian", "weight"):
+                row[0].axhline(r["robustness"]["clean"], ls="--", lw=1, label=r["label"])
+        row[0].set(title=f"{ds}: clean accuracy vs rho", xlabel="rho", ylabel="accuracy")
+        for ax, key, title in ((row[1], "gaussian", "Gaussian noise std"), (row[2], "pgd", "PGD-20 Linf eps"),
+                               (row[3], "certified", "certified Linf eps")):
+            for r in rs:
+                xs = [float(k) for k in r["robustness"][key]]
+                ax.plot(xs, list(r["robustness"][key].values()), "o-", label=r["label"], lw=1)
+            ax.set(title=f"{ds}: accuracy vs {title}", xlabel=title, ylabel="accuracy", ylim=(0, 1))
+        for ax in row:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "study.png", dpi=90)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/study")
+    p.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
+    p.add_argument("--rhos", type=float, nargs="+", default=[0.1, 0.5, 1.0])
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--train-limit", type=int, default=20_000, help="training images per model (0: all)")
+    p.add_argument("--test-limit", type=int, default=500, help="test images per evaluation")
+    p.add_argument("--draws", type=int, default=3)
+    p.add_argument("--square-queries", type=int, default=300)
+    p.add_argument("--extra", nargs="*", default=[], help="more checkpoints as DATASET:LABEL=PATH")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--quick", action="store_true", help="embedded subset, 1 epoch, two rates, 100 test images")
+    args = p.parse_args()
+    if args.quick:
+        args.datasets, args.rhos, args.epochs, args.train_limit = ["mnist-mini"], [0.5, 2.0], 1, 0
+        args.test_limit, args.draws, args.square_queries = 100, 1, 50
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    start = time.perf_counter()
+    todo = [(ds, m, rho, seed, f"{m}" + (f" rho={rho:g}" if m != "nominal" else "") + (f" seed={seed}" if args.seeds > 1 else ""),
+             out / f"{ds}_{m}_rho{rho:g}_s{seed}.pt") for ds, m, rho, seed in runs(args)]
+    for spec in args.extra:
+        ds, rest = spec.split(":", 1)
+        label, path = rest.split("=", 1)
+        todo.append((ds, label, 0.0, 0, label, Path(path)))
+    results = []
+    for ds, method, rho, seed, label, path in todo:
+        res_path = path.with_suffix(".json") if path.parent == out else out / f"{ds}_{label}.json"
+        if res_path.exists():
+            results.append(json.loads(res_path.read_text()))
+            continue
+        t0 = time.perf_counter()
+        if not path.exists():
+            train_one(ds, method, rho, seed, args, path)
+        t_train = time.perf_counter() - t0
+        data = load_dataset(ds, "test", data_root=args.data_root, limit=args.test_limit)
+        rob = robustness(load_model(path), data, draws=args.draws, square_queries=args.square_queries,
+                         gaussian=GAUSSIAN, salt_pepper=SALT_PEPPER, attack_eps=ATTACK_EPS, progress=False)
+        entry = {"dataset": ds, "method": method, "rho": rho, "seed": seed, "label": label, "checkpoint": str(path),
+                 "train_seconds": t_train, "robustness": rob}
+        res_path.write_text(json.dumps(entry, indent=2))
+        results.append(entry)
+        r = rob
+        print(f"{ds:14s} {label:22s} clean {r['clean']:.3f}  gauss.3 {r['gaussian']['0.3']:.3f}  "
+              f"pgd.1 {r['pgd']['0.1']:.3f}  cert.05 {r['certified']['0.05']:.3f}  "
+              f"(train {t_train:.0f} s, eval {r['seconds']:.0f} s)", flush=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    plots(results, out)
+    print(f"wrote {out / 'results.json'} and {out / 'study.png'} ({time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
