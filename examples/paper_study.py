@@ -83,7 +83,33 @@ def plots(results: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def tables(results: list[dict]) -> str:
+    """Markdown: one table per dataset, one row per model, every protocol number (accuracy in %)."""
+    lines = []
+    for ds in sorted({r["dataset"] for r in results}):
+        rs = [r for r in results if r["dataset"] == ds]
+        first = rs[0]["robustness"]
+        cols = ([("clean", None)] + [("gaussian", k) for k in first["gaussian"]]
+                + [("salt_pepper", k) for k in first["salt_pepper"]] + [("fgsm", k) for k in first["fgsm"]]
+                + [("pgd", k) for k in first["pgd"]] + [("certified", k) for k in first["certified"]])
+        names = {"gaussian": "gauss", "salt_pepper": "s&p", "fgsm": "FGSM", "pgd": "PGD", "certified": "cert"}
+        head = ["model"] + [("clean" if k is None else f"{names[g]} {k}") for g, k in cols] + ["gradient-free", "train s"]
+        lines += [f"### {ds} (first {first['n']} test images)", "", "| " + " | ".join(head) + " |",
+                  "|" + "---|" * len(head)]
+        for r in rs:
+            rob = r["robustness"]
+            vals = [rob["clean"] if k is None else rob[g][k] for g, k in cols]
+            lines.append(f"| {r['label']} | " + " | ".join(f"{100 * v:.1f}" for v in vals)
+                         + f" | {100 * rob['square']['accuracy']:.1f} | {r['train_seconds']:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+QUICK = dict(datasets=["mnist-mini"], rhos=[0.5, 2.0], epochs=1, train_limit=0, test_limit=100, draws=1,
+             square_queries=50)
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/study")
     p.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
@@ -96,11 +122,11 @@ def main() -> None:
     p.add_argument("--square-queries", type=int, default=300)
     p.add_argument("--extra", nargs="*", default=[], help="more checkpoints as DATASET:LABEL=PATH")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--quick", action="store_true", help="embedded subset, 1 epoch, two rates, 100 test images")
-    args = p.parse_args()
-    if args.quick:
-        args.datasets, args.rhos, args.epochs, args.train_limit = ["mnist-mini"], [0.5, 2.0], 1, 0
-        args.test_limit, args.draws, args.square_queries = 100, 1, 50
+    p.add_argument("--quick", action="store_true", help="defaults for a smoke test: embedded subset, 1 epoch, "
+                   "two rates, 100 test images (flags given explicitly still win)")
+    if p.parse_known_args(argv)[0].quick:
+        p.set_defaults(**QUICK)
+    args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
@@ -133,6 +159,7 @@ def main() -> None:
               f"pgd.1 {r['pgd']['0.1']:.3f}  cert.05 {r['certified']['0.05']:.3f}  "
               f"(train {t_train:.0f} s, eval {r['seconds']:.0f} s)", flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(tables(results))
     plots(results, out)
     print(f"wrote {out / 'results.json'} and {out / 'study.png'} ({time.perf_counter() - start:.0f} s)")
 

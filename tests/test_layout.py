@@ -1,6 +1,7 @@
 """Imports run one way (contraction <- nodes <- certify); cvxpy is never imported at package import."""
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,22 @@ def test_example_loop_makes_a_dense_field_contracting():
     before = float(out.stdout.split("before: ")[1].split()[0])
     after = float(out.stdout.split("after:")[1].split()[0])
     assert before > 1.0 > after
+
+
+def test_paper_study_quick_mode_writes_results_tables_and_plots(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "examples" / "paper_study.py"), "--quick", "--rhos", "0.5",
+                          "--test-limit", "10", "--square-queries", "5", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["label"] for r in results] == ["nominal", "jacobian rho=0.5", "weight rho=0.5"]
+    for r in results:
+        rob = r["robustness"]
+        assert rob["n"] == 10 and 0.0 <= rob["certified"]["0.05"] <= rob["pgd"]["0.05"] + 1e-12
+    assert "| nominal |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "study.png").stat().st_size > 10_000
+    # resumable: a second run reuses every result instead of retraining
+    again = subprocess.run([sys.executable, str(REPO / "examples" / "paper_study.py"), "--quick", "--rhos", "0.5",
+                            "--test-limit", "10", "--out", str(tmp_path)], capture_output=True, text=True,
+                           timeout=120, cwd=REPO)
+    assert again.returncode == 0 and "clean" not in again.stdout
