@@ -20,8 +20,9 @@ def format_report(report: CertifyReport, model_path: str = "") -> str:
         f"  clean accuracy          {report.clean_accuracy:8.2%}",
         f"  certified accuracy      {report.certified_accuracy:8.2%}   "
         + ("(radius > eps)" if report.certified_by is None else
-           "(" + ", ".join(f"{m}: {c}" for m, c in report.certified_counts().items()) + " inputs; bound "
-           + report.extra.get("bound_mode", "") + ")"),
+           "(" + (", ".join(f"{m}: {c}" for m, c in report.certified_counts().items()) + " inputs"
+                  if report.certified_counts() else "none certified") + "; bound " + report.extra.get("bound_mode", "")
+           + ")"),
         f"  median radius           {report.median_radius:8.4g}",
         f"  ODE block               {cert.status}, {cert.method} ({cert.norm}-norm)",
         f"    continuous rate       {cert.rate:8.4g}" if cert.rate is not None else

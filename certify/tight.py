@@ -18,20 +18,20 @@ TIGHT_METHODS = ("local", "crown")
 
 
 def margin_lower_bounds(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor,
-                        norm: str, method: str) -> torch.Tensor:
+                        norm: str, method: str, slack: torch.Tensor | float = 0.0) -> torch.Tensor:
     """[B, K] lower bounds of z_y - z_j over the input set (+inf at j = y) by `method` ('local' or 'crown')."""
     u = u.to(net.readout_weight.dtype)
     if method == "local":
         return local_margins(net, u, labels, eps, norm)
     if method == "crown":
-        return crown_margins(net, u, labels, eps, norm)
+        return crown_margins(net, u, labels, eps, norm, slack)
     raise CNodeError(f"tight method must be one of {list(TIGHT_METHODS)}, got {method!r}")
 
 
 def certified_at(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str,
                  method: str, slack: torch.Tensor | float = 0.0) -> torch.Tensor:
     """Boolean [B]: every margin's lower bound over the eps-ball exceeds `slack`."""
-    low = margin_lower_bounds(net, u, labels, eps, norm, method).amin(1)
+    low = margin_lower_bounds(net, u, labels, eps, norm, method, slack).amin(1)
     return low > torch.as_tensor(slack, dtype=low.dtype)
 
 

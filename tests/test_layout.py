@@ -71,6 +71,7 @@ def test_paper_study_quick_mode_writes_results_tables_and_plots(tmp_path):
     for r in results:
         rob = r["robustness"]
         assert rob["n"] == 10 and 0.0 <= rob["certified"]["0.05"] <= rob["pgd"]["0.05"] + 1e-12
+        assert set(rob["certified"]) == {"0.01", "0.05", "0.1"}
     assert "| nominal |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "study.png").stat().st_size > 10_000
     # resumable: a second run reuses every result instead of retraining
