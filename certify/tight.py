@@ -8,11 +8,11 @@ from __future__ import annotations
 import torch
 
 from contraction.errors import CNodeError
-from certify.crown import crown_margins
-from certify.local import local_margins
+from certify.crown import backward_margins, crown_margins
+from certify.local import box_margins, local_bounds, local_margins
 from certify.unrolled import Unrolled
 
-__all__ = ["TIGHT_METHODS", "margin_lower_bounds", "certified_at", "tight_radii"]
+__all__ = ["TIGHT_METHODS", "margin_lower_bounds", "certified_at", "local_and_crown", "tight_radii"]
 
 TIGHT_METHODS = ("local", "crown")
 
@@ -33,6 +33,17 @@ def certified_at(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: floa
     """Boolean [B]: every margin's lower bound over the eps-ball exceeds `slack`."""
     low = margin_lower_bounds(net, u, labels, eps, norm, method, slack).amin(1)
     return low > torch.as_tensor(slack, dtype=low.dtype)
+
+
+def local_and_crown(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str,
+                    slack: torch.Tensor | float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B] certified by the local boxes alone, [B] certified by crown), from one shared set of local bounds."""
+    u = u.to(net.readout_weight.dtype)
+    bounds = local_bounds(net, u, eps, norm)
+    box = box_margins(net, labels, bounds.lo, bounds.hi)
+    s = torch.as_tensor(slack, dtype=box.dtype).reshape(-1, 1)
+    low = torch.maximum(backward_margins(net, bounds, u, labels, eps, norm, box <= s), box)
+    return (box > s).all(1), (low > s).all(1)
 
 
 def tight_radii(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, norm: str, method: str,

@@ -19,7 +19,7 @@ import torch
 
 from certify.robustness import ATTACK_EPS, GAUSSIAN, SALT_PEPPER, robustness
 from nodes import load_dataset
-from nodes.checkpoint import load_model, save_model
+from nodes.checkpoint import load_checkpoint, load_model, save_model
 from nodes.cli import fit
 from nodes.config import ModelConfig, TrainConfig
 
@@ -145,10 +145,10 @@ def main(argv: list[str] | None = None) -> None:
         if res_path.exists():
             results.append(json.loads(res_path.read_text()))
             continue
-        t0 = time.perf_counter()
         if not path.exists():
             train_one(ds, method, rho, seed, args, path)
-        t_train = time.perf_counter() - t0
+        metrics = load_checkpoint(path).get("metrics") or {}
+        t_train = metrics.get("train_seconds") or sum(metrics.get("seconds_per_epoch") or [])
         data = load_dataset(ds, "test", data_root=args.data_root, limit=args.test_limit)
         rob = robustness(load_model(path), data, draws=args.draws, square_queries=args.square_queries,
                          gaussian=GAUSSIAN, salt_pepper=SALT_PEPPER, attack_eps=ATTACK_EPS,
