@@ -11,10 +11,11 @@ from torch import nn
 from contraction.errors import CNodeError
 from nodes.train import eval_mode
 
-__all__ = ["eval_mode", "project", "pgd", "fgsm", "square", "margin_loss", "is_adversarial"]
+__all__ = ["eval_mode", "per_input_eps", "project", "pgd", "fgsm", "square", "margin_loss", "is_adversarial"]
 
 
-def _eps(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def per_input_eps(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """eps (scalar or [B]) as a [B, 1, ...] tensor broadcasting against x; CNodeError unless finite and >= 0."""
     e = torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(x.shape[0]).clone()
     if not bool(torch.isfinite(e).all()) or bool((e < 0).any()):
         raise CNodeError(f"eps must be finite and >= 0, got {eps}")
@@ -81,7 +82,7 @@ def pgd(
     step_size defaults to 2.5 eps / steps. Returns adversarial inputs (or the best tries)."""
     if steps < 1 or restarts < 1:
         raise CNodeError("steps and restarts must be >= 1")
-    e = _eps(eps, x)
+    e = per_input_eps(eps, x)
     alpha = e * (2.5 / steps) if step_size is None else torch.as_tensor(step_size, dtype=x.dtype) * (e > 0)
     gen = torch.Generator().manual_seed(seed)
     best = x.clone()
@@ -129,7 +130,7 @@ def square(
 ) -> torch.Tensor:
     """Gradient-free random search (Square-attack style): random square patches on the ball's boundary, kept
     when they raise the margin loss. No gradients: a check against gradient masking."""
-    e = _eps(eps, x)
+    e = per_input_eps(eps, x)
     gen = torch.Generator().manual_seed(seed)
     B, C, H, W = x.shape
     with eval_mode(model), torch.no_grad():

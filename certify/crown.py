@@ -17,7 +17,7 @@ from certify.local import LocalBounds, box_margins, local_bounds
 from certify.relax import relax
 from certify.unrolled import ConvLayer, Unrolled
 
-__all__ = ["crown_margins", "backward_margins"]
+__all__ = ["crown_margins", "box_and_crown_margins", "backward_margins"]
 
 
 def _through(layer: ConvLayer, lam: torch.Tensor, scale: float, pre: tuple[torch.Tensor, torch.Tensor],
@@ -69,13 +69,19 @@ def backward_margins(net: Unrolled, bounds: LocalBounds, u: torch.Tensor, labels
     return out
 
 
-def crown_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str,
-                  slack: torch.Tensor | float = 0.0) -> torch.Tensor:
-    """Lower bounds of z_y - z_j over the input set: the larger of the CROWN-IBP and the local-box bound.
+def box_and_crown_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor,
+                          norm: str, slack: torch.Tensor | float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(local-box margins, crown margins) over the input set, [B, K] each, from one set of local bounds.
 
-    The backward pass runs only for the margins the local boxes leave at or below `slack` (the others are
-    already proven, and their local bound is returned)."""
+    Crown is the larger of the CROWN-IBP and the box bound; the backward pass runs only for the margins the
+    boxes leave at or below `slack` (the others are already proven, and keep their box bound)."""
     bounds = local_bounds(net, u, eps, norm)
     box = box_margins(net, labels, bounds.lo, bounds.hi)
     todo = box <= torch.as_tensor(slack, dtype=box.dtype).reshape(-1, 1)
-    return torch.maximum(backward_margins(net, bounds, u, labels, eps, norm, todo), box)
+    return box, torch.maximum(backward_margins(net, bounds, u, labels, eps, norm, todo), box)
+
+
+def crown_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str,
+                  slack: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Lower bounds of z_y - z_j over the input set: the larger of the CROWN-IBP and the local-box bound."""
+    return box_and_crown_margins(net, u, labels, eps, norm, slack)[1]

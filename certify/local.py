@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from contraction.errors import CNodeError
+from certify.attacks import per_input_eps
 from certify.unrolled import Unrolled
 
 __all__ = ["LocalBounds", "input_box", "local_bounds", "margin_specs", "box_margins", "local_margins"]
@@ -32,16 +33,9 @@ class LocalBounds:
     input_hi: torch.Tensor
 
 
-def _eps(eps: float | torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    e = torch.as_tensor(eps, dtype=u.dtype, device=u.device).expand(u.shape[0])
-    if not bool(torch.isfinite(e).all()) or bool((e < 0).any()):
-        raise CNodeError(f"eps must be finite and >= 0, got {eps}")
-    return e.view(-1, 1, 1, 1)
-
-
 def input_box(u: torch.Tensor, eps: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The box [u - eps, u + eps] intersected with [0, 1]: contains the Linf and the L2 ball (clipped)."""
-    e = _eps(eps, u)
+    e = per_input_eps(eps, u)
     return (u - e).clamp(0.0, 1.0), (u + e).clamp(0.0, 1.0)
 
 
@@ -66,8 +60,8 @@ def local_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, norm
     pre0 = (z - zr, z + zr)
     if norm == "2":
         rows = net.embed.weight.flatten(1).norm(dim=1)[:, None, None]  # ||row||_2 per output channel
-        zu = net.embed(u)
-        pre0 = _meet(pre0, (zu - _eps(eps, u) * rows, zu + _eps(eps, u) * rows))
+        zu, e = net.embed(u), per_input_eps(eps, u)
+        pre0 = _meet(pre0, (zu - e * rows, zu + e * rows))
     pre = [pre0]
     act, h = net.act, net.h
     xc = act(net.embed(uc))

@@ -63,18 +63,14 @@ def robustness(model: ConvNODE, data: ImageData, *, gaussian: Sequence[float] = 
 
     out["clean"] = _accuracy(model, data, lambda x, i: x, batch_size)
     tick("clean")
-    out["gaussian"] = {}
-    for std in gaussian:
-        accs = [_accuracy(model, data, lambda x, i, s=s: gaussian_noise(x, std, seed=1000 * s + i), batch_size)
-                for s in range(draws)]
-        out["gaussian"][str(std)] = sum(accs) / draws
-        tick(f"gaussian {std}")
-    out["salt_pepper"] = {}
-    for amount in salt_pepper:
-        accs = [_accuracy(model, data, lambda x, i, s=s: salt_and_pepper(x, amount, seed=1000 * s + i), batch_size)
-                for s in range(draws)]
-        out["salt_pepper"][str(amount)] = sum(accs) / draws
-        tick(f"salt-and-pepper {amount}")
+    for key, corrupt, levels in (("gaussian", gaussian_noise, gaussian), ("salt_pepper", salt_and_pepper, salt_pepper)):
+        out[key] = {}
+        for level in levels:  # seed per draw and batch: the same corruptions for every model
+            accs = [_accuracy(model, data, lambda x, i, s=s: corrupt(x, level, seed=1000 * s + i), batch_size)
+                    for s in range(draws)]
+            out[key][str(level)] = sum(accs) / draws
+            tick(f"{key} {level}")
+    ys = [y for _, y in batches(data, batch_size)]  # labels per batch, for the attacks
     for name in ("fgsm", "pgd"):
         out[name] = {}
         for eps in attack_eps:
@@ -83,10 +79,8 @@ def robustness(model: ConvNODE, data: ImageData, *, gaussian: Sequence[float] = 
             else:
                 attack = lambda x, i, e=eps: pgd(model, x, ys[i], eps=e, steps=pgd_steps,  # noqa: E731
                                                  step_size=2.5 * e / pgd_steps, seed=i)
-            ys = [y for _, y in batches(data, batch_size)]
             out[name][str(eps)] = _accuracy(model, data, attack, batch_size)
             tick(f"{name} {eps}")
-    ys = [y for _, y in batches(data, batch_size)]
     out["square"] = {"eps": square_eps, "queries": square_queries,
                      "accuracy": _accuracy(model, data, lambda x, i: square(model, x, ys[i], eps=square_eps,
                                                                           queries=square_queries), batch_size)}

@@ -64,8 +64,12 @@ class CertifyReport:
 
     def certified_counts(self) -> dict[str, int]:
         """How many inputs each certificate certified (auto runs the cheaper ones first)."""
-        by = self.certified_by or ["global" if c else "" for c in self.certified_mask.tolist()]
+        by = self._by()
         return {m: sum(1 for b in by if b == m) for m in ("global", "local", "crown") if m in by}
+
+    def _by(self) -> list[str]:
+        """Per input: the certificate that certified it, or ''."""
+        return self.certified_by or ["global" if c else "" for c in self.certified_mask.tolist()]
 
     @property
     def median_radius(self) -> float:
@@ -93,10 +97,6 @@ class CertifyReport:
             ],
             **self.extra,
         }
-
-
-    def _by(self) -> list[str]:
-        return self.certified_by or ["global" if c else "" for c in self.certified_mask.tolist()]
 
 
 def check_eps(eps: float) -> float:

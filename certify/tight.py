@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 
 from contraction.errors import CNodeError
-from certify.crown import backward_margins, crown_margins
-from certify.local import box_margins, local_bounds, local_margins
+from certify.crown import box_and_crown_margins, crown_margins
+from certify.local import local_margins
 from certify.unrolled import Unrolled
 
 __all__ = ["TIGHT_METHODS", "margin_lower_bounds", "certified_at", "local_and_crown", "tight_radii"]
@@ -38,11 +38,8 @@ def certified_at(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: floa
 def local_and_crown(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str,
                     slack: torch.Tensor | float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """([B] certified by the local boxes alone, [B] certified by crown), from one shared set of local bounds."""
-    u = u.to(net.readout_weight.dtype)
-    bounds = local_bounds(net, u, eps, norm)
-    box = box_margins(net, labels, bounds.lo, bounds.hi)
+    box, low = box_and_crown_margins(net, u.to(net.readout_weight.dtype), labels, eps, norm, slack)
     s = torch.as_tensor(slack, dtype=box.dtype).reshape(-1, 1)
-    low = torch.maximum(backward_margins(net, bounds, u, labels, eps, norm, box <= s), box)
     return (box > s).all(1), (low > s).all(1)
 
 
