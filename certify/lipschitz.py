@@ -16,7 +16,7 @@ from contraction.convops import conv_spectral_norm, pixel_row_sums
 from contraction.errors import CNodeError
 from nodes.classifier import ConvNODE
 
-__all__ = ["NetworkBound", "network_bounds", "best_network_bound", "readout_matrix", "embedding_constant"]
+__all__ = ["NetworkBound", "network_bounds", "best_network_bound", "readout_matrix", "embedding_constant", "pairwise_norms"]
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,10 @@ class NetworkBound:
         return self.pairwise * (self.block_factor * self.embedding)
 
 
-def readout_matrix(model: ConvNODE) -> torch.Tensor:
-    """Readout weights as a [classes, C*H*W] float64 matrix acting on the flattened final state."""
-    W = model.readout.weight.detach().to(torch.float64)
+def readout_matrix(model: ConvNODE, *, detach: bool = True) -> torch.Tensor:
+    """Readout weights as a [classes, C*H*W] matrix acting on the flattened final state (a float64 copy; with
+    `detach=False` the live, trainable weights)."""
+    W = model.readout.weight.detach().to(torch.float64) if detach else model.readout.weight
     cfg = model.config
     if cfg.readout == "linear":
         return W
@@ -78,7 +79,8 @@ def embedding_constant(model: ConvNODE, norm: str, eta: torch.Tensor | None = No
     raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
 
 
-def _pairwise(W: torch.Tensor, dual: str, scale: torch.Tensor | None) -> torch.Tensor:
+def pairwise_norms(W: torch.Tensor, dual: str, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """[K, K] dual norms ||(w_y - w_j) * scale|| of the readout row differences ('1' or '2'; differentiable)."""
     diff = W[:, None, :] - W[None, :, :]
     if scale is not None:
         diff = diff * scale
@@ -92,7 +94,7 @@ def _bound(model: ConvNODE, cert: Certificate, norm: str) -> NetworkBound:
     if norm == "inf":
         eta = torch.tensor(cert.weights, dtype=torch.float64) if cert.weights is not None else None
         scale = None if eta is None else (1.0 / eta).repeat_interleave(hw)
-        pair = _pairwise(W, "1", scale)
+        pair = pairwise_norms(W, "1", scale)
         dual_rows = (W.abs() * (scale if scale is not None else 1.0)).sum(1)
         emb = embedding_constant(model, "inf", eta)
         assumption = "Linf input; readout rows in the (weighted) 1-norm"
@@ -104,12 +106,12 @@ def _bound(model: ConvNODE, cert: Certificate, norm: str) -> NetworkBound:
         C = P.shape[0]
         Wc = W.view(W.shape[0], C, hw)
         Wt = torch.einsum("ij,kjp->kip", Rinv, Wc).reshape(W.shape[0], -1)
-        pair = _pairwise(Wt, "2", None)
+        pair = pairwise_norms(Wt, "2", None)
         dual_rows = Wt.norm(dim=1)
         emb = embedding_constant(model, "2") * float(torch.linalg.eigvalsh(P).max().sqrt())
         assumption = "L2 input; block in the LMI metric ||x||_P; readout duals ||P^-1/2 (w_y - w_j)||"
     else:
-        pair = _pairwise(W, "2", None)
+        pair = pairwise_norms(W, "2", None)
         dual_rows = W.norm(dim=1)
         emb = embedding_constant(model, "2")
         assumption = "L2 input; readout pairs in the 2-norm; embedding norm by FFT" + (

@@ -13,9 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from contraction.convops import conv_symbols, pixel_row_sums
+from contraction.convops import conv_spectral_norm_tensor, pixel_row_sums
 from contraction.errors import CNodeError
 from contraction.weights import euler_factor_2, euler_factor_inf
+from certify.lipschitz import pairwise_norms
 from certify.local import box_margins, local_bounds
 from certify.unrolled import unroll
 from nodes.classifier import ConvNODE
@@ -25,12 +26,6 @@ from nodes.train import Objective
 __all__ = ["lipschitz_constants", "certified_margins", "certified_loss", "certified_objective"]
 
 
-def _spectral_norm(K: torch.Tensor, H: int, W: int, padding: str) -> torch.Tensor:
-    """Differentiable ||T(K)||_2: exact for circular padding, the enlarged-torus bound for zero padding."""
-    p = K.shape[-1] // 2 if padding == "zeros" else 0
-    return torch.linalg.matrix_norm(conv_symbols(K, H + 2 * p, W + 2 * p), ord=2).amax()
-
-
 def lipschitz_constants(model: ConvNODE, norm: str) -> torch.Tensor:
     """Differentiable pairwise constants L_yj [K, K] of the whole network (global bound, as in certify.lipschitz)."""
     cfg = model.config
@@ -38,16 +33,14 @@ def lipschitz_constants(model: ConvNODE, norm: str) -> torch.Tensor:
         raise CNodeError(f"certified training follows the Euler steps; this model uses {cfg.solver!r}")
     net = unroll(model, dtype=None, detach=False)
     a, b, h, n = model.activation.a, model.activation.b, cfg.h, cfg.image_size
-    W = net.readout_weight
-    diff = W[:, None, :] - W[None, :, :]
     if norm == "inf":
-        pair = diff.abs().sum(-1)
+        pair = pairwise_norms(net.readout_weight, "1")
         emb = b * pixel_row_sums(net.embed.weight, n, n, cfg.padding).amax()
         steps = [euler_factor_inf(layer.weight, a, b, h) for layer in net.steps]
     elif norm == "2":
-        pair = diff.norm(dim=-1)
-        emb = b * _spectral_norm(net.embed.weight, n, n, cfg.padding)
-        steps = [euler_factor_2(layer.weight, a, b, h, _spectral_norm(layer.weight, n, n, cfg.padding))
+        pair = pairwise_norms(net.readout_weight, "2")
+        emb = b * conv_spectral_norm_tensor(net.embed.weight, n, n, cfg.padding)
+        steps = [euler_factor_2(layer.weight, a, b, h, conv_spectral_norm_tensor(layer.weight, n, n, cfg.padding))
                  for layer in net.steps]
     else:
         raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")

@@ -11,6 +11,7 @@ from torch import nn
 from contraction.convops import apply_conv, apply_conv_adjoint, centre_taps
 from contraction.errors import CNodeError
 from contraction.slopes import Activation
+from certify.lipschitz import readout_matrix
 from nodes.classifier import ConvNODE
 
 __all__ = ["ConvLayer", "Unrolled", "unroll"]
@@ -80,17 +81,10 @@ def unroll(model: ConvNODE, *, dtype: torch.dtype | None = torch.float64, detach
     if cfg.solver != "euler":
         raise CNodeError(f"bound propagation follows the Euler steps as run; this model uses {cfg.solver!r}")
     steps = tuple(_layer(model.block.field_at_step(k).conv, dtype, detach) for k in range(cfg.steps))
-    W, c = _live_readout(model), model.readout.bias
+    W, c = readout_matrix(model, detach=detach), model.readout.bias
     if detach:
-        W, c = W.detach(), c.detach()
+        c = c.detach()
     if dtype is not None:
         W, c = W.to(dtype), c.to(dtype)
     return Unrolled(_layer(model.embed, dtype, detach), steps, cfg.h, model.activation, W, c)
 
-
-def _live_readout(model: ConvNODE) -> torch.Tensor:
-    W = model.readout.weight
-    if model.config.readout == "linear":
-        return W
-    hw = model.config.image_size**2
-    return (W / hw).repeat_interleave(hw, dim=1)

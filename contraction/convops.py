@@ -26,6 +26,7 @@ __all__ = [
     "pixel_col_sums",
     "conv_matrix",
     "conv_spectral_norm",
+    "conv_spectral_norm_tensor",
     "conv_inf_norm",
 ]
 
@@ -133,15 +134,21 @@ def conv_matrix(K: torch.Tensor, H: int, W: int, padding: str) -> torch.Tensor:
     return apply_conv(eye, K, padding).reshape(n_in, -1).T
 
 
-def conv_spectral_norm(K: torch.Tensor, H: int, W: int, padding: str) -> float:
-    """||T(K)||_2 by the 2-D DFT: exact for circular padding; for zero padding, the exact norm of the circular
-    conv on the (H+k-1) x (W+k-1) torus, which bounds it (zero padding = crop o torus conv o zero extension)."""
-    K = check_kernel(K).detach().to(torch.float64)
+def conv_spectral_norm_tensor(K: torch.Tensor, H: int, W: int, padding: str) -> torch.Tensor:
+    """||T(K)||_2 by the 2-D DFT, differentiable in K: exact for circular padding; for zero padding, the exact norm
+    of the circular conv on the (H+k-1) x (W+k-1) torus, which bounds it (zero padding = crop o torus conv o zero
+    extension)."""
+    K = check_kernel(K)
     _check_padding(padding)
     k = K.shape[-1]
     if padding == "zeros":
         H, W = H + k - 1, W + k - 1
-    return float(torch.linalg.matrix_norm(conv_symbols(K, H, W), ord=2).amax())
+    return torch.linalg.matrix_norm(conv_symbols(K, H, W), ord=2).amax()
+
+
+def conv_spectral_norm(K: torch.Tensor, H: int, W: int, padding: str) -> float:
+    """||T(K)||_2 as a float, in float64 (see conv_spectral_norm_tensor)."""
+    return float(conv_spectral_norm_tensor(K.detach().to(torch.float64), H, W, padding))
 
 
 def conv_symbols(K: torch.Tensor, H: int, W: int) -> torch.Tensor:
