@@ -35,8 +35,8 @@ REG_WEIGHT = {"jacobian": 0.1, "weight": 0.01}
 def runs(args: argparse.Namespace) -> list[tuple[str, str, float, int]]:
     """(dataset, method, rho, seed) for every model to train; nominal has rho 0."""
     out = []
-    for ds in args.datasets:
-        for seed in range(args.seeds):
+    for seed in range(args.seeds):  # seed by seed, so that a run cut short still has whole sweeps
+        for ds in args.datasets:
             out.append((ds, "nominal", 0.0, seed))
             for method in ("jacobian", "weight"):
                 out.extend((ds, method, rho, seed) for rho in args.rhos)
@@ -51,30 +51,45 @@ def train_one(ds: str, method: str, rho: float, seed: int, args: argparse.Namesp
     save_model(path, model, train_config=tcfg, metrics={"train_seconds": sum(history.epoch_seconds)})
 
 
+def check_reused(tcfg: dict, method: str, rho: float, seed: int, args: argparse.Namespace, path: Path) -> None:
+    """Refuse to resume from a checkpoint trained with another recipe than this run's (epochs, images, rate, seed)."""
+    want = {"epochs": args.epochs, "train_limit": args.train_limit, "seed": seed,
+            "reg": "none" if method == "nominal" else method, "rho": rho if method != "nominal" else tcfg.get("rho")}
+    diff = {k: (tcfg.get(k), v) for k, v in want.items() if tcfg.get(k) != v}
+    if diff:
+        raise SystemExit(f"error: {path} was trained with another recipe ({diff}, as (found, wanted)); "
+                         "remove it or use another --out")
+
+
 def plots(results: list[dict], out: Path) -> None:
-    """Fig. 1 (clean accuracy vs rho) and accuracy vs noise, attack eps and certified eps, per dataset."""
+    """Fig. 1 (clean accuracy vs rho) and accuracy vs noise, attack eps and certified eps, per dataset; seeds pooled
+    (mean, error bars at half the spread)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = sorted({r["dataset"] for r in results})
+    agg = aggregate(results)
+    datasets = sorted({a["dataset"] for a in agg})
     fig, axes = plt.subplots(len(datasets), 4, figsize=(18, 4 * len(datasets)), squeeze=False)
     for row, ds in zip(axes, datasets):
-        rs = [r for r in results if r["dataset"] == ds]
+        rows = [a for a in agg if a["dataset"] == ds]
         for method, marker in (("jacobian", "o-"), ("weight", "s-")):
-            pts = sorted((r["rho"], r["robustness"]["clean"]) for r in rs if r["method"] == method)
+            pts = sorted((a["rho"], a["mean"][("clean", None)], a["spread"][("clean", None)] / 2)
+                         for a in rows if a["method"] == method)
             if pts:
-                row[0].plot(*zip(*pts), marker, label=method)
-        for r in rs:
-            if r["method"] not in ("jacobian", "weight"):
-                row[0].axhline(r["robustness"]["clean"], ls="--", lw=1, label=r["label"])
+                rho, mean, err = zip(*pts)
+                row[0].errorbar(rho, mean, yerr=err, fmt=marker, capsize=3, label=method)
+        for a in rows:
+            if a["method"] not in ("jacobian", "weight"):
+                row[0].axhline(a["mean"][("clean", None)], ls="--", lw=1, label=a["label"])
         row[0].set(title=f"{ds}: clean accuracy vs rho", xlabel="rho", ylabel="accuracy")
-        for ax, key, title in ((row[1], "gaussian", "Gaussian noise std"), (row[2], "pgd", "PGD-20 Linf eps"),
-                               (row[3], "certified", "certified Linf eps")):
-            for r in rs:
-                xs = [float(k) for k in r["robustness"][key]]
-                ax.plot(xs, list(r["robustness"][key].values()), "o-", label=r["label"], lw=1)
+        for ax, group, title in ((row[1], "gaussian", "Gaussian noise std"), (row[2], "pgd", "PGD-20 Linf eps"),
+                                 (row[3], "certified", "certified Linf eps")):
+            for a in rows:
+                keys = [k for k in a["columns"] if k[0] == group]
+                ax.errorbar([float(k[1]) for k in keys], [a["mean"][k] for k in keys],
+                            yerr=[a["spread"][k] / 2 for k in keys], fmt="o-", lw=1, capsize=2, label=a["label"])
             ax.set(title=f"{ds}: accuracy vs {title}", xlabel=title, ylabel="accuracy", ylim=(0, 1))
         for ax in row:
             ax.legend(fontsize=7)
@@ -83,25 +98,62 @@ def plots(results: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def group_label(r: dict) -> str:
+    """The model a result belongs to, seeds pooled: 'nominal', 'weight rho=0.5', or an --extra label."""
+    if r["method"] == "nominal":
+        return "nominal"
+    return f"{r['method']} rho={r['rho']:g}" if r["method"] in ("jacobian", "weight") else r["label"]
+
+
+def columns(rob: dict) -> list[tuple[str, str | None]]:
+    """Every accuracy the protocol reports, as (group, level) keys of a robustness dict; level None for clean."""
+    return ([("clean", None)] + [(g, k) for g in ("gaussian", "salt_pepper", "fgsm", "pgd", "certified")
+                                 for k in rob[g]] + [("square", "accuracy")])
+
+
+def accuracy(rob: dict, key: tuple[str, str | None]) -> float:
+    group, level = key
+    return rob[group] if level is None else rob[group][level]
+
+
+def aggregate(results: list[dict]) -> list[dict]:
+    """Pool the seeds of each (dataset, model): per column the mean and the spread (max - min) over seeds."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["dataset"], group_label(r)), []).append(r)
+    out = []
+    for (ds, label), rs in groups.items():
+        cols = columns(rs[0]["robustness"])
+        vals = {key: [accuracy(r["robustness"], key) for r in rs] for key in cols}
+        out.append({"dataset": ds, "label": label, "method": rs[0]["method"], "rho": rs[0]["rho"], "seeds": len(rs),
+                     "n": rs[0]["robustness"]["n"], "columns": cols,
+                     "mean": {k: sum(v) / len(v) for k, v in vals.items()},
+                     "spread": {k: max(v) - min(v) for k, v in vals.items()},
+                     "train_seconds": sum(r["train_seconds"] for r in rs) / len(rs)})
+    return out
+
+
+COLUMN_NAMES = {"gaussian": "gauss", "salt_pepper": "s&p", "fgsm": "FGSM", "pgd": "PGD", "certified": "cert"}
+
+
 def tables(results: list[dict]) -> str:
-    """Markdown: one table per dataset, one row per model, every protocol number (accuracy in %)."""
+    """Markdown: one table per dataset, one row per model (seeds pooled: mean, and ± half the spread when several)."""
     lines = []
-    for ds in sorted({r["dataset"] for r in results}):
-        rs = [r for r in results if r["dataset"] == ds]
-        first = rs[0]["robustness"]
-        cols = ([("clean", None)] + [("gaussian", k) for k in first["gaussian"]]
-                + [("salt_pepper", k) for k in first["salt_pepper"]] + [("fgsm", k) for k in first["fgsm"]]
-                + [("pgd", k) for k in first["pgd"]] + [("certified", k) for k in first["certified"]])
-        names = {"gaussian": "gauss", "salt_pepper": "s&p", "fgsm": "FGSM", "pgd": "PGD", "certified": "cert"}
-        head = ["model"] + [("clean" if k is None else f"{names[g]} {k}") for g, k in cols] + ["gradient-free", "train s"]
-        lines += [f"### {ds} (first {first['n']} test images)", "", "| " + " | ".join(head) + " |",
-                  "|" + "---|" * len(head)]
-        for r in rs:
-            rob = r["robustness"]
-            vals = [rob["clean"] if k is None else rob[g][k] for g, k in cols]
-            lines.append(f"| {r['label']} | " + " | ".join(f"{100 * v:.1f}" for v in vals)
-                         + f" | {100 * rob['square']['accuracy']:.1f} | {r['train_seconds']:.0f} |")
+    agg = aggregate(results)
+    for ds in sorted({a["dataset"] for a in agg}):
+        rows = [a for a in agg if a["dataset"] == ds]
+        cols = rows[0]["columns"]
+        head = (["model", "seeds"] + [("clean" if k is None else "gradient-free" if g == "square"
+                                        else f"{COLUMN_NAMES[g]} {k}") for g, k in cols] + ["train s"])
+        lines += [f"### {ds} (first {rows[0]['n']} test images; accuracy in %)", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for a in rows:
+            cells = [f"{100 * a['mean'][k]:.1f}" + (f" ±{50 * a['spread'][k]:.1f}" if a["seeds"] > 1 else "")
+                     for k in cols]
+            lines.append(f"| {a['label']} | {a['seeds']} | " + " | ".join(cells) + f" | {a['train_seconds']:.0f} |")
         lines.append("")
+    if any(a["seeds"] > 1 for a in agg):
+        lines += ["Mean over seeds ± half the spread (max - min) between them.", ""]
     return "\n".join(lines)
 
 
@@ -124,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="Linf eps for certified accuracy (bound auto)")
     p.add_argument("--extra", nargs="*", default=[], help="more checkpoints as DATASET:LABEL=PATH")
     p.add_argument("--data-root", default=None)
+    p.add_argument("--report-only", action="store_true",
+                   help="train and evaluate nothing: tables and plots from the results already in --out")
     p.add_argument("--quick", action="store_true", help="defaults for a smoke test: embedded subset, 1 epoch, "
                    "two rates, 100 test images (flags given explicitly still win)")
     if p.parse_known_args(argv)[0].quick:
@@ -145,9 +199,14 @@ def main(argv: list[str] | None = None) -> None:
         if res_path.exists():
             results.append(json.loads(res_path.read_text()))
             continue
+        if args.report_only:
+            continue
         if not path.exists():
             train_one(ds, method, rho, seed, args, path)
-        metrics = load_checkpoint(path).get("metrics") or {}
+        ckpt = load_checkpoint(path)
+        if path.parent == out:
+            check_reused(ckpt.get("train_config") or {}, method, rho, seed, args, path)
+        metrics = ckpt.get("metrics") or {}
         t_train = metrics.get("train_seconds") or sum(metrics.get("seconds_per_epoch") or [])
         data = load_dataset(ds, "test", data_root=args.data_root, limit=args.test_limit)
         rob = robustness(load_model(path), data, draws=args.draws, square_queries=args.square_queries,
@@ -161,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{ds:14s} {label:22s} clean {r['clean']:.3f}  gauss.3 {r['gaussian']['0.3']:.3f}  "
               f"pgd.1 {r['pgd']['0.1']:.3f}  cert.1 {r['certified'][str(args.certify_eps[-1])]:.3f}  "
               f"(train {t_train:.0f} s, eval {r['seconds']:.0f} s)", flush=True)
+    if not results:
+        raise SystemExit(f"error: no results in {out} to report")
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(tables(results))
     plots(results, out)

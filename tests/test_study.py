@@ -1,0 +1,54 @@
+"""The paper study's pooling of seeds: every table cell is the mean over seeds, the spread is max - min."""
+
+import importlib.util
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+SPEC = importlib.util.spec_from_file_location("paper_study", Path(__file__).parents[1] / "examples" / "paper_study.py")
+study = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(study)
+
+acc = st.floats(0.0, 1.0)
+
+
+def result(method: str, rho: float, seed: int, vals: list[float]) -> dict:
+    rob = {"n": 50, "clean": vals[0], "gaussian": {"0.1": vals[1]}, "salt_pepper": {"0.05": vals[2]},
+           "fgsm": {"0.05": vals[3]}, "pgd": {"0.05": vals[4]}, "certified": {"0.01": vals[5]},
+           "square": {"accuracy": vals[6]}}
+    label = method + (f" rho={rho:g}" if method != "nominal" else "") + f" seed={seed}"
+    return {"dataset": "mnist", "method": method, "rho": rho, "seed": seed, "label": label,
+            "train_seconds": 10.0 * (seed + 1), "robustness": rob}
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(acc, min_size=7, max_size=7), min_size=1, max_size=4), st.lists(acc, min_size=7, max_size=7))
+def test_aggregate_pools_seeds_of_one_model_and_keeps_models_apart(per_seed, other):
+    results = [result("weight", 0.5, s, v) for s, v in enumerate(per_seed)] + [result("nominal", 0.0, 0, other)]
+    agg = {a["label"]: a for a in study.aggregate(results)}
+    assert set(agg) == {"weight rho=0.5", "nominal"}
+    pooled = agg["weight rho=0.5"]
+    assert pooled["seeds"] == len(per_seed) and len(pooled["columns"]) == 7
+    for i, key in enumerate(pooled["columns"]):
+        col = [v[i] for v in per_seed]
+        assert abs(pooled["mean"][key] - sum(col) / len(col)) < 1e-12
+        assert abs(pooled["spread"][key] - (max(col) - min(col))) < 1e-12
+        assert min(col) - 1e-12 <= pooled["mean"][key] <= max(col) + 1e-12
+        assert agg["nominal"]["mean"][key] == other[i] and agg["nominal"]["spread"][key] == 0.0
+    table = study.tables(results)
+    assert f"| weight rho=0.5 | {len(per_seed)} | {100 * pooled['mean'][('clean', None)]:.1f}" in table
+
+
+def test_resuming_refuses_a_checkpoint_of_another_recipe(tmp_path):
+    args = study.argparse.Namespace(epochs=3, train_limit=0)
+    tcfg = {"epochs": 3, "train_limit": 0, "seed": 1, "reg": "weight", "rho": 0.5}
+    study.check_reused(tcfg, "weight", 0.5, 1, args, tmp_path / "m.pt")  # same recipe: reused silently
+    for change in ({"epochs": 5}, {"train_limit": 10_000}, {"seed": 0}, {"rho": 1.0}, {"reg": "jacobian"}):
+        try:
+            study.check_reused({**tcfg, **change}, "weight", 0.5, 1, args, tmp_path / "m.pt")
+        except SystemExit as e:
+            assert str(e).startswith("error: ") and "another recipe" in str(e)
+        else:
+            raise AssertionError(f"a checkpoint with {change} was reused")
+    study.check_reused({**tcfg, "reg": "none", "rho": 0.0}, "nominal", 0.0, 1, args, tmp_path / "m.pt")
