@@ -82,7 +82,8 @@ def plots(results: list[dict], out: Path) -> None:
                 row[0].errorbar(rho, mean, yerr=err, fmt=marker, capsize=3, label=method)
         for a in rows:
             if a["method"] not in ("jacobian", "weight"):
-                row[0].axhline(a["mean"][("clean", None)], ls="--", lw=1, label=a["label"])
+                row[0].axhline(a["mean"][("clean", None)], ls="--", lw=1,
+                               color="k" if a["label"] == "nominal" else "gray", label=a["label"])
         row[0].set(title=f"{ds}: clean accuracy vs rho", xlabel="rho", ylabel="accuracy")
         for ax, group, title in ((row[1], "gaussian", "Gaussian noise std"), (row[2], "pgd", "PGD-20 Linf eps"),
                                  (row[3], "certified", "certified Linf eps")):
