@@ -19,7 +19,7 @@ import torch
 
 from certify.robustness import ATTACK_EPS, GAUSSIAN, SALT_PEPPER, robustness
 from nodes import load_dataset
-from nodes.checkpoint import load_checkpoint, load_model, save_model
+from nodes.checkpoint import load_checkpoint, model_from_checkpoint, save_model
 from nodes.cli import fit
 from nodes.config import ModelConfig, TrainConfig
 
@@ -54,7 +54,7 @@ def train_one(ds: str, method: str, rho: float, seed: int, args: argparse.Namesp
 def check_reused(tcfg: dict, method: str, rho: float, seed: int, args: argparse.Namespace, path: Path) -> None:
     """Refuse to resume from a checkpoint trained with another recipe than this run's (epochs, images, rate, seed)."""
     want = {"epochs": args.epochs, "train_limit": args.train_limit, "seed": seed,
-            "reg": "none" if method == "nominal" else method, "rho": rho if method != "nominal" else tcfg.get("rho")}
+            "reg": "none" if method == "nominal" else method, "rho": rho}
     diff = {k: (tcfg.get(k), v) for k, v in want.items() if tcfg.get(k) != v}
     if diff:
         raise SystemExit(f"error: {path} was trained with another recipe ({diff}, as (found, wanted)); "
@@ -99,11 +99,14 @@ def plots(results: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def model_label(method: str, rho: float) -> str:
+    """A trained model's name, seeds pooled: 'nominal' or 'weight rho=0.5'."""
+    return method if method == "nominal" else f"{method} rho={rho:g}"
+
+
 def group_label(r: dict) -> str:
-    """The model a result belongs to, seeds pooled: 'nominal', 'weight rho=0.5', or an --extra label."""
-    if r["method"] == "nominal":
-        return "nominal"
-    return f"{r['method']} rho={r['rho']:g}" if r["method"] in ("jacobian", "weight") else r["label"]
+    """The model a result belongs to, seeds pooled: a trained model's name, or an --extra label."""
+    return model_label(r["method"], r["rho"]) if r["method"] in ("nominal", "jacobian", "weight") else r["label"]
 
 
 def columns(rob: dict) -> list[tuple[str, str | None]]:
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     start = time.perf_counter()
-    todo = [(ds, m, rho, seed, f"{m}" + (f" rho={rho:g}" if m != "nominal" else "") + (f" seed={seed}" if args.seeds > 1 else ""),
+    todo = [(ds, m, rho, seed, model_label(m, rho) + (f" seed={seed}" if args.seeds > 1 else ""),
              out / f"{ds}_{m}_rho{rho:g}_s{seed}.pt") for ds, m, rho, seed in runs(args)]
     for spec in args.extra:
         ds, rest = spec.split(":", 1)
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics = ckpt.get("metrics") or {}
         t_train = metrics.get("train_seconds") or sum(metrics.get("seconds_per_epoch") or [])
         data = load_dataset(ds, "test", data_root=args.data_root, limit=args.test_limit)
-        rob = robustness(load_model(path), data, draws=args.draws, square_queries=args.square_queries,
+        rob = robustness(model_from_checkpoint(ckpt, path), data, draws=args.draws, square_queries=args.square_queries,
                          gaussian=GAUSSIAN, salt_pepper=SALT_PEPPER, attack_eps=ATTACK_EPS,
                          certify_eps=args.certify_eps, progress=False)
         entry = {"dataset": ds, "method": method, "rho": rho, "seed": seed, "label": label, "checkpoint": str(path),
