@@ -1,11 +1,10 @@
 """Linear bound propagation (CROWN-IBP style) for the margins z_y - z_j over the input set.
 
 Intermediate bounds come from `certify.local` (intervals + local slopes); one backward pass then carries the
-linear functional lambda . x from the readout to the input: through an Euler step x+ = x + h sigma(z),
-z = T x + b, with the relaxation k z + lower <= sigma(z) <= k z + upper on each neuron's interval,
-    lambda . x+ >= (lambda + T^T (h lambda k)) . x + (h lambda k) . b + sum (h lambda)^+ lower + (h lambda)^- upper,
-the same through the embedding, and at the input the exact minimum of a linear function over the box (Linf) or
-the ball (L2). All margins of a batch go back together as rows."""
+linear functional lambda . x from the last layer's input to the network's input through each layer's `backward`
+rule (certify.layers: affine layers exactly, sigma and the Euler steps x+ = x + h sigma(T x + b) through the
+relaxation k z + lower <= sigma(z) <= k z + upper on each neuron's interval), and at the input takes the exact
+minimum of a linear function over the box (Linf) or the ball (L2). All margins of a batch go back together as rows."""
 
 from __future__ import annotations
 
@@ -14,24 +13,9 @@ import torch.nn.functional as F
 
 from contraction.errors import CNodeError
 from certify.local import LocalBounds, box_margins, local_bounds
-from certify.relax import relax
-from certify.unrolled import ConvLayer, Unrolled
+from certify.unrolled import Unrolled
 
 __all__ = ["crown_margins", "box_and_crown_margins", "backward_margins"]
-
-
-def _through(layer: ConvLayer, lam: torch.Tensor, scale: float, pre: tuple[torch.Tensor, torch.Tensor],
-             net: Unrolled, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pass lambda . (scale * sigma(layer x)) back to (mu . x + const) as a lower bound; returns (mu, const).
-
-    lam is [P, C, H, W], one row per bounded margin; `rows` [P] says which input's relaxation each row uses."""
-    r = relax(net.act, pre[0], pre[1])
-    slope, lower, upper = (t.to(lam.dtype)[rows] for t in (r.slope, r.lower, r.upper))
-    a = scale * lam
-    const = (a.clamp_min(0) * lower + a.clamp_max(0) * upper).flatten(1).sum(1)
-    g = a * slope
-    const = const + (g.sum((2, 3)) * layer.bias).sum(1)
-    return layer.adjoint(g), const
 
 
 def backward_margins(net: Unrolled, bounds: LocalBounds, u: torch.Tensor, labels: torch.Tensor,
@@ -51,13 +35,10 @@ def backward_margins(net: Unrolled, bounds: LocalBounds, u: torch.Tensor, labels
     if len(b_idx) == 0:
         return out
     y = labels[b_idx]
-    lam = (W[y] - W[j_idx]).view(len(b_idx), *bounds.lo.shape[1:])
+    lam = W[y] - W[j_idx]  # one row per bounded margin, on the last layer's input
     const = c[y] - c[j_idx]
-    for k in range(len(net.steps) - 1, -1, -1):
-        back, cst = _through(net.steps[k], lam, net.h, bounds.pre[k + 1], net, b_idx)
-        lam, const = lam + back, const + cst
-    lam, cst = _through(net.embed, lam, 1.0, bounds.pre[0], net, b_idx)
-    const = const + cst
+    for k in range(len(net.layers) - 2, -1, -1):
+        lam, const = net.layers[k].backward(lam, const, bounds.pre[k], b_idx)
     flat = lam.flatten(1)
     mid = (0.5 * (bounds.input_lo + bounds.input_hi)).flatten(1)[b_idx]
     rad = (0.5 * (bounds.input_hi - bounds.input_lo)).flatten(1)[b_idx]

@@ -1,8 +1,11 @@
-"""Whole-classifier Lipschitz bounds: embedding x readout pairs x the ODE block's certified factor, as run.
+"""Whole-classifier Lipschitz bounds over the layer sequence, as run: the layers before the ODE block x the block's
+certified factor x the layers after it, the last one as pairwise row differences.
 
-Linf inputs: ||u - u'||_inf -> ||x0 - x0'||_eta (channel-weighted max norm, eta = 1 unless the weighted certificate
-wins) -> block factor in that norm -> |(z_y - z_j) - (z_y' - z_j')| <= sum_p |w_y,p - w_j,p| / eta_p ||.||_eta.
-L2 inputs: ||.||_2 throughout, readout pairs ||w_y - w_j||_2.
+The block's certificate may measure the state in a channel metric ||G x|| (G = diag(eta), eta the Perron weights,
+for the weighted max norm; G = R^T with P = R R^T for the LMI's ||x||_P). G enters the bound exactly where it can:
+a diagonal G is folded into the last conv before the block (sigma commutes with it), otherwise its norm ||G|| is
+a factor; G^-1 is folded into the first affine layer after the block (exact). Linf inputs: layer factors are
+absolute row sums, the last layer's pairs ||w_y - w_j||_1; L2 inputs: spectral norms and ||w_y - w_j||_2.
 """
 
 from __future__ import annotations
@@ -12,23 +15,24 @@ from dataclasses import dataclass
 import torch
 
 from contraction.certificates import Certificate, block_certificates
-from contraction.convops import conv_spectral_norm, pixel_row_sums
 from contraction.errors import CNodeError
+from certify.layers import Act, Conv, Flatten, Layer, Linear
+from certify.unrolled import Unrolled, unroll
 from nodes.classifier import ConvNODE
 
-__all__ = ["NetworkBound", "network_bounds", "best_network_bound", "readout_matrix", "embedding_constant", "pairwise_norms"]
+__all__ = ["NetworkBound", "network_bounds", "best_network_bound", "pairwise_norms", "layer_constants"]
 
 
 @dataclass(frozen=True)
 class NetworkBound:
-    """|(z_y - z_j)(u) - (z_y - z_j)(u')| <= pairwise[y, j] * ||u - u'|| for every u, u' (in `norm`)."""
+    """|(z_y - z_j)(u) - (z_y - z_j)(u')| <= constants()[y, j] * ||u - u'|| for every u, u' (in `norm`)."""
 
     norm: str
     certificate: Certificate
-    embedding: float
+    embedding: float  # everything before the block (normalisation, stem), into the block's metric
     block_factor: float
-    pairwise: torch.Tensor  # [classes, classes], float64, zero diagonal
-    global_constant: float  # max_j dual-norm of w_j times the rest: ||z(u) - z(u')||_inf <= this * ||u - u'||
+    pairwise: torch.Tensor  # [classes, classes], float64, zero diagonal: everything after the block
+    global_constant: float  # ||z(u) - z(u')||_inf <= this * ||u - u'||
     assumptions: str
 
     @property
@@ -54,31 +58,6 @@ class NetworkBound:
         return self.pairwise * (self.block_factor * self.embedding)
 
 
-def readout_matrix(model: ConvNODE, *, detach: bool = True) -> torch.Tensor:
-    """Readout weights as a [classes, C*H*W] matrix acting on the flattened final state (a float64 copy; with
-    `detach=False` the live, trainable weights)."""
-    W = model.readout.weight.detach().to(torch.float64) if detach else model.readout.weight
-    cfg = model.config
-    if cfg.readout == "linear":
-        return W
-    hw = cfg.image_size**2
-    return (W / hw).repeat_interleave(hw, dim=1)
-
-
-def embedding_constant(model: ConvNODE, norm: str, eta: torch.Tensor | None = None) -> float:
-    """Lipschitz constant of u -> sigma(conv0 u): b * ||T(K0)|| (Linf into the eta-weighted max norm, or L2)."""
-    cfg = model.config
-    K0 = model.embed.weight.detach().to(torch.float64)
-    b = model.activation.b
-    if norm == "inf":
-        rows = pixel_row_sums(K0, cfg.image_size, cfg.image_size, cfg.padding)  # [C, H, W], exact per pixel
-        weights = torch.ones(rows.shape[0], dtype=torch.float64) if eta is None else eta
-        return float(b * (weights[:, None, None] * rows).max())
-    if norm == "2":
-        return float(b * conv_spectral_norm(K0, cfg.image_size, cfg.image_size, cfg.padding))
-    raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
-
-
 def pairwise_norms(W: torch.Tensor, dual: str, scale: torch.Tensor | None = None) -> torch.Tensor:
     """[K, K] dual norms ||(w_y - w_j) * scale|| of the readout row differences ('1' or '2'; differentiable)."""
     diff = W[:, None, :] - W[None, :, :]
@@ -87,56 +66,99 @@ def pairwise_norms(W: torch.Tensor, dual: str, scale: torch.Tensor | None = None
     return diff.abs().sum(-1) if dual == "1" else diff.norm(dim=-1)
 
 
-def _bound(model: ConvNODE, cert: Certificate, norm: str) -> NetworkBound:
-    cfg = model.config
-    W = readout_matrix(model)
-    hw = cfg.image_size**2
-    if norm == "inf":
-        eta = torch.tensor(cert.weights, dtype=torch.float64) if cert.weights is not None else None
-        scale = None if eta is None else (1.0 / eta).repeat_interleave(hw)
-        pair = pairwise_norms(W, "1", scale)
-        dual_rows = (W.abs() * (scale if scale is not None else 1.0)).sum(1)
-        emb = embedding_constant(model, "inf", eta)
-        assumption = "Linf input; readout rows in the (weighted) 1-norm"
-    elif cert.norm == "2_P":
-        # ||x||_P = ||R^T x|| with P = P_c (x) I = R R^T: readout duals ||R^-1 w||, embedding ||R^T|| b ||T0||
-        P = torch.tensor(cert.extra["P"], dtype=torch.float64)
-        R = torch.linalg.cholesky(P)
-        Rinv = torch.linalg.inv(R)
-        C = P.shape[0]
-        Wc = W.view(W.shape[0], C, hw)
-        Wt = torch.einsum("ij,kjp->kip", Rinv, Wc).reshape(W.shape[0], -1)
-        pair = pairwise_norms(Wt, "2", None)
-        dual_rows = Wt.norm(dim=1)
-        emb = embedding_constant(model, "2") * float(torch.linalg.eigvalsh(P).max().sqrt())
-        assumption = "L2 input; block in the LMI metric ||x||_P; readout duals ||P^-1/2 (w_y - w_j)||"
+def _dual(norm: str) -> str:
+    if norm not in ("inf", "2"):
+        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+    return "1" if norm == "inf" else "2"
+
+
+def _product(layers: list[Layer] | tuple[Layer, ...], norm: str) -> torch.Tensor:
+    out = torch.ones((), dtype=torch.float64)
+    for layer in layers:
+        out = out * layer.lipschitz(norm)
+    return out
+
+
+def layer_constants(net: Unrolled, norm: str) -> torch.Tensor:
+    """Pairwise constants [K, K] of the whole network from each layer's own factor (no channel metric; the Euler
+    steps' per-step bounds). Differentiable in the weights of a live `unroll(model, dtype=None, detach=False)`."""
+    pair = pairwise_norms(net.final.weight, _dual(norm))
+    return pair * _product(net.layers[:-1], norm).to(pair.dtype)
+
+
+def _metric(cert: Certificate) -> tuple[torch.Tensor, bool] | None:
+    """The channel matrix G of the certificate's state norm ||G x|| (and whether it is diagonal), None for plain."""
+    if cert.norm == "inf_weighted" and cert.weights is not None:
+        return torch.diag(torch.tensor(cert.weights, dtype=torch.float64)), True
+    if cert.norm == "2_P":
+        R = torch.linalg.cholesky(torch.tensor(cert.extra["P"], dtype=torch.float64))
+        return R.T, False
+    if cert.norm in ("inf", "2"):
+        return None
+    raise CNodeError(f"certificate norm {cert.norm!r} has no whole-network bound")
+
+
+def _with_metric(net: Unrolled, G: torch.Tensor, diagonal: bool) -> tuple[list[Layer], float]:
+    """The layers with G folded into the affine layers around the block, and the factor ||G|| where it is not."""
+    layers = list(net.layers)
+    start, stop = net.block
+    channels = G.shape[0]
+    entry = 1.0
+    j = start - 1
+    while j >= 0 and isinstance(layers[j], Act) and diagonal:
+        j -= 1
+    if diagonal and j >= 0 and isinstance(layers[j], Conv):
+        layers[j] = layers[j].mix(out=G)  # type: ignore[union-attr]
     else:
-        pair = pairwise_norms(W, "2", None)
-        dual_rows = W.norm(dim=1)
-        emb = embedding_constant(model, "2")
-        assumption = "L2 input; readout pairs in the 2-norm; embedding norm by FFT" + (
-            " on the enlarged torus (zero padding)" if cfg.padding == "zeros" else " (circular padding, exact)")
+        entry = float(torch.linalg.matrix_norm(G, ord=2))
+    Ginv = torch.linalg.inv(G)
+    j = stop
+    while isinstance(layers[j], Flatten):
+        j += 1
+    layer = layers[j]
+    if isinstance(layer, Linear):
+        layers[j] = layer.mix(Ginv, channels)
+    elif isinstance(layer, Conv):
+        layers[j] = layer.mix(inp=Ginv)
+    else:
+        raise CNodeError(f"no affine layer after the ODE block to absorb the {cert_name(diagonal)} metric")
+    return layers, entry
+
+
+def cert_name(diagonal: bool) -> str:
+    return "channel-weighted" if diagonal else "LMI"
+
+
+def _bound(net: Unrolled, cert: Certificate, norm: str) -> NetworkBound:
+    dual = _dual(norm)
+    metric = _metric(cert)
+    layers, entry = (list(net.layers), 1.0) if metric is None else _with_metric(net, *metric)
+    start, stop = net.block
+    with torch.no_grad():
+        emb = float(_product(layers[:start], norm)) * entry
+        post = _product(layers[stop:-1], norm)
+        W = layers[-1].weight  # type: ignore[attr-defined]
+        pair = pairwise_norms(W, dual) * post
+        dual_rows = (W.abs().sum(1) if dual == "1" else W.norm(dim=1)).max() * post
     factor = float(cert.factor)  # type: ignore[arg-type]
-    return NetworkBound(
-        norm=norm,
-        certificate=cert,
-        embedding=emb,
-        block_factor=factor,
-        pairwise=pair,
-        global_constant=float(dual_rows.max()) * factor * emb,
-        assumptions=f"{assumption}; block: {cert.condition}",
-    )
+    what = "Linf input; layers by absolute row sums, last layer's pairs in the 1-norm" if norm == "inf" else \
+        "L2 input; layers by spectral norms (FFT for convs), last layer's pairs in the 2-norm"
+    if metric is not None:
+        what += f"; block in the {cert_name(metric[1])} metric, folded into the layers around it"
+    return NetworkBound(norm=norm, certificate=cert, embedding=emb, block_factor=factor, pairwise=pair,
+                        global_constant=float(dual_rows) * factor * emb, assumptions=f"{what}; block: {cert.condition}")
 
 
 def network_bounds(model: ConvNODE, norm: str, certificates: list[Certificate] | None = None) -> list[NetworkBound]:
     """A whole-network bound for each certified block certificate usable with `norm` inputs."""
-    if norm not in ("inf", "2"):
-        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+    _dual(norm)
     certs = certificates if certificates is not None else block_certificates(model.block.spec())
     family = ("inf", "inf_weighted") if norm == "inf" else ("2", "2_P")
-    return [_bound(model, c, norm) for c in certs if c.certified and c.norm in family and c.factor is not None]
-
-
+    usable = [c for c in certs if c.certified and c.norm in family and c.factor is not None]
+    if not usable:
+        return []
+    net = unroll(model, any_solver=True)  # the block enters through its certificate, whatever its solver
+    return [_bound(net, c, norm) for c in usable]
 def best_network_bound(model: ConvNODE, norm: str, certificates: list[Certificate] | None = None) -> NetworkBound:
     """The bound with the smallest largest pairwise constant; CNodeError when the block has no sound bound."""
     bounds = network_bounds(model, norm, certificates)

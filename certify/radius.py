@@ -40,7 +40,7 @@ def certified_radii(
 
 
 def certified_accuracy(radii: torch.Tensor, eps: float) -> float:
-    """Share of inputs whose certified radius is strictly larger than eps."""
+    """Share of inputs whose proven radius (a closed ball) reaches eps."""
     if radii.numel() == 0:
         return 0.0
-    return float((radii > eps).double().mean())
+    return float((radii >= eps).double().mean())

@@ -19,16 +19,15 @@ def format_report(report: CertifyReport, model_path: str = "") -> str:
         f"certify {model_path}: {report.dataset} test, first {report.n} images, {norm} eps = {report.eps:g}",
         f"  clean accuracy          {report.clean_accuracy:8.2%}",
         f"  certified accuracy      {report.certified_accuracy:8.2%}   "
-        + ("(radius > eps)" if report.certified_by is None else
-           "(" + (", ".join(f"{m}: {c}" for m, c in report.certified_counts().items()) + " inputs"
-                  if report.certified_counts() else "none certified") + "; bound " + report.extra.get("bound_mode", "")
-           + ")"),
+        + "(" + (", ".join(f"{m}: {c}" for m, c in report.certified_counts().items()) + " inputs"
+                 if report.certified_counts() else "none certified") + "; bound " + report.extra.get("bound_mode", "")
+        + ")",
         f"  median radius           {report.median_radius:8.4g}",
         f"  ODE block               {cert.status}, {cert.method} ({cert.norm}-norm)",
         f"    continuous rate       {cert.rate:8.4g}" if cert.rate is not None else
         "    continuous rate              -   (the LMI certifies the discrete step only)",
         f"    discrete factor       {b.block_factor:8.4g}   ({len(cert.step_factors)} Euler steps)",
-        f"  embedding Lipschitz     {b.embedding:8.4g}",
+        f"  stem Lipschitz          {b.embedding:8.4g}   (into the block's norm)",
         f"  network constant L_yj   {float(b.constants().max()):8.4g}   (largest pairwise)",
         f"  time                    {report.timing['total_seconds']:8.2f} s "
         f"(bound {report.timing['bound_seconds']:.2f} s, radii {report.timing['certify_seconds']:.2f} s"
@@ -57,7 +56,7 @@ def plot_curves(report: CertifyReport, path: str | Path, pgd_points: Sequence[tu
     radii = report.radii.sort().values
     top = max(float(radii.max()) * 1.1 if report.n else 0.0, 2 * report.eps, max((e for e, _ in pgd_points), default=0))
     eps_grid = torch.linspace(0, top, 200, dtype=torch.float64)
-    cert = [(radii > e).double().mean().item() for e in eps_grid]
+    cert = [(radii >= e).double().mean().item() for e in eps_grid]  # radii are closed balls
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(eps_grid.numpy(), cert, label="certified (lower bound)")
     if pgd_points:

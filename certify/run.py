@@ -1,4 +1,5 @@
-"""Orchestration: one-time network bound -> logits -> radii -> certified accuracy (+ optional attack check)."""
+"""Orchestration: plan (validate, round-off check, network bound) -> batches (radii, tight stages) -> report
+(+ optional attack check)."""
 
 from __future__ import annotations
 
@@ -15,22 +16,45 @@ from contraction.errors import CNodeError
 from certify.attacks import is_adversarial, pgd, square
 from nodes.train import eval_mode
 from certify.lipschitz import NetworkBound, best_network_bound
-from certify.radius import certified_radii, roundoff_slack
+from certify.radius import certified_accuracy, certified_radii, roundoff_slack
 from certify.tight import certified_at, local_and_crown, tight_radii
-from certify.unrolled import unroll
+from certify.unrolled import Unrolled, unroll
 from nodes.classifier import ConvNODE
 from nodes.data import ImageData, batches
 
-__all__ = ["CertifyReport", "certify_model", "attack_check", "check_eps", "BOUNDS"]
+__all__ = ["CertifyReport", "CertifyPlan", "BatchResult", "plan_certification", "certify_batch", "certify_model",
+           "attack_check", "check_eps", "BOUNDS", "BoundMethod"]
 
-BOUNDS = ("auto", "global", "lmi", "local", "crown")
 RADIUS_CAP = {"inf": 0.5, "2": 10.0}  # bisection's upper end for --radius
 ROUNDOFF_REL = 1e-4
 
 
+@dataclass(frozen=True)
+class BoundMethod:
+    """A `--bound` choice: the block certificates of the global stage, then the tight stages on what is left."""
+
+    tight: tuple[str, ...]  # () or ("local",), ("crown",), ("local", "crown") (one shared pass)
+    lmi: bool = False
+    help: str = ""
+
+
+BOUNDS: dict[str, BoundMethod] = {
+    "global": BoundMethod((), help="Lipschitz product with the best weight bound of the ODE block"),
+    "lmi": BoundMethod((), lmi=True, help="the same with the S-procedure LMI block certificate (--norm 2, circular)"),
+    "local": BoundMethod(("local",), help="global, then interval + local-slope boxes over the eps-ball"),
+    "crown": BoundMethod(("crown",), help="global, then boxes + linear bound propagation (CROWN-IBP style)"),
+    "auto": BoundMethod(("local", "crown"), help="global, then boxes, then CROWN on the margins still open"),
+}
+STAGES = ("global", "local", "crown")
+
+
 @dataclass
 class CertifyReport:
-    """Certified robustness of a model on a dataset at eps, with the bound used and per-input radii."""
+    """Certified robustness of a model on a dataset at eps, with the bound used and per-input radii.
+
+    One radius convention: `radii[i]` is the radius of a closed ball around input i on which the prediction is
+    proven (0 when misclassified); input i is certified at eps iff radii[i] >= eps. `certified_by[i]` names the
+    stage that proved it ('global', 'local', 'crown'), or '' when it is not certified at eps."""
 
     dataset: str
     norm: str
@@ -39,11 +63,10 @@ class CertifyReport:
     labels: torch.Tensor
     predictions: torch.Tensor
     radii: torch.Tensor
+    certified_by: list[str]
     timing: dict[str, float]
     roundoff: dict[str, float]
     attack: dict[str, Any] | None = None
-    certified: torch.Tensor | None = None  # [n] bool at eps; None: radii > eps (global bound only)
-    certified_by: list[str] | None = None  # per input: "global", "local", "crown" or ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -56,20 +79,15 @@ class CertifyReport:
 
     @property
     def certified_mask(self) -> torch.Tensor:
-        return self.certified if self.certified is not None else self.radii > self.eps
+        return self.radii >= self.eps
 
     @property
     def certified_accuracy(self) -> float:
-        return float(self.certified_mask.double().mean()) if self.n else 0.0
+        return certified_accuracy(self.radii, self.eps)
 
     def certified_counts(self) -> dict[str, int]:
-        """How many inputs each certificate certified (auto runs the cheaper ones first)."""
-        by = self._by()
-        return {m: sum(1 for b in by if b == m) for m in ("global", "local", "crown") if m in by}
-
-    def _by(self) -> list[str]:
-        """Per input: the certificate that certified it, or ''."""
-        return self.certified_by or ["global" if c else "" for c in self.certified_mask.tolist()]
+        """How many inputs each stage certified (auto runs the cheaper ones first)."""
+        return {m: self.certified_by.count(m) for m in STAGES if m in self.certified_by}
 
     @property
     def median_radius(self) -> float:
@@ -93,7 +111,7 @@ class CertifyReport:
                 {"index": i, "label": int(y), "prediction": int(p), "radius": float(r), "certified": bool(c),
                  "certified_by": by}
                 for i, (y, p, r, c, by) in enumerate(zip(self.labels, self.predictions, self.radii,
-                                                         self.certified_mask.tolist(), self._by()))
+                                                         self.certified_mask.tolist(), self.certified_by))
             ],
             **self.extra,
         }
@@ -115,6 +133,110 @@ def _measured_roundoff(model: ConvNODE, x: torch.Tensor) -> float:
     return float(((z32 - z64).abs().amax(1) / (1 + z64.abs().amax(1))).max())
 
 
+@dataclass(frozen=True)
+class CertifyPlan:
+    """Everything decided before the first batch: validated options, the network bound, the unrolled layers."""
+
+    eps: float
+    norm: str
+    bound: str
+    tight: tuple[str, ...]
+    network: NetworkBound
+    unrolled: Unrolled | None
+    batch_size: int
+    radius: bool
+    roundoff: float
+    seconds: float
+
+
+def plan_certification(model: ConvNODE, sample: torch.Tensor, *, eps: float, norm: str = "inf", bound: str = "auto",
+                       batch_size: int = 1000, radius: bool = False) -> CertifyPlan:
+    """Validate every option and combination, check float32 round-off on `sample`, compute the network bound.
+
+    Raises CNodeError (one line) before any expensive work: bad eps / norm / bound / batch size, --bound lmi in
+    Linf, a tight bound on a non-Euler model, float32 logits too far from float64."""
+    t0 = time.perf_counter()
+    eps = check_eps(eps)
+    if norm not in ("inf", "2"):
+        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+    if bound not in BOUNDS:
+        raise CNodeError(f"bound must be one of {list(BOUNDS)}, got {bound!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise CNodeError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    method = BOUNDS[bound]
+    euler = model.config.solver == "euler"
+    tight = method.tight if euler or bound != "auto" else ()  # auto falls back to the global bound
+    if tight and not euler:
+        raise CNodeError(f"--bound {bound} follows the Euler steps; this model uses {model.config.solver!r} "
+                         "(use --bound global, or train with --solver euler)")
+    if method.lmi and norm != "2":
+        raise CNodeError("the LMI certifies the 2-norm: use --norm 2 with --bound lmi")
+    with eval_mode(model):
+        measured = _measured_roundoff(model, sample) if len(sample) else 0.0
+    if measured > 0.1 * ROUNDOFF_REL:
+        raise CNodeError(f"float32 logits differ from float64 by {measured:.2e} (relative), above the "
+                         f"round-off slack's safety margin; certificate withheld")
+    spec = model.block.spec()
+    certs = block_certificates(spec)
+    if method.lmi:
+        from contraction.lmi import lmi_block_certificate
+
+        lmi = lmi_block_certificate(spec)
+        if not lmi.certified:
+            raise CNodeError(f"LMI certificate not available: {lmi.status}: {lmi.condition}")
+        certs = [lmi]
+    network = best_network_bound(model, norm, certs)
+    return CertifyPlan(eps=eps, norm=norm, bound=bound, tight=tight, network=network,
+                       unrolled=unroll(model) if tight else None,
+                       batch_size=batch_size if not tight else min(batch_size, 100), radius=radius and bool(tight),
+                       roundoff=measured, seconds=time.perf_counter() - t0)
+
+
+@dataclass
+class BatchResult:
+    """One batch: predictions, proven radii, the stage that certified each input, seconds per stage."""
+
+    labels: torch.Tensor
+    predictions: torch.Tensor
+    radii: torch.Tensor
+    certified_by: list[str]
+    seconds: dict[str, float]
+
+
+def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.Tensor) -> BatchResult:
+    """Global radii for every input, then the plan's tight stages on the correct inputs still uncertified."""
+    seconds = dict.fromkeys(STAGES, 0.0)
+    ts = time.perf_counter()
+    with eval_mode(model), torch.no_grad():
+        z = model(x)
+    slack = roundoff_slack(z, ROUNDOFF_REL)
+    r = certified_radii(z, y, plan.network.constants(), slack)
+    ok = r >= plan.eps
+    names = ["global" if c else "" for c in ok.tolist()]
+    seconds["global"] += time.perf_counter() - ts
+    net, tight = plan.unrolled, plan.tight
+    todo = torch.nonzero(~ok & (z.argmax(1) == y)).flatten()
+    if len(todo) and tight:
+        ts = time.perf_counter()
+        if tight == ("local", "crown"):  # one pass: the boxes, then CROWN on the margins they leave open
+            got_local, got = local_and_crown(net, x[todo], y[todo], plan.eps, plan.norm, slack[todo])
+        else:
+            got = certified_at(net, x[todo], y[todo], plan.eps, plan.norm, tight[0], slack[todo])
+            got_local = got if tight == ("local",) else torch.zeros_like(got)
+        seconds[tight[-1]] += time.perf_counter() - ts
+        for i, by_local in zip(todo[got].tolist(), got_local[got].tolist()):
+            names[i] = "local" if by_local else tight[-1]
+        r[todo[got]] = plan.eps  # certified at eps: the closed eps-ball is proven
+    if plan.radius:
+        ts = time.perf_counter()
+        good = torch.nonzero(z.argmax(1) == y).flatten()
+        if len(good):
+            r[good] = tight_radii(net, x[good], y[good], plan.norm, tight[-1], slack[good], r[good],
+                                  RADIUS_CAP[plan.norm])
+        seconds[tight[-1]] += time.perf_counter() - ts
+    return BatchResult(y, z.argmax(1), r, names, {k: v for k, v in seconds.items() if v > 0})
+
+
 def certify_model(
     model: ConvNODE,
     data: ImageData,
@@ -126,101 +248,34 @@ def certify_model(
     progress: bool = False,
     radius: bool = False,
 ) -> CertifyReport:
-    """Certify every input of `data` at eps; the bound used and a proven radius per input.
+    """Certify every input of `data` at eps: plan (validation, round-off check, network bound) -> batches -> report.
 
-    bound: 'global' (weight bounds) or 'lmi' (LMI block) -> Lipschitz radii, certified when radius > eps;
-    'local' / 'crown' -> tight margins over the eps-ball (Euler models); 'auto' -> global, then local on the
-    inputs still uncertified, then crown on the rest. `radius=True` bisects the tight radius of every input."""
-    eps = check_eps(eps)
-    if norm not in ("inf", "2"):
-        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
-    if bound not in BOUNDS:
-        raise CNodeError(f"bound must be one of {list(BOUNDS)}, got {bound!r}")
+    bound (`BOUNDS`): 'global' (weight bounds) or 'lmi' (LMI block) -> Lipschitz radii; 'local' / 'crown' /
+    'auto' -> the global radii, then the tight certificates over the eps-ball on the inputs still uncertified
+    (Euler models). `radius=True` bisects the tight radius of every correct input."""
     t0 = time.perf_counter()
-    spec = model.block.spec()
-    certs = block_certificates(spec)
-    tight = {"auto": ("local", "crown"), "local": ("local",), "crown": ("crown",)}.get(bound, ())
-    if bound == "auto" and model.config.solver != "euler":
-        tight = ()  # the tight certificates follow Euler steps; auto falls back to the global bound
-    if tight and model.config.solver != "euler":
-        raise CNodeError(f"--bound {bound} follows the Euler steps; this model uses {model.config.solver!r} "
-                         "(use --bound global, or train with --solver euler)")
-    if bound == "lmi":
-        from contraction.lmi import lmi_block_certificate
-
-        lmi = lmi_block_certificate(spec)
-        if not lmi.certified:
-            raise CNodeError(f"LMI certificate not available: {lmi.status}: {lmi.condition}")
-        certs = [lmi] if norm == "2" else certs
-        if norm == "inf":
-            raise CNodeError("the LMI certifies the 2-norm: use --norm 2 with --bound lmi")
-    net = best_network_bound(model, norm, certs)
-    constants = net.constants()
-    unrolled = unroll(model) if tight else None
-    t_bound = time.perf_counter() - t0
-
-    labels, preds, radii, certified, by = [], [], [], [], []
-    seconds = {"global": 0.0, "local": 0.0, "crown": 0.0}
+    plan = plan_certification(model, data.tensors(0, min(len(data), 64))[0], eps=eps, norm=norm, bound=bound,
+                              batch_size=batch_size, radius=radius)
     t1 = time.perf_counter()
-    with eval_mode(model), torch.no_grad():
-        it = batches(data, batch_size if not tight else min(batch_size, 100))
-        if progress:
-            step = batch_size if not tight else min(batch_size, 100)
-            it = tqdm(it, total=(len(data) + step - 1) // step, desc=f"certify ({bound})", leave=False)
-        for x, y in it:
-            ts = time.perf_counter()
-            z = model(x)
-            slack = roundoff_slack(z, ROUNDOFF_REL)
-            r = certified_radii(z, y, constants, slack)
-            ok = (r > eps) if bound in ("auto", "global", "lmi") else torch.zeros_like(r, dtype=torch.bool)
-            names = ["global" if c else "" for c in ok.tolist()]
-            seconds["global"] += time.perf_counter() - ts
-            todo = torch.nonzero(~ok & (z.argmax(1) == y)).flatten()
-            if len(todo) and tight:
-                ts = time.perf_counter()
-                if tight == ("local", "crown"):  # one pass: the boxes, then CROWN on the margins they leave open
-                    got_local, got = local_and_crown(unrolled, x[todo], y[todo], eps, norm, slack[todo])
-                else:
-                    got_local = torch.zeros(len(todo), dtype=torch.bool)
-                    got = certified_at(unrolled, x[todo], y[todo], eps, norm, tight[0], slack[todo])
-                seconds[tight[-1]] += time.perf_counter() - ts
-                ok[todo[got]] = True
-                for i, by_local in zip(todo[got].tolist(), got_local[got].tolist()):
-                    names[i] = "local" if by_local else tight[-1]
-            if radius and tight:
-                r = torch.where(ok, r.clamp_min(eps), r)
-                good = torch.nonzero(z.argmax(1) == y).flatten()
-                if len(good):
-                    r[good] = tight_radii(unrolled, x[good], y[good], norm, tight[-1], slack[good], r[good],
-                                          RADIUS_CAP[norm])
-            elif tight:
-                r = torch.where(ok, r.clamp_min(eps), r)  # certified at eps: the closed eps-ball is proven
-            radii.append(r)
-            certified.append(ok)
-            by.extend(names)
-            labels.append(y)
-            preds.append(z.argmax(1))
-    t_cert = time.perf_counter() - t1
-    first = data.tensors(0, min(len(data), 64))[0]
-    with eval_mode(model):
-        measured = _measured_roundoff(model, first) if len(data) else 0.0
-    if measured > 0.1 * ROUNDOFF_REL:
-        raise CNodeError(f"float32 logits differ from float64 by {measured:.2e} (relative), above the "
-                         f"round-off slack's safety margin; certificate withheld")
+    it = batches(data, plan.batch_size)
+    if progress:
+        it = tqdm(it, total=(len(data) + plan.batch_size - 1) // plan.batch_size, desc=f"certify ({bound})",
+                  leave=False)
+    results = [certify_batch(plan, model, x, y) for x, y in it]
+    seconds = {f"{m}_seconds": sum(b.seconds.get(m, 0.0) for b in results) for m in STAGES}
     return CertifyReport(
         dataset=data.name,
-        norm=norm,
-        eps=eps,
-        bound=net,
-        labels=torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
-        predictions=torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long),
-        radii=torch.cat(radii) if radii else torch.zeros(0, dtype=torch.float64),
-        timing={"bound_seconds": t_bound, "certify_seconds": t_cert, "total_seconds": time.perf_counter() - t0,
-                **{f"{m}_seconds": s for m, s in seconds.items() if s > 0}},
-        certified=torch.cat(certified) if certified else torch.zeros(0, dtype=torch.bool),
-        certified_by=by,
-        extra={"bound_mode": bound, "radius_bisection": bool(radius and tight)},
-        roundoff={"relative_slack": ROUNDOFF_REL, "measured_relative_float32_error": measured,
+        norm=plan.norm,
+        eps=plan.eps,
+        bound=plan.network,
+        labels=torch.cat([b.labels for b in results]) if results else torch.zeros(0, dtype=torch.long),
+        predictions=torch.cat([b.predictions for b in results]) if results else torch.zeros(0, dtype=torch.long),
+        radii=torch.cat([b.radii for b in results]) if results else torch.zeros(0, dtype=torch.float64),
+        certified_by=[name for b in results for name in b.certified_by],
+        timing={"bound_seconds": plan.seconds, "certify_seconds": time.perf_counter() - t1,
+                "total_seconds": time.perf_counter() - t0, **{k: v for k, v in seconds.items() if v > 0}},
+        extra={"bound_mode": bound, "radius_bisection": plan.radius},
+        roundoff={"relative_slack": ROUNDOFF_REL, "measured_relative_float32_error": plan.roundoff,
                   "note": "each margin is reduced by 4e-4 * (1 + max|z|) before dividing by L_yj"},
     )
 

@@ -3,7 +3,7 @@
 For every wrong class j the logit z_j - z_y is replaced by an upper bound over the ball, -m_j, with m_j a
 differentiable lower bound of the margin z_y - z_j:
 - 'lipschitz' (Lipschitz-margin training): m_j = (z_y - z_j)(u) - eps * L_yj, L_yj the global pairwise constant
-  (readout pair norm x Euler step gains with slopes in [a, b] x embedding norm), in the chosen norm;
+  (last layer's pair norm x every other layer's factor, Euler steps with slopes in [a, b]), in the chosen norm;
 - 'interval': m_j from the local boxes of certify.local (interval + local-slope bounds through every Euler step),
   the IBP-style bound, tighter and what `certify --bound local` checks.
 The loss is CE([-m_j]_j, y) (the y entry is 0), an upper bound of the worst-case CE over the ball."""
@@ -13,10 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from contraction.convops import conv_spectral_norm_tensor, pixel_row_sums
 from contraction.errors import CNodeError
-from contraction.weights import euler_factor_2, euler_factor_inf
-from certify.lipschitz import pairwise_norms
+from certify.lipschitz import layer_constants
 from certify.local import box_margins, local_bounds
 from certify.unrolled import unroll
 from nodes.classifier import ConvNODE
@@ -27,24 +25,11 @@ __all__ = ["lipschitz_constants", "certified_margins", "certified_loss", "certif
 
 
 def lipschitz_constants(model: ConvNODE, norm: str) -> torch.Tensor:
-    """Differentiable pairwise constants L_yj [K, K] of the whole network (global bound, as in certify.lipschitz)."""
-    cfg = model.config
-    if cfg.solver != "euler":
-        raise CNodeError(f"certified training follows the Euler steps; this model uses {cfg.solver!r}")
-    net = unroll(model, dtype=None, detach=False)
-    a, b, h, n = model.activation.a, model.activation.b, cfg.h, cfg.image_size
-    if norm == "inf":
-        pair = pairwise_norms(net.readout_weight, "1")
-        emb = b * pixel_row_sums(net.embed.weight, n, n, cfg.padding).amax()
-        steps = [euler_factor_inf(layer.weight, a, b, h) for layer in net.steps]
-    elif norm == "2":
-        pair = pairwise_norms(net.readout_weight, "2")
-        emb = b * conv_spectral_norm_tensor(net.embed.weight, n, n, cfg.padding)
-        steps = [euler_factor_2(layer.weight, a, b, h, conv_spectral_norm_tensor(layer.weight, n, n, cfg.padding))
-                 for layer in net.steps]
-    else:
-        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
-    return pair * torch.stack(steps).prod() * emb
+    """Differentiable pairwise constants L_yj [K, K] of the whole network (each layer's own factor, the Euler steps'
+    per-step bounds: the global bound of certify.lipschitz without the channel metric)."""
+    if model.config.solver != "euler":
+        raise CNodeError(f"certified training follows the Euler steps; this model uses {model.config.solver!r}")
+    return layer_constants(unroll(model, dtype=None, detach=False), norm)
 
 
 def certified_margins(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, method: str,

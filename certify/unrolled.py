@@ -1,5 +1,7 @@
-"""The classifier as it runs, unrolled into explicit layers for bound propagation: embedding conv, one Euler
-residual step x+ = x + h sigma(K_k x + b_k) per interval, readout. Euler only: other solvers have no such form."""
+"""The classifier as it runs, unrolled into the bound engine's layer sequence: [normalise], stem (conv, sigma)...,
+one Euler residual step x+ = x + h sigma(K_k x + b_k) per interval, flatten, head (linear, sigma)..., linear.
+Euler only: other solvers have no such form. Pixel averaging (`readout='avgpool'`) is folded into the first head
+layer (its weights divided by H W and repeated over the pixels)."""
 
 from __future__ import annotations
 
@@ -8,83 +10,110 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from contraction.convops import apply_conv, apply_conv_adjoint, centre_taps
 from contraction.errors import CNodeError
 from contraction.slopes import Activation
-from certify.lipschitz import readout_matrix
+from certify.layers import Act, Conv, EulerStep, Flatten, Layer, Linear, Normalize
 from nodes.classifier import ConvNODE
 
-__all__ = ["ConvLayer", "Unrolled", "unroll"]
-
-
-@dataclass(frozen=True)
-class ConvLayer:
-    """z = T(K) x + b with the layer's own padding; also |T|(K) r and the adjoint T(K)^T y."""
-
-    weight: torch.Tensor
-    bias: torch.Tensor
-    padding: str
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return apply_conv(x, self.weight, self.padding) + self.bias[:, None, None]
-
-    def abs(self, r: torch.Tensor) -> torch.Tensor:
-        """|T(K)| r with |K| taken tap by tap (>= the true |T| r when taps wrap onto each other)."""
-        return apply_conv(r, self.weight.abs(), self.padding)
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return apply_conv_adjoint(y, self.weight, self.padding)
-
-    def centre(self) -> torch.Tensor:
-        """Centre taps [C, 1, 1] (the diagonal of T(K) at every pixel)."""
-        return centre_taps(self.weight)[:, None, None]
+__all__ = ["Unrolled", "unroll"]
 
 
 @dataclass(frozen=True)
 class Unrolled:
-    """x0 = sigma(embed u); x_{k+1} = x_k + h sigma(steps[k] x_k); logits = W flatten(x_N) + c."""
+    """A sequence of layers ending in the Linear layer to the classes; `block` = the Euler steps' index range."""
 
-    embed: ConvLayer
-    steps: tuple[ConvLayer, ...]
-    h: float
+    layers: tuple[Layer, ...]
+    block: tuple[int, int]
     act: Activation
-    readout_weight: torch.Tensor  # [classes, C*H*W]
-    readout_bias: torch.Tensor  # [classes]
 
-    def trajectory(self, u: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Pre-activations z_0..z_N (embedding, then each step) and states x_0..x_N."""
-        z = [self.embed(u)]
-        x = [self.act(z[0])]
-        for layer in self.steps:
-            z.append(layer(x[-1]))
-            x.append(x[-1] + self.h * self.act(z[-1]))
-        return z, x
+    def __post_init__(self) -> None:
+        if not self.layers or not isinstance(self.layers[-1], Linear):
+            raise CNodeError("a network must end with a linear layer to the classes")
 
-    def logits(self, x_final: torch.Tensor) -> torch.Tensor:
-        return x_final.flatten(1) @ self.readout_weight.T + self.readout_bias
+    @property
+    def final(self) -> Linear:
+        """The last layer (logits = W x + c)."""
+        return self.layers[-1]  # type: ignore[return-value]
+
+    @property
+    def readout_weight(self) -> torch.Tensor:
+        return self.final.weight
+
+    @property
+    def readout_bias(self) -> torch.Tensor:
+        return self.final.bias
+
+    @property
+    def steps(self) -> tuple[EulerStep, ...]:
+        return self.layers[self.block[0]:self.block[1]]  # type: ignore[return-value]
+
+    def outputs(self, u: torch.Tensor) -> list[torch.Tensor]:
+        """The input and every layer's output: [u, layer_0(u), ..., logits]."""
+        out = [u]
+        for layer in self.layers:
+            out.append(layer(out[-1]))
+        return out
+
+    def preactivations(self, u: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The pre-activation of every nonlinear layer (its input for sigma, T x + b for an Euler step)."""
+        outs = self.outputs(u)
+        pre = {}
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Act):
+                pre[i] = outs[i]
+            elif isinstance(layer, EulerStep):
+                pre[i] = layer.conv(outs[i])
+        return pre
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        return self.outputs(u)[-1]
 
 
-def _layer(conv: nn.Conv2d, dtype: torch.dtype | None, detach: bool) -> ConvLayer:
+def _cast(t: torch.Tensor, dtype: torch.dtype | None, detach: bool) -> torch.Tensor:
+    t = t.detach() if detach else t
+    return t.to(dtype) if dtype is not None else t
+
+
+def _conv(conv: nn.Conv2d, size: int, dtype: torch.dtype | None, detach: bool) -> Conv:
     w, b = conv.weight, conv.bias
     if b is None:
         b = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
-    if detach:
-        w, b = w.detach(), b.detach()
-    if dtype is not None:
-        w, b = w.to(dtype), b.to(dtype)
-    return ConvLayer(w, b, conv.padding_mode)
+    if conv.dilation != (1, 1) or conv.groups != 1 or len(set(conv.stride)) != 1 or len(set(conv.padding)) != 1:
+        raise CNodeError("the bound engine takes undilated, ungrouped convs with equal strides and paddings")
+    return Conv(_cast(w, dtype, detach), _cast(b, dtype, detach), conv.stride[0], conv.padding[0],
+                conv.padding_mode, size)
 
 
-def unroll(model: ConvNODE, *, dtype: torch.dtype | None = torch.float64, detach: bool = True) -> Unrolled:
-    """The model's layers (float64 copies by default; `detach=False, dtype=None` keeps them trainable)."""
+def unroll(model: ConvNODE, *, dtype: torch.dtype | None = torch.float64, detach: bool = True,
+           any_solver: bool = False) -> Unrolled:
+    """The model's layers (float64 copies by default; `detach=False, dtype=None` keeps them trainable).
+
+    The block's layers are Euler steps: a model with another solver is refused unless `any_solver` (for callers
+    that use only the layers around the block)."""
     cfg = model.config
-    if cfg.solver != "euler":
+    if cfg.solver != "euler" and not any_solver:
         raise CNodeError(f"bound propagation follows the Euler steps as run; this model uses {cfg.solver!r}")
-    steps = tuple(_layer(model.block.field_at_step(k).conv, dtype, detach) for k in range(cfg.steps))
-    W, c = readout_matrix(model, detach=detach), model.readout.bias
-    if detach:
-        c = c.detach()
-    if dtype is not None:
-        W, c = W.to(dtype), c.to(dtype)
-    return Unrolled(_layer(model.embed, dtype, detach), steps, cfg.h, model.activation, W, c)
-
+    act = model.activation
+    layers: list[Layer] = []
+    if cfg.mean:
+        like = model.head[0].weight
+        shape = (cfg.in_channels, 1, 1)
+        layers.append(Normalize(torch.tensor(cfg.mean, dtype=dtype or like.dtype, device=like.device).view(shape),
+                                torch.tensor(cfg.std, dtype=dtype or like.dtype, device=like.device).view(shape)))
+    size = cfg.image_size
+    for conv in model.stem:
+        layers += [_conv(conv, size, dtype, detach), Act(act)]
+        size = (size + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+    start = len(layers)
+    for k in range(cfg.steps):
+        layers.append(EulerStep(_conv(model.block.field_at_step(k).conv, size, dtype, detach), cfg.h, act))
+    block = (start, len(layers))
+    layers.append(Flatten((cfg.channels, size, size)))
+    for i, lin in enumerate(model.head):
+        W, c = _cast(lin.weight, dtype, detach), _cast(lin.bias, dtype, detach)
+        if i == 0 and cfg.readout == "avgpool":
+            W = (W / size**2).repeat_interleave(size**2, dim=1)
+        if i > 0:
+            layers.append(Act(act))
+        layers.append(Linear(W, c))
+    return Unrolled(tuple(layers), block, act)

@@ -28,6 +28,10 @@ __all__ = [
     "conv_spectral_norm",
     "conv_spectral_norm_tensor",
     "conv_inf_norm",
+    "apply_conv_general",
+    "apply_conv_general_adjoint",
+    "conv_output_size",
+    "conv_general_spectral_norm_tensor",
 ]
 
 PADDINGS = ("zeros", "circular")
@@ -151,12 +155,12 @@ def conv_spectral_norm(K: torch.Tensor, H: int, W: int, padding: str) -> float:
     return float(conv_spectral_norm_tensor(K.detach().to(torch.float64), H, W, padding))
 
 
-def conv_symbols(K: torch.Tensor, H: int, W: int) -> torch.Tensor:
+def conv_symbols(K: torch.Tensor, H: int, W: int, offset: int | None = None) -> torch.Tensor:
     """Per-frequency C_out x C_in matrices of the circular conv T(K) on an H x W torus, shape [H, W, C_out, C_in].
 
     T is unitarily block-diagonalised by the 2-D DFT; these blocks carry its spectrum (up to a common unitary)."""
     k = K.shape[-1]
-    p = k // 2
+    p = k // 2 if offset is None else offset
     # cross-correlation: y[p] = sum_u K[u] x[p + u - c]; place tap u at offset (u - c) mod H
     ctype = torch.complex128 if K.dtype == torch.float64 else torch.complex64
     taps = torch.zeros(K.shape[0], K.shape[1], H, W, dtype=ctype, device=K.device)
@@ -170,3 +174,70 @@ def conv_symbols(K: torch.Tensor, H: int, W: int) -> torch.Tensor:
 def conv_inf_norm(K: torch.Tensor, H: int, W: int, padding: str) -> float:
     """||T(K)||_inf: the largest absolute row sum over output pixels (exact, boundary included)."""
     return float(pixel_row_sums(check_kernel(K).detach(), H, W, padding).amax())
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
+    """Output side of a conv with this kernel, stride and padding on a `size` x `size` input."""
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def apply_conv_general(x: torch.Tensor, K: torch.Tensor, stride: int, pad: int, padding: str) -> torch.Tensor:
+    """T(K) x for any kernel size, stride and padding width (as nn.Conv2d with that padding mode), no bias."""
+    _check_padding(padding)
+    if padding == "circular" and pad > 0:
+        return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="circular"), K, stride=stride)
+    return F.conv2d(x, K, stride=stride, padding=pad)
+
+
+def apply_conv_general_adjoint(y: torch.Tensor, K: torch.Tensor, stride: int, pad: int, padding: str,
+                               in_size: int) -> torch.Tensor:
+    """T(K)^T y for `apply_conv_general` on `in_size` x `in_size` inputs (transposed conv; circular pads folded)."""
+    _check_padding(padding)
+    k = K.shape[-1]
+    full = in_size + 2 * pad  # the padded input the conv reads
+    extra = full - ((y.shape[-1] - 1) * stride + k)  # rows the strided conv never reads
+    if padding == "zeros" or pad == 0:
+        return F.conv_transpose2d(y, K, stride=stride, padding=pad if padding == "zeros" else 0, output_padding=extra) \
+            if extra < stride else F.pad(F.conv_transpose2d(y, K, stride=stride, padding=pad), (0, extra, 0, extra))
+    z = F.pad(F.conv_transpose2d(y, K, stride=stride), (0, extra, 0, extra))  # adjoint on the padded input
+    idx = (torch.arange(full, device=y.device) - pad) % in_size  # padded position -> input position
+    out = torch.zeros(*z.shape[:-2], in_size, full, dtype=z.dtype, device=z.device).index_add_(-2, idx, z)
+    return torch.zeros(*z.shape[:-2], in_size, in_size, dtype=z.dtype, device=z.device).index_add_(-1, idx, out)
+
+
+def conv_general_spectral_norm_tensor(K: torch.Tensor, size: int, stride: int, pad: int, padding: str) -> torch.Tensor:
+    """An upper bound of ||T(K)||_2 for `apply_conv_general` on size x size inputs, by the 2-D DFT (differentiable).
+
+    Polyphase form: with x_r[m] = x[s m + r], a stride-s conv is a stride-1 conv of the s^2 phases (C_in s^2 input
+    channels) on the torus of side N / s, block-diagonalised by the DFT. Circular padding with s | size: N = size,
+    exact when every output reads a distinct phase position. Zero padding: T is a crop of that torus conv with N
+    a multiple of s, N >= size + pad and N / s >= its output side (no tap wraps onto a read pixel), so its norm is
+    at most the torus norm. Circular padding with s not dividing size: the stride-1 circulant, subsampled
+    (subsampling does not raise the norm). Circular outputs that repeat a torus position (an output side above
+    size / s) repeat rows: the bound is multiplied by sqrt of the largest repetition count in 2-D."""
+    _check_padding(padding)
+    k = K.shape[-1]
+    s = stride
+    repeat = 1.0
+    if padding == "circular":
+        if size % s:
+            s, n = 1, size
+        else:
+            n = size
+        out = conv_output_size(size, k, stride, pad)
+        repeat = float(torch.bincount((stride * torch.arange(out)) % size).max())  # per axis
+    else:
+        out = conv_output_size(size, k, stride, pad)
+        n = max(size + pad, s * out, k)
+        n += (-n) % s
+    m = n // s
+    ctype = torch.complex128 if K.dtype == torch.float64 else torch.complex64
+    taps = torch.zeros(K.shape[0], K.shape[1], s, s, m, m, dtype=ctype, device=K.device)
+    for u in range(k):
+        r1, d1 = (u - pad) % s, (u - pad - (u - pad) % s) // s
+        for v in range(k):
+            r2, d2 = (v - pad) % s, (v - pad - (v - pad) % s) // s
+            taps[:, :, r1, r2, d1 % m, d2 % m] += K[:, :, u, v]
+    sym = torch.fft.fft2(taps, dim=(-2, -1)).conj().resolve_conj()  # [C_out, C_in, s, s, m, m]
+    sym = sym.permute(4, 5, 0, 1, 2, 3).reshape(m, m, K.shape[0], K.shape[1] * s * s)
+    return torch.linalg.matrix_norm(sym, ord=2).amax() * repeat  # sqrt(repeat^2): rows repeat on both axes

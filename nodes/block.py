@@ -56,7 +56,7 @@ class ODEBlock(nn.Module):
         act = cfg.act
         distinct = [f.conv.weight.detach() for f in self.fields]  # shared weights: one tensor, repeated
         kernels = tuple(distinct[0 if cfg.shared_weights else k] for k in range(cfg.steps))
-        return BlockSpec(kernels, act.a, act.b, cfg.h, cfg.solver, cfg.padding, cfg.image_size, cfg.image_size)
+        return BlockSpec(kernels, act.a, act.b, cfg.h, cfg.solver, cfg.padding, cfg.block_size, cfg.block_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trajectory(x)[-1]

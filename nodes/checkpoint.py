@@ -17,7 +17,9 @@ from nodes.config import ModelConfig, TrainConfig
 __all__ = ["save_model", "load_model", "load_checkpoint", "model_from_checkpoint", "trained_dataset", "FORMAT", "FORMAT_VERSION", "library_version"]
 
 FORMAT = "contractive-nodes/convnode"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# version 1: one embedding conv (`embed.*`) and one linear readout (`readout.*`); version 2: `stem.0.*`, `head.0.*`
+_V1_KEYS = {"embed.": "stem.0.", "readout.": "head.0."}
 
 
 def library_version() -> str:
@@ -72,6 +74,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CNodeError(f"{path}: not a readable checkpoint ({reason[:160]})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CNodeError(f"{path}: not a contractive-nodes checkpoint")
+    if payload.get("format_version") == 1 and isinstance(payload.get("state_dict"), dict):
+        payload = {**payload, "format_version": FORMAT_VERSION, "state_dict": _upgrade_v1(payload["state_dict"])}
     if payload.get("format_version") != FORMAT_VERSION:
         raise CNodeError(
             f"{path}: checkpoint format version {payload.get('format_version')!r} is not supported "
@@ -83,8 +87,20 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return payload
 
 
+def _upgrade_v1(state: dict[str, Any]) -> dict[str, Any]:
+    """Rename a version-1 state dict's keys to version 2 (the model config reads unchanged: no stem = paper)."""
+    out = {}
+    for key, value in state.items():
+        for old, new in _V1_KEYS.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    return out
+
+
 def load_model(path: str | os.PathLike[str]) -> ConvNODE:
-    """The classifier stored at `path`, in eval mode: input [B, 1, 28, 28] in [0, 1], output logits."""
+    """The classifier stored at `path`, in eval mode: input [B, C, S, S] in [0, 1], output logits."""
     return model_from_checkpoint(load_checkpoint(path), path)
 
 

@@ -16,7 +16,7 @@ from contraction.certificates import Certificate, block_certificates
 from contraction.errors import CNodeError
 from nodes.checkpoint import load_checkpoint, model_from_checkpoint, save_model, trained_dataset
 from nodes.classifier import ConvNODE
-from nodes.config import CERTIFIED_METHODS, DATASETS, PADDINGS, READOUTS, REGULARIZERS, SOLVERS, ModelConfig, TrainConfig
+from nodes.config import ARCHS, CERTIFIED_METHODS, DATASETS, PADDINGS, READOUTS, REGULARIZERS, SOLVERS, ModelConfig, TrainConfig
 from nodes.data import EMBEDDED_NOTE, ImageData, load_dataset
 from nodes.regularize import make_regularizer, negative_diagonal_init_
 from nodes.train import Objective, evaluate, train
@@ -33,7 +33,12 @@ _CHOICES: dict[str, Sequence[str]] = {
     "certified_method": CERTIFIED_METHODS,
 }
 _HELP = {
-    "channels": "channels of the ODE state",
+    "channels": "channels of the ODE state (the stem's last conv ends there)",
+    "stem": "stem convs out:kernel:stride:padding, comma-separated ('none': the block acts on the image)",
+    "head": "hidden widths of the head, comma-separated ('none': one linear layer)",
+    "mean": "per-channel input mean subtracted inside the model, comma-separated",
+    "std": "per-channel input std divided inside the model, comma-separated",
+    "kernel_size": "kernel of the ODE block's convs (and of the paper's embedding conv)",
     "activation": "slope-restricted activation (smooth_leaky_relu, leaky_relu, tanh)",
     "slope": "lower slope a of the leaky activations",
     "padding": "padding of every convolution",
@@ -71,25 +76,69 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-").lower()
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    """'256,128' -> (256, 128); '' or 'none' -> ()."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _stem(text: str) -> tuple[tuple[int, ...], ...]:
+    """'32:4:2:1,32:4:2:1' -> ((32, 4, 2, 1), (32, 4, 2, 1)): out_channels:kernel:stride:padding per conv."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        convs = tuple(tuple(int(v) for v in conv.split(":")) for conv in text.split(","))
+    except ValueError:
+        convs = ((),)
+    if any(len(c) != 4 for c in convs):
+        raise argparse.ArgumentTypeError(f"expected out:kernel:stride:padding per conv, comma-separated, got {text!r}")
+    return convs
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {"stem": _stem, "head": _ints, "mean": _floats, "std": _floats}
+
+
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
-    """One flag per field of a config dataclass, defaulting to the dataclass default."""
+    """One flag per field of a config dataclass. TrainConfig flags default to the dataclass default; ModelConfig
+    flags default to the `--arch` preset's value (only the flags given override it)."""
+    model = cls is ModelConfig
+    if model:
+        parser.add_argument("--arch", choices=list(ARCHS), default="paper",
+                            help="architecture preset; any field below overrides it (default: %(default)s)")
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        kwargs: dict[str, Any] = {"dest": f.name, "default": f.default, "help": _HELP.get(f.name, f.name)}
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None if model else f.default,
+                                  "help": _HELP.get(f.name, f.name)}
         if isinstance(f.default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = type(f.default)
+            kwargs["type"] = _PARSERS.get(f.name, type(f.default))
             if f.name in _CHOICES:
                 kwargs["choices"] = list(_CHOICES[f.name])
-        kwargs["help"] += " (default: %(default)s)"
+        kwargs["help"] += " (default: from --arch)" if model else " (default: %(default)s)"
         parser.add_argument(_flag(f.name), **kwargs)
 
 
 def config_from_args(cls: type, args: argparse.Namespace) -> Any:
-    """Build a validated config dataclass from parsed flags."""
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+    """Build a validated config dataclass from parsed flags (a ModelConfig from its `--arch` preset + overrides)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    if cls is ModelConfig:
+        return ModelConfig.preset(getattr(args, "arch", "paper"), **{k: v for k, v in given.items() if v is not None})
+    return cls(**given)
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from contraction.errors import CNodeError
 from contraction.slopes import ACTIVATIONS, Activation, get_activation
 
-__all__ = ["ModelConfig", "TrainConfig", "PADDINGS", "SOLVERS", "READOUTS", "DATASETS", "REGULARIZERS"]
+__all__ = ["ModelConfig", "TrainConfig", "ARCHS", "PADDINGS", "SOLVERS", "READOUTS", "DATASETS", "REGULARIZERS"]
 
 PADDINGS = ("zeros", "circular")
 SOLVERS = ("euler", "rk4", "dopri5")
@@ -54,9 +54,17 @@ class _Config:
         return cls(**data)
 
 
+StemConv = tuple[int, int, int, int]
+"""One stem convolution: (out_channels, kernel, stride, padding), followed by the activation."""
+
+
 @dataclass(frozen=True)
 class ModelConfig(_Config):
-    """ConvNODE: u -> sigma(conv0 u) -> ODE block x' = sigma(K(t)*x + b(t)) on [0, T] -> readout."""
+    """ConvNODE: u -> normalise -> stem (convs, each + sigma) -> ODE block x' = sigma(K(t)*x + b(t)) on [0, T]
+    -> head (flatten or pixel average, hidden linear layers + sigma, then the classes).
+
+    `stem=None` is the paper's embedding: one `kernel_size` conv to `channels`, stride 1, same size. Named
+    presets: `ModelConfig.preset("paper" | "mini", **overrides)`."""
 
     channels: int = 8
     activation: str = "smooth_leaky_relu"
@@ -73,6 +81,10 @@ class ModelConfig(_Config):
     num_classes: int = 10
     rtol: float = 1e-3
     atol: float = 1e-4
+    stem: tuple[StemConv, ...] | None = None
+    head: tuple[int, ...] = ()
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         _check_int("channels", self.channels, 1, 512)
@@ -93,6 +105,50 @@ class ModelConfig(_Config):
         _check_int("num_classes", self.num_classes, 2, 100_000)
         _check_float("rtol", self.rtol, 0.0)
         _check_float("atol", self.atol, 0.0)
+        self._check_stem()
+        head = _as_tuple("head", self.head)
+        for width in head:
+            _check_int("head width", width, 1, 1_000_000)
+        object.__setattr__(self, "head", head)
+        for name in ("mean", "std"):
+            values = _as_tuple(name, getattr(self, name))
+            if values and len(values) != self.in_channels:
+                raise CNodeError(f"{name} needs one value per input channel ({self.in_channels}), got {len(values)}")
+            for v in values:
+                _check_float(name, v, 0.0 if name == "std" else -math.inf)
+            object.__setattr__(self, name, tuple(float(v) for v in values))
+        if bool(self.mean) != bool(self.std):
+            raise CNodeError("normalisation needs both mean and std (or neither)")
+
+    def _check_stem(self) -> None:
+        if self.stem is None:
+            k = self.kernel_size
+            object.__setattr__(self, "stem", ((self.channels, k, 1, k // 2),))
+        convs = tuple(_as_tuple(f"stem conv {i}", c) for i, c in enumerate(_as_tuple("stem", self.stem)))
+        size, cin = self.image_size, self.in_channels
+        for i, conv in enumerate(convs):
+            if len(conv) != 4:
+                raise CNodeError(f"stem conv {i} must be (out_channels, kernel, stride, padding), got {conv!r}")
+            out, k, stride, pad = conv
+            _check_int(f"stem conv {i} out_channels", out, 1, 512)
+            _check_int(f"stem conv {i} kernel", k, 1, 15)
+            _check_int(f"stem conv {i} stride", stride, 1, 8)
+            _check_int(f"stem conv {i} padding", pad, 0, k - 1)
+            if self.padding == "circular" and pad > size:
+                raise CNodeError(f"stem conv {i}: circular padding {pad} exceeds the {size}x{size} input")
+            size = (size + 2 * pad - k) // stride + 1
+            if size < 1:
+                raise CNodeError(f"stem conv {i} leaves no pixels ({k}x{k}, stride {stride}, padding {pad})")
+            cin = out
+        if cin != self.channels:
+            raise CNodeError(f"the ODE block has {self.channels} channels but the stem ends with {cin}")
+        object.__setattr__(self, "stem", tuple(tuple(int(v) for v in c) for c in convs))
+
+    @classmethod
+    def preset(cls, arch: str, **overrides: Any) -> "ModelConfig":
+        """A named architecture (`ARCHS`) with any field overridden."""
+        _check_choice("arch", arch, tuple(ARCHS))
+        return cls(**{**ARCHS[arch], **overrides})
 
     @property
     def h(self) -> float:
@@ -108,6 +164,33 @@ class ModelConfig(_Config):
     def num_convs(self) -> int:
         """Number of distinct convolutions in the ODE block."""
         return 1 if self.shared_weights else self.steps
+
+    @property
+    def block_size(self) -> int:
+        """Side of the ODE block's square state (the image side after the stem)."""
+        size = self.image_size
+        for _, k, stride, pad in self.stem or ():
+            size = (size + 2 * pad - k) // stride + 1
+        return size
+
+    @property
+    def features(self) -> int:
+        """Inputs of the head's first linear layer: the flattened state, or its channels when pixel-averaged."""
+        return self.channels * (self.block_size**2 if self.readout == "linear" else 1)
+
+
+def _as_tuple(name: str, value: Any) -> tuple:
+    if not isinstance(value, (tuple, list)):
+        raise CNodeError(f"{name} must be a sequence, got {value!r}")
+    return tuple(value)
+
+
+ARCHS: dict[str, dict[str, Any]] = {
+    # the paper's model: embedding conv 1 -> 8 at 28 x 28, ten Euler steps, linear readout
+    "paper": {},
+    # downsampling stem to 32 x 7 x 7 (two stride-2 4x4 convs), 5 Euler steps, a 256-unit hidden layer
+    "mini": {"channels": 32, "stem": ((32, 4, 2, 1), (32, 4, 2, 1)), "steps": 5, "T": 1.0, "head": (256,)},
+}
 
 
 CERTIFIED_METHODS = ("interval", "lipschitz")

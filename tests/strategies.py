@@ -33,3 +33,29 @@ def kernels(draw: st.DrawFn, channels: tuple[int, int] = (1, 4), sizes: tuple[in
         shift = draw(st.floats(0.0, 6.0))
         K[range(C), range(C), c, c] -= shift
     return K
+
+
+@st.composite
+def model_configs(draw: st.DrawFn, image: int = 8):
+    """A small ModelConfig with every layer type in play: normalisation or not, a stem of 0-2 convs (strides 1-2,
+    even and odd kernels, any padding width), the Euler block, a head of 0-1 hidden layers, either readout."""
+    from nodes.config import ModelConfig
+
+    in_ch = draw(st.integers(1, 2))
+    channels = draw(st.integers(1, 3))
+    stem, size = [], image
+    for _ in range(draw(st.integers(0, 2))):
+        k = draw(st.integers(1, min(4, size)))
+        stride, pad = draw(st.integers(1, 2)), draw(st.integers(0, min(k - 1, size)))
+        stem.append((channels, k, stride, pad))
+        size = (size + 2 * pad - k) // stride + 1
+    if not stem and in_ch != channels:
+        stem.append((channels, 3, 1, 1))
+    norm = draw(st.booleans())
+    return ModelConfig(
+        channels=channels, in_channels=in_ch, image_size=image, num_classes=3, steps=draw(st.integers(1, 3)),
+        padding=draw(st.sampled_from(["zeros", "circular"])),
+        activation=draw(st.sampled_from(["smooth_leaky_relu", "leaky_relu", "tanh"])),
+        readout=draw(st.sampled_from(["linear", "avgpool"])), shared_weights=draw(st.booleans()),
+        stem=tuple(stem), head=tuple(draw(st.lists(st.integers(2, 5), max_size=1))),
+        mean=tuple([0.3] * in_ch) if norm else (), std=tuple([0.7] * in_ch) if norm else ())

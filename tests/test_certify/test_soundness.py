@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from certify.attacks import pgd, square
-from certify.lipschitz import best_network_bound, embedding_constant, network_bounds, readout_matrix
+from certify.lipschitz import best_network_bound, network_bounds
+from certify.unrolled import unroll
 from certify.radius import certified_radii
 from certify.run import certify_model
 from contraction.certificates import block_certificates
@@ -48,12 +49,12 @@ def test_network_jacobian_never_exceeds_the_pairwise_constants(seed, padding, re
 @given(seeds, st.sampled_from(["zeros", "circular"]))
 def test_factors_match_explicit_matrices(seed, padding):
     model = _random_model(seed, padding)
-    b = model.activation.b
-    T0 = conv_matrix(model.embed.weight.detach(), 5, 5, padding)
-    assert embedding_constant(model, "inf") == pytest.approx(b * float(norm_inf(T0)))
-    assert embedding_constant(model, "2") >= b * float(norm_2(T0)) * (1 - 1e-9)
-    W = readout_matrix(model)
-    assert W.shape == (3, 2 * 25)
+    net = unroll(model)
+    stem = net.layers[0]
+    T0 = conv_matrix(model.stem[0].weight.detach(), 5, 5, padding)
+    assert float(stem.lipschitz("inf")) == pytest.approx(float(norm_inf(T0)))
+    assert float(stem.lipschitz("2")) >= float(norm_2(T0)) * (1 - 1e-9)
+    assert net.final.weight.shape == (3, 2 * 25)
     # block factor vs the dense Jacobian of the whole Euler block at random states
     x0 = torch.randn(3, 2, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     certs = {c.norm: c for c in block_certificates(model.block.spec())}

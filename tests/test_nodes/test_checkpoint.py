@@ -74,3 +74,21 @@ def test_load_checkpoint_returns_metadata(saved):
     _, path = saved
     payload = load_checkpoint(path)
     assert payload["model_config"]["padding"] == "circular"
+
+
+def test_a_version_1_checkpoint_loads_as_the_paper_architecture():
+    """examples/models/ holds checkpoints written before the stem/head layout (format 1: embed.*, readout.*)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "models" / "mnist_weightreg.pt"
+    raw = torch.load(path, weights_only=True)
+    assert raw["format_version"] == 1 and "embed.weight" in raw["state_dict"]
+    model = load_model(path)
+    assert model.config.stem == ((model.config.channels, 3, 1, 1),) and model.config.head == ()
+    torch.testing.assert_close(model.stem[0].weight, raw["state_dict"]["embed.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(model.head[0].weight, raw["state_dict"]["readout.weight"], rtol=0, atol=0)
+    u = torch.rand(2, 1, 28, 28)
+    x = model.activation(torch.nn.functional.conv2d(u, raw["state_dict"]["embed.weight"], raw["state_dict"]["embed.bias"],
+                                                    padding=1))
+    assert model.config.padding == "zeros"
+    torch.testing.assert_close(model.embedding(u), x)

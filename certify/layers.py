@@ -1,0 +1,354 @@
+"""The bound engine's layer types. A classifier is a sequence of them; each type implements its rules once:
+
+- `__call__`: the forward map (float64 copies for certification, live weights for training);
+- `lipschitz(norm)`: a proven Lipschitz factor in the Linf or L2 norm (differentiable in the weights);
+- `bounds(box, interval)`: a box of the output (and of the pre-activation, for nonlinear layers) over the input box,
+  keeping a centre point run through the exact layer (the mean-value enclosures of the Euler steps use it);
+- `backward(lam, const, pre, rows)`: carry a linear lower bound `lam . output + const` back to the layer's input
+  (CROWN-style), with the sound relaxation `k z + lower <= sigma(z) <= k z + upper` on each neuron's interval.
+
+Affine layers (Normalize, Conv, Flatten, Linear) share their interval and backward rules through four primitives:
+the linear part `apply`, `apply_abs` (|A| r), `adjoint` (A^T y) and the bias."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from contraction.convops import (apply_conv, apply_conv_adjoint, apply_conv_general, apply_conv_general_adjoint,
+                                 centre_taps, conv_general_spectral_norm_tensor, conv_spectral_norm_tensor)
+from contraction.errors import CNodeError
+from contraction.slopes import Activation
+from contraction.weights import euler_factor_2, euler_factor_inf
+from certify.relax import relax
+
+__all__ = ["Box", "Layer", "Affine", "Normalize", "Conv", "Flatten", "Linear", "Act", "EulerStep"]
+
+Pre = tuple[torch.Tensor, torch.Tensor] | None
+
+
+@dataclass(frozen=True)
+class Box:
+    """lo <= x <= hi elementwise over the input set, and a point `centre` of the set's image (lo <= centre <= hi)."""
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    centre: torch.Tensor
+
+    @property
+    def radius(self) -> torch.Tensor:
+        """Largest deviation from the centre inside the box, per coordinate."""
+        return torch.maximum(self.centre - self.lo, self.hi - self.centre).clamp_min(0.0)
+
+
+def meet(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Intersection of two enclosures of the same set (an equal-width guard against round-off crossings)."""
+    lo, hi = torch.maximum(a[0], b[0]), torch.minimum(a[1], b[1])
+    return lo, torch.maximum(hi, lo)
+
+
+def _sum_but_first(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).sum(1)
+
+
+class Layer:
+    """Interface of a layer of the bound engine (see the module docstring)."""
+
+    nonlinear = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def lipschitz(self, norm: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def bounds(self, box: Box, interval: bool = True) -> tuple[Box, Pre]:
+        raise NotImplementedError
+
+    def backward(self, lam: torch.Tensor, const: torch.Tensor, pre: Pre,
+                 rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class Affine(Layer):
+    """z = A x + bias; subclasses give `apply` (A x), `apply_abs` (|A| r), `adjoint` (A^T y), `bias_map`."""
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def apply_abs(self, r: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def bias_map(self) -> torch.Tensor | None:
+        """The bias broadcast to one output (None: no bias)."""
+        raise NotImplementedError
+
+    def row_norms(self) -> torch.Tensor:
+        """Upper bounds of the 2-norm of each output's row of A (broadcast to one output)."""
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.bias_map()
+        z = self.apply(x)
+        return z if b is None else z + b
+
+    def bounds(self, box: Box, interval: bool = True) -> tuple[Box, Pre]:
+        """Exact range of each output over the box: A mid + b +- |A| rad."""
+        mid, rad = 0.5 * (box.lo + box.hi), 0.5 * (box.hi - box.lo)
+        z, r = self(mid), self.apply_abs(rad)
+        return Box(z - r, z + r, self(box.centre)), None
+
+    def ball_bounds(self, u: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Box of the outputs over the L2 ball ||u' - u|| <= eps (eps [B] broadcast): A u + b +- eps ||row||."""
+        z = self(u)
+        e = eps.reshape(-1, *[1] * (z.dim() - 1)) * self.row_norms()
+        return z - e, z + e
+
+    def backward(self, lam: torch.Tensor, const: torch.Tensor, pre: Pre,
+                 rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.bias_map()
+        if b is not None:
+            const = const + _sum_but_first(lam * b)
+        return self.adjoint(lam), const
+
+
+@dataclass(frozen=True, eq=False)
+class Normalize(Affine):
+    """z = (u - mean) / std per channel (mean, std: [C, 1, 1])."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return x / self.std
+
+    def apply_abs(self, r: torch.Tensor) -> torch.Tensor:
+        return r / self.std
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return y / self.std
+
+    def bias_map(self) -> torch.Tensor:
+        return -self.mean / self.std
+
+    def row_norms(self) -> torch.Tensor:
+        return 1.0 / self.std
+
+    def lipschitz(self, norm: str) -> torch.Tensor:
+        return (1.0 / self.std).max()
+
+
+@dataclass(frozen=True, eq=False)
+class Conv(Affine):
+    """z = T(K) x + b: kernel [C_out, C_in, k, k], stride, padding width and mode (as nn.Conv2d), input side `size`.
+
+    Stride-1 same-size convs with odd k use the adjoint-by-flipped-kernel fast path of contraction.convops."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    stride: int
+    pad: int
+    padding: str
+    size: int
+
+    @property
+    def same(self) -> bool:
+        k = self.weight.shape[-1]
+        return self.stride == 1 and k % 2 == 1 and self.pad == k // 2
+
+    def _conv(self, x: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+        if self.same:
+            return apply_conv(x, K, self.padding)
+        return apply_conv_general(x, K, self.stride, self.pad, self.padding)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv(x, self.weight)
+
+    def apply_abs(self, r: torch.Tensor) -> torch.Tensor:
+        """|T(K)| r with |K| taken tap by tap (>= the true |T| r when taps wrap onto each other)."""
+        return self._conv(r, self.weight.abs())
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        if self.same:
+            return apply_conv_adjoint(y, self.weight, self.padding)
+        return apply_conv_general_adjoint(y, self.weight, self.stride, self.pad, self.padding, self.size)
+
+    def bias_map(self) -> torch.Tensor:
+        return self.bias[:, None, None]
+
+    def row_norms(self) -> torch.Tensor:
+        return self.weight.flatten(1).norm(dim=1)[:, None, None]
+
+    def centre(self) -> torch.Tensor:
+        """Centre taps [C, 1, 1] (the diagonal of T(K) at every pixel; square stride-1 same convs)."""
+        return centre_taps(self.weight)[:, None, None]
+
+    def lipschitz(self, norm: str) -> torch.Tensor:
+        """Linf: the largest absolute row sum over output pixels (exact, borders included); L2: a DFT bound."""
+        if norm == "inf":
+            ones = torch.ones(1, self.weight.shape[1], self.size, self.size, dtype=self.weight.dtype,
+                              device=self.weight.device)
+            return self.apply_abs(ones).amax()
+        if norm == "2":
+            if self.same:
+                return conv_spectral_norm_tensor(self.weight, self.size, self.size, self.padding)
+            return conv_general_spectral_norm_tensor(self.weight, self.size, self.stride, self.pad, self.padding)
+        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+
+    def mix(self, out: torch.Tensor | None = None, inp: torch.Tensor | None = None) -> "Conv":
+        """The conv G_out T(K) (G_in (x) I) for channel matrices G_out [C_out, C_out], G_in [C_in, C_in]."""
+        K, b = self.weight, self.bias
+        if out is not None:
+            K, b = torch.einsum("oj,jiuv->oiuv", out, K), out @ b
+        if inp is not None:
+            K = torch.einsum("ojuv,ji->oiuv", K, inp)
+        return Conv(K, b, self.stride, self.pad, self.padding, self.size)
+
+
+@dataclass(frozen=True, eq=False)
+class Flatten(Affine):
+    """[B, C, H, W] -> [B, C*H*W] (channel-major)."""
+
+    shape: tuple[int, int, int]
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+    apply_abs = apply
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return y.reshape(y.shape[0], *self.shape)
+
+    def bias_map(self) -> None:
+        return None
+
+    def row_norms(self) -> torch.Tensor:
+        return torch.ones(())
+
+    def lipschitz(self, norm: str) -> torch.Tensor:
+        return torch.ones((), dtype=torch.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class Linear(Affine):
+    """z = W x + c on flat inputs (W [out, in])."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.T
+
+    def apply_abs(self, r: torch.Tensor) -> torch.Tensor:
+        return r @ self.weight.abs().T
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return y @ self.weight
+
+    def bias_map(self) -> torch.Tensor:
+        return self.bias
+
+    def row_norms(self) -> torch.Tensor:
+        return self.weight.norm(dim=1)
+
+    def lipschitz(self, norm: str) -> torch.Tensor:
+        """Linf: the largest absolute row sum (exact); L2: the largest singular value."""
+        if norm == "inf":
+            return self.weight.abs().sum(1).amax()
+        if norm == "2":
+            return torch.linalg.matrix_norm(self.weight, ord=2)
+        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+
+    def mix(self, inp: torch.Tensor, channels: int) -> "Linear":
+        """W (G_in (x) I) for a channel matrix G_in [C, C] on a channel-major flattened input of `channels`."""
+        W = self.weight.reshape(self.weight.shape[0], channels, -1)
+        return Linear(torch.einsum("ojp,ji->oip", W, inp).reshape(self.weight.shape), self.bias)
+
+
+def _relaxed(act: Activation, lam: torch.Tensor, pre: Pre, rows: torch.Tensor,
+             scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """lam . (scale sigma(z)) >= (scale lam k) . z + const on the box `pre`: returns (scale lam k, const) per row."""
+    assert pre is not None
+    r = relax(act, pre[0], pre[1])
+    slope, lower, upper = (t.to(lam.dtype)[rows] for t in (r.slope, r.lower, r.upper))
+    a = scale * lam
+    return a * slope, _sum_but_first(a.clamp_min(0) * lower + a.clamp_max(0) * upper)
+
+
+@dataclass(frozen=True, eq=False)
+class Act(Layer):
+    """x = sigma(z) elementwise, slopes in [a, b] (increasing)."""
+
+    act: Activation
+    nonlinear = True
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x)
+
+    def lipschitz(self, norm: str) -> torch.Tensor:
+        return torch.tensor(self.act.b, dtype=torch.float64)
+
+    def bounds(self, box: Box, interval: bool = True) -> tuple[Box, Pre]:
+        """sigma is increasing: the exact image [sigma(lo), sigma(hi)]."""
+        return Box(self.act(box.lo), self.act(box.hi), self.act(box.centre)), (box.lo, box.hi)
+
+    def backward(self, lam: torch.Tensor, const: torch.Tensor, pre: Pre,
+                 rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g, c = _relaxed(self.act, lam, pre, rows)
+        return g, const + c
+
+
+@dataclass(frozen=True, eq=False)
+class EulerStep(Layer):
+    """x+ = x + h sigma(T(K) x + b), one forward-Euler step of the ODE block (a square stride-1 same conv)."""
+
+    conv: Conv
+    h: float
+    act: Activation
+    nonlinear = True
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.h * self.act(self.conv(x))
+
+    def lipschitz(self, norm: str) -> torch.Tensor:
+        """Bounds of ||I + h D T(K)|| over every admissible D (contraction.weights, the block certificates' rules)."""
+        a, b, K = self.act.a, self.act.b, self.conv.weight
+        if norm == "inf":
+            return euler_factor_inf(K, a, b, self.h)
+        if norm == "2":
+            snorm = conv_spectral_norm_tensor(K, self.conv.size, self.conv.size, self.conv.padding)
+            return euler_factor_2(K, a, b, self.h, snorm)
+        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+
+    def bounds(self, box: Box, interval: bool = True) -> tuple[Box, Pre]:
+        """Mean-value enclosure around the centre, with the local slopes [dl, du] of each neuron:
+        |dx+_i| <= max_{d in {dl, du}} |1 + h d c_i| r_i + h d (|T| r - |c| r)_i, intersected with interval
+        arithmetic x+ in [lo + h sigma(z_lo), hi + h sigma(z_hi)] (unless `interval=False`, the cheap training path)."""
+        act, h, layer = self.act, self.h, self.conv
+        r, xc = box.radius, box.centre
+        zc = layer(xc)
+        abs_r = layer.apply_abs(r)
+        zl, zh = zc - abs_r, zc + abs_r
+        if interval:
+            zm, zmr = layer(0.5 * (box.lo + box.hi)), layer.apply_abs(0.5 * (box.hi - box.lo))
+            zl, zh = meet((zl, zh), (zm - zmr, zm + zmr))
+        dl, du = act.slope_range(zl, zh)
+        c = layer.centre()
+        off = (abs_r - c.abs() * r).clamp_min(0.0)
+        gain = torch.maximum((1 + h * dl * c).abs() * r + h * dl * off, (1 + h * du * c).abs() * r + h * du * off)
+        xc = xc + h * act(zc)
+        lo, hi = xc - gain, xc + gain
+        if interval:
+            lo, hi = meet((lo, hi), (box.lo + h * act(zl), box.hi + h * act(zh)))
+        return Box(lo, hi, xc), (zl, zh)
+
+    def backward(self, lam: torch.Tensor, const: torch.Tensor, pre: Pre,
+                 rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """lam . x+ >= (lam + T^T (h lam k)) . x + (h lam k) . b + sum (h lam)^+ lower + (h lam)^- upper."""
+        g, c = _relaxed(self.act, lam, pre, rows, self.h)
+        back, c2 = self.conv.backward(g, const + c, None, rows)
+        return lam + back, c2

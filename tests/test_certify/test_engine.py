@@ -1,0 +1,139 @@
+"""The bound engine's layer rules against brute force on random small models of every layer type: each layer's
+Lipschitz factor vs its dense Jacobian, adjoints vs explicit matrices, the whole-network constants vs the dense
+Jacobian of the network, global <= boxes <= crown on the same inputs, and the presets' shapes."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from certify.layers import Act, Affine, Box, Conv, EulerStep
+from certify.lipschitz import layer_constants, network_bounds
+from certify.local import local_margins
+from certify.crown import crown_margins
+from certify.radius import certified_radii
+from certify.run import certify_model
+from nodes.data import ImageData
+from certify.unrolled import unroll
+from contraction.measures import norm_2, norm_inf
+from nodes import ConvNODE, ModelConfig
+from tests.strategies import model_configs, seeds
+
+
+def _model(cfg, seed, scale=1.0):
+    torch.manual_seed(seed)
+    model = ConvNODE(cfg).double().eval()
+    with torch.no_grad():
+        for f in model.block.fields:
+            f.conv.weight.mul_(scale)
+    return model
+
+
+def _jacobian(fn, x):
+    return torch.autograd.functional.jacobian(lambda v: fn(v.view(1, *x.shape[1:])).flatten(), x[0].flatten())
+
+
+@settings(max_examples=30, deadline=None)
+@given(model_configs(), seeds)
+def test_every_layer_factor_bounds_its_dense_jacobian_and_adjoints_are_transposes(cfg, seed):
+    model = _model(cfg, seed)
+    net = unroll(model)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen, dtype=torch.float64)
+    for layer in net.layers:
+        J = _jacobian(layer, x)
+        for norm, measure in (("inf", norm_inf), ("2", norm_2)):
+            assert float(measure(J)) <= float(layer.lipschitz(norm)) * (1 + 1e-9) + 1e-12, (layer, norm)
+        if isinstance(layer, Affine):
+            y = torch.randn(1, *layer(x).shape[1:], generator=gen, dtype=torch.float64)
+            torch.testing.assert_close(layer.adjoint(y).flatten(), J.T @ y.flatten())
+            if isinstance(layer, Conv):  # Linf factor is exact: the largest absolute row sum
+                assert float(layer.lipschitz("inf")) == pytest.approx(float(norm_inf(J)))
+        x = layer(x)
+
+
+@settings(max_examples=20, deadline=None)
+@given(model_configs(), seeds, st.sampled_from(["inf", "2"]))
+def test_network_constants_bound_the_dense_jacobian_of_the_network(cfg, seed, norm):
+    model = _model(cfg, seed, scale=0.5)
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(2, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen, dtype=torch.float64)
+    bounds = network_bounds(model, norm)
+    assert bounds, "Euler models always have a weight bound"
+    constants = [nb.constants() for nb in bounds] + [layer_constants(unroll(model), norm)]
+    for i in range(u.shape[0]):
+        J = _jacobian(model, u[i:i + 1])
+        diff = J[:, None, :] - J[None, :, :]  # rows of z_y - z_j
+        dual = diff.abs().sum(-1) if norm == "inf" else diff.norm(dim=-1)
+        for L in constants:
+            assert (dual <= L * (1 + 1e-9) + 1e-12).all(), (dual - L).max()
+
+
+@settings(max_examples=15, deadline=None)
+@given(model_configs(), seeds, st.sampled_from(["inf", "2"]))
+def test_crown_is_never_looser_than_the_boxes_and_auto_never_loses_an_input(cfg, seed, norm):
+    """Global radii and box bounds are not ordered in general (either can win on an input); crown keeps the better
+    of its backward pass and the boxes, and auto runs global first: it keeps every input any stage proves."""
+    torch.manual_seed(seed)
+    model = ConvNODE(cfg).eval()
+    with torch.no_grad():
+        for f in model.block.fields:
+            f.conv.weight.mul_(0.3)
+    net = unroll(model)
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (16, cfg.in_channels, cfg.image_size, cfg.image_size), generator=gen)
+    u = images.double() / 255
+    with torch.no_grad():
+        z = model(u.float())
+    y = z.argmax(1)
+    L = min((nb.constants() for nb in network_bounds(model, norm)), key=lambda c: float(c.max()))
+    eps = float(certified_radii(z, y, L).median())
+    if eps <= 0:
+        return
+    box, crown = local_margins(net, u, y, eps, norm), crown_margins(net, u, y, eps, norm)
+    assert (crown >= box).all()
+    data = ImageData(images.to(torch.uint8), y, "random", "test", "hypothesis")
+    reports = {b: certify_model(model, data, eps=eps, norm=norm, bound=b) for b in ("global", "local", "crown", "auto")}
+    assert reports["global"].certified_mask.any()
+    for b in ("global", "local", "crown"):
+        assert not (reports[b].certified_mask & ~reports["auto"].certified_mask).any(), b
+
+
+def test_euler_step_box_contains_its_image_at_vertices_of_the_input_box():
+    torch.manual_seed(0)
+    cfg = ModelConfig(channels=2, steps=1, image_size=4, num_classes=3)
+    step = unroll(ConvNODE(cfg).double()).steps[0]
+    assert isinstance(step, EulerStep)
+    lo = torch.rand(1, 2, 4, 4, dtype=torch.float64)
+    hi = lo + 0.5
+    out, (zl, zh) = step.bounds(Box(lo, hi, 0.5 * (lo + hi)))
+    for _ in range(200):
+        x = torch.where(torch.rand_like(lo) < 0.5, lo, hi)
+        y, z = step(x), step.conv(x)
+        assert (out.lo <= y + 1e-12).all() and (y <= out.hi + 1e-12).all()
+        assert (zl <= z + 1e-12).all() and (z <= zh + 1e-12).all()
+
+
+def test_presets_have_the_promised_shapes():
+    paper, mini = ModelConfig.preset("paper"), ModelConfig.preset("mini")
+    assert paper == ModelConfig() and paper.block_size == 28 and paper.stem == ((8, 3, 1, 1),)
+    assert (mini.channels, mini.block_size, mini.steps, mini.T, mini.head) == (32, 7, 5, 1.0, (256,))
+    model = ConvNODE(ModelConfig.preset("mini", num_classes=3))
+    assert model.embedding(torch.rand(2, 1, 28, 28)).shape == (2, 32, 7, 7)
+    kinds = [type(layer).__name__ for layer in unroll(model).layers]
+    assert kinds == ["Conv", "Act", "Conv", "Act"] + ["EulerStep"] * 5 + ["Flatten", "Linear", "Act", "Linear"]
+    cifar = ConvNODE(ModelConfig.preset("mini", in_channels=3, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3))
+    assert cifar(torch.rand(2, 3, 32, 32)).shape == (2, 10) and cifar.config.block_size == 8
+    assert isinstance(unroll(cifar).layers[0], type(unroll(cifar).layers[0])) and \
+        type(unroll(cifar).layers[0]).__name__ == "Normalize"
+    with pytest.raises(Exception, match="arch"):
+        ModelConfig.preset("resnet")
+
+
+def test_act_layer_box_is_the_exact_image():
+    act = unroll(ConvNODE(ModelConfig(channels=1, steps=1, image_size=3, num_classes=2)).double()).layers[1]
+    assert isinstance(act, Act)
+    lo = torch.linspace(-3, 3, 9, dtype=torch.float64).view(1, 1, 3, 3)
+    out, pre = act.bounds(Box(lo, lo + 1, lo + 0.5))
+    torch.testing.assert_close(out.lo, act(lo))
+    torch.testing.assert_close(out.hi, act(lo + 1))
