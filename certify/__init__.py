@@ -1,13 +1,17 @@
 """Certified robustness of ConvNODE classifiers: Lipschitz bounds, radii, attacks, noise."""
 
+from contraction import __version__
 from certify.attacks import fgsm, pgd, square
 from certify.lipschitz import NetworkBound, best_network_bound, network_bounds
 from certify.noise import gaussian_noise, salt_and_pepper
 from certify.radius import certified_accuracy, certified_radii
-from certify.run import CertifyReport, attack_check, certify_model
+from certify.run import AttackCheck, CertifyReport, attack_check, certify_model, certify_tensors
 
 __all__ = [
+    "__version__",
     "certify_model",
+    "certify_tensors",
+    "AttackCheck",
     "attack_check",
     "CertifyReport",
     "NetworkBound",

@@ -84,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  plot                    {args.plot}")
     if args.json:
         write_json(report, args.json, model=str(args.model))
-    if report.attack is not None and report.attack["broken"] > 0:
-        print(f"certify: error: {report.attack['broken']} certified inputs were broken by an attack inside their "
+    if report.attack is not None and report.attack.broken > 0:
+        print(f"certify: error: {report.attack.broken} certified inputs were broken by an attack inside their "
               "radius: the certificate is unsound", file=sys.stderr)
         return 1
     return 0

@@ -36,8 +36,8 @@ def format_report(report: CertifyReport, model_path: str = "") -> str:
     ]
     if report.attack is not None:
         a = report.attack
-        lines.append(f"  attack check            {a['broken']} of {a['attacked']} certified inputs broken inside "
-                     f"their radius (PGD x{a['pgd']['restarts']} restarts, gradient-free search)")
+        lines.append(f"  attack check            {a.broken} of {a.attacked} certified inputs broken inside "
+                     f"their radius (PGD x{a.pgd_restarts} restarts, gradient-free search)")
     return "\n".join(lines)
 
 

@@ -53,7 +53,7 @@ def robustness(model: ConvNODE, data: ImageData, *, gaussian: Sequence[float] = 
         raise CNodeError("draws, pgd steps and batch size must be >= 1")
     certify_eps = tuple(attack_eps if certify_eps is None else certify_eps)
     jobs = len(gaussian) + len(salt_pepper) + 2 * len(attack_eps) + 2 + len(certify_eps)
-    bar = tqdm(total=jobs, desc="robustness", disable=not progress, leave=False)
+    bar = tqdm(total=jobs, desc="robustness", disable=None if progress else True, leave=False)  # None: off unless a tty
     t0 = time.perf_counter()
     out: dict[str, Any] = {"n": len(data), "dataset": data.name}
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import torch
 from tqdm import tqdm
 
 from contraction.certificates import block_certificates
-from contraction.errors import CNodeError
+from contraction.errors import CertificateWithheldError, CNodeError, DataError
 from certify.attacks import is_adversarial, pgd, square
 from nodes.train import eval_mode
 from certify.lipschitz import NetworkBound, best_network_bound
@@ -22,8 +22,8 @@ from certify.unrolled import Unrolled, unroll
 from nodes.classifier import ConvNODE
 from nodes.data import ImageData, batches
 
-__all__ = ["CertifyReport", "CertifyPlan", "BatchResult", "plan_certification", "certify_batch", "certify_model",
-           "attack_check", "check_eps", "BOUNDS", "BoundMethod"]
+__all__ = ["CertifyReport", "CertifyPlan", "BatchResult", "AttackCheck", "plan_certification", "certify_batch",
+           "certify_model", "certify_tensors", "attack_check", "check_eps", "BOUNDS", "BoundMethod"]
 
 RADIUS_CAP = {"inf": 0.5, "2": 10.0}  # bisection's upper end for --radius
 ROUNDOFF_REL = 1e-4
@@ -66,7 +66,7 @@ class CertifyReport:
     certified_by: list[str]
     timing: dict[str, float]
     roundoff: dict[str, float]
-    attack: dict[str, Any] | None = None
+    attack: AttackCheck | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -106,7 +106,7 @@ class CertifyReport:
             "bound": self.bound.to_dict(),
             "roundoff": self.roundoff,
             "timing": self.timing,
-            "attack_check": self.attack,
+            "attack_check": self.attack.to_dict() if self.attack is not None else None,
             "samples": [
                 {"index": i, "label": int(y), "prediction": int(p), "radius": float(r), "certified": bool(c),
                  "certified_by": by}
@@ -174,7 +174,7 @@ def plan_certification(model: ConvNODE, sample: torch.Tensor, *, eps: float, nor
     with eval_mode(model):
         measured = _measured_roundoff(model, sample) if len(sample) else 0.0
     if measured > 0.1 * ROUNDOFF_REL:
-        raise CNodeError(f"float32 logits differ from float64 by {measured:.2e} (relative), above the "
+        raise CertificateWithheldError(f"float32 logits differ from float64 by {measured:.2e} (relative), above the "
                          f"round-off slack's safety margin; certificate withheld")
     spec = model.block.spec()
     certs = block_certificates(spec)
@@ -183,7 +183,7 @@ def plan_certification(model: ConvNODE, sample: torch.Tensor, *, eps: float, nor
 
         lmi = lmi_block_certificate(spec)
         if not lmi.certified:
-            raise CNodeError(f"LMI certificate not available: {lmi.status}: {lmi.condition}")
+            raise CertificateWithheldError(f"LMI certificate not available: {lmi.status}: {lmi.condition}")
         certs = [lmi]
     network = best_network_bound(model, norm, certs)
     return CertifyPlan(eps=eps, norm=norm, bound=bound, tight=tight, network=network,
@@ -237,41 +237,27 @@ def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.
     return BatchResult(y, z.argmax(1), r, names, {k: v for k, v in seconds.items() if v > 0})
 
 
-def certify_model(
-    model: ConvNODE,
-    data: ImageData,
-    *,
-    eps: float,
-    norm: str = "inf",
-    bound: str = "auto",
-    batch_size: int = 1000,
-    progress: bool = False,
-    radius: bool = False,
-) -> CertifyReport:
-    """Certify every input of `data` at eps: plan (validation, round-off check, network bound) -> batches -> report.
-
-    bound (`BOUNDS`): 'global' (weight bounds) or 'lmi' (LMI block) -> Lipschitz radii; 'local' / 'crown' /
-    'auto' -> the global radii, then the tight certificates over the eps-ball on the inputs still uncertified
-    (Euler models). `radius=True` bisects the tight radius of every correct input."""
+def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[[int], Iterable[tuple]], n: int, *,
+             eps: float, norm: str, bound: str, batch_size: int, progress: bool, radius: bool) -> CertifyReport:
+    """plan (validation, round-off check on `sample`, network bound) -> batches from `chunks(size)` -> report."""
     t0 = time.perf_counter()
-    plan = plan_certification(model, data.tensors(0, min(len(data), 64))[0], eps=eps, norm=norm, bound=bound,
-                              batch_size=batch_size, radius=radius)
+    plan = plan_certification(model, sample, eps=eps, norm=norm, bound=bound, batch_size=batch_size, radius=radius)
     t1 = time.perf_counter()
-    it = batches(data, plan.batch_size)
-    if progress:
-        it = tqdm(it, total=(len(data) + plan.batch_size - 1) // plan.batch_size, desc=f"certify ({bound})",
-                  leave=False)
+    it: Iterable[tuple] = chunks(plan.batch_size)
+    if progress:  # a live bar on a terminal, nothing in a log file (tqdm's disable=None)
+        it = tqdm(it, total=(n + plan.batch_size - 1) // plan.batch_size, desc=f"certify ({bound})", leave=False,
+                  disable=None)
     results = [certify_batch(plan, model, x, y) for x, y in it]
     seconds = {f"{m}_seconds": sum(b.seconds.get(m, 0.0) for b in results) for m in STAGES}
     return CertifyReport(
-        dataset=data.name,
+        dataset=name,
         norm=plan.norm,
         eps=plan.eps,
         bound=plan.network,
         labels=torch.cat([b.labels for b in results]) if results else torch.zeros(0, dtype=torch.long),
         predictions=torch.cat([b.predictions for b in results]) if results else torch.zeros(0, dtype=torch.long),
         radii=torch.cat([b.radii for b in results]) if results else torch.zeros(0, dtype=torch.float64),
-        certified_by=[name for b in results for name in b.certified_by],
+        certified_by=[by for b in results for by in b.certified_by],
         timing={"bound_seconds": plan.seconds, "certify_seconds": time.perf_counter() - t1,
                 "total_seconds": time.perf_counter() - t0, **{k: v for k, v in seconds.items() if v > 0}},
         extra={"bound_mode": bound, "radius_bisection": plan.radius},
@@ -280,24 +266,79 @@ def certify_model(
     )
 
 
+def certify_model(model: ConvNODE, data: ImageData, *, eps: float, norm: str = "inf", bound: str = "auto",
+                  batch_size: int = 1000, progress: bool = False, radius: bool = False) -> CertifyReport:
+    """Certify every input of a dataset at eps (see `certify_tensors`; images are converted batch by batch).
+
+    bound (`BOUNDS`): 'global' (weight bounds) or 'lmi' (LMI block) -> Lipschitz radii; 'local' / 'crown' /
+    'auto' -> the global radii, then the tight certificates over the eps-ball on the inputs still uncertified
+    (Euler models). `radius=True` bisects the tight radius of every correct input."""
+    return _certify(model, data.name, data.tensors(0, min(len(data), 64))[0], lambda size: batches(data, size),
+                    len(data), eps=eps, norm=norm, bound=bound, batch_size=batch_size, progress=progress,
+                    radius=radius)
+
+
+def certify_tensors(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "inf",
+                    bound: str = "auto", batch_size: int = 1000, progress: bool = False, radius: bool = False,
+                    name: str = "tensors") -> CertifyReport:
+    """Certify float images `x` [N, C, S, S] with values in [0, 1] and integer labels `y` [N] at eps.
+
+    The threat model is the eps-ball intersected with the pixel box [0, 1]; inputs outside it are refused."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.dim() != 4 or y.dim() != 1 \
+            or x.shape[0] != y.shape[0]:
+        got = (tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__,
+               tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__)
+        raise DataError(f"expected images [N, C, S, S] and labels [N], got {got[0]} and {got[1]}")
+    if not x.is_floating_point() or not bool(torch.isfinite(x).all()) or bool((x < 0).any() | (x > 1).any()):
+        raise DataError("images must be finite floats in [0, 1] (the certified set is clipped to the pixel box)")
+    if y.dtype not in (torch.int64, torch.int32) or bool((y < 0).any() | (y >= model.config.num_classes).any()):
+        raise DataError(f"labels must be integers in [0, {model.config.num_classes - 1}]")
+    x, y = x.float(), y.long()
+    return _certify(model, name, x[:64], lambda size: ((x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)),
+                    len(y), eps=eps, norm=norm, bound=bound, batch_size=batch_size, progress=progress, radius=radius)
+
+
+@dataclass(frozen=True)
+class AttackCheck:
+    """Attacks on certified inputs inside their proven radius: `broken` must be 0 (else the certificate is unsound)."""
+
+    attacked: int
+    broken_by: dict[str, int]
+    pgd_steps: int
+    pgd_restarts: int
+    square_queries: int
+
+    @property
+    def broken(self) -> int:
+        return sum(self.broken_by.values())
+
+    @property
+    def status(self) -> str:
+        return "unsound" if self.broken else "not_broken"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"attacked": self.attacked, "broken": self.broken, "broken_by": dict(self.broken_by),
+                "status": self.status, "pgd": {"steps": self.pgd_steps, "restarts": self.pgd_restarts,
+                                               "loss": "margin"}, "square": {"queries": self.square_queries}}
+
+
 def attack_check(
-    model: ConvNODE, data: ImageData, report: CertifyReport, *, limit: int = 200, restarts: int = 3,
+    model: ConvNODE, inputs: ImageData | torch.Tensor, report: CertifyReport, *, limit: int = 200, restarts: int = 3,
     steps: int = 40, queries: int = 300, batch_size: int = 100,
-) -> dict[str, Any]:
+) -> AttackCheck:
     """Attack the certified inputs inside their certified radius (PGD with restarts and the gradient-free search).
 
-    Any success would falsify the certificate: `broken` must be 0."""
+    `inputs`: the dataset or the float images [N, C, S, S] the report was computed on, in the same order."""
     idx = torch.nonzero(report.radii > 0).flatten()[:limit]
     broken = {"pgd": 0, "square": 0}
     for start in range(0, len(idx), batch_size):
         sel = idx[start:start + batch_size]
-        x = data.images[sel].float() / 255.0
-        y = data.labels[sel]
+        x = inputs.images[sel].float() / 255.0 if isinstance(inputs, ImageData) else inputs[sel].float()
+        y = report.labels[sel]
         r = report.radii[sel].to(torch.float32)
         for name, adv in (
             ("pgd", pgd(model, x, y, eps=r, norm=report.norm, steps=steps, restarts=restarts, loss="margin")),
             ("square", square(model, x, y, eps=r, norm=report.norm, queries=queries)),
         ):
             broken[name] += int(is_adversarial(model, adv, y).sum())
-    return {"attacked": int(len(idx)), "broken": broken["pgd"] + broken["square"], "broken_by": broken,
-            "pgd": {"steps": steps, "restarts": restarts, "loss": "margin"}, "square": {"queries": queries}}
+    return AttackCheck(int(len(idx)), broken, steps, restarts, queries)

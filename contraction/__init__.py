@@ -1,6 +1,8 @@
 """Contraction analysis of slope-restricted ConvNODE vector fields: log-norms, conv facts, Jacobian probes,
 weight certificates and regularizers."""
 
+__version__ = "0.2.0"
+
 from contraction.certificates import BlockSpec, Certificate, best_certificate, block_certificates
 from contraction.errors import CNodeError
 from contraction.jacobian import mu_1_at, mu_2_estimate, mu_inf_at
@@ -9,6 +11,7 @@ from contraction.regularizers import jacobian_hinge, jacobian_log_norm, weight_h
 from contraction.slopes import ACTIVATIONS, Activation, get_activation
 
 __all__ = [
+    "__version__",
     "CNodeError",
     "Activation",
     "ACTIVATIONS",

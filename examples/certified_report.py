@@ -41,7 +41,7 @@ def main() -> None:
                 robust = float((model(adv).argmax(1) == y).double().mean())
             check = attack_check(model, data, report, limit=100, restarts=2, steps=30, queries=100)
             print(f"| {path} | {report.clean_accuracy:.1%} | {eps:g} | {report.certified_accuracy:.1%} | "
-                  f"{robust:.1%} | {check['broken']}/{check['attacked']} broken | {t:.0f} | {train_s:.0f} |", flush=True)
+                  f"{robust:.1%} | {check.broken}/{check.attacked} broken | {t:.0f} | {train_s:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

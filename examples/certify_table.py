@@ -39,7 +39,7 @@ def main() -> None:
             print(f"{path} [{dataset}, n={report.n}] clean {report.clean_accuracy:.2%} | "
                   f"{'Linf' if norm == 'inf' else 'L2'} certified {accs} | median radius {report.median_radius:.4g} | "
                   f"block {cert.norm} factor {report.bound.block_factor:.4g} ({cert.method}) | "
-                  f"attack check broken {check['broken']}/{check['attacked']} | {time.perf_counter() - t:.1f} s",
+                  f"attack check broken {check.broken}/{check.attacked} | {time.perf_counter() - t:.1f} s",
                   flush=True)
 
 

@@ -1,5 +1,6 @@
 """ConvNODE classifiers: configs, data, model, training and checkpoints."""
 
+from contraction import __version__
 from nodes.checkpoint import load_checkpoint, load_model, model_from_checkpoint, save_model, trained_dataset
 from nodes.classifier import ConvNODE
 from nodes.config import ModelConfig, TrainConfig
@@ -7,6 +8,7 @@ from nodes.data import ImageData, load_dataset, resolve_data_root
 from nodes.train import History, eval_mode, evaluate, train
 
 __all__ = [
+    "__version__",
     "ConvNODE",
     "ModelConfig",
     "TrainConfig",

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from contraction.errors import CNodeError
+from contraction import __version__
+from contraction.errors import CNodeError, CheckpointError
 from nodes.classifier import ConvNODE
 from nodes.config import ModelConfig, TrainConfig
 
@@ -23,11 +23,8 @@ _V1_KEYS = {"embed.": "stem.0.", "readout.": "head.0."}
 
 
 def library_version() -> str:
-    """The installed distribution's version (or 'unknown' when run from a source tree)."""
-    try:
-        return metadata.version("contractive-nodes")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    """The library's version, stored in every checkpoint."""
+    return __version__
 
 
 def save_model(
@@ -66,24 +63,24 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate a checkpoint dict; any unreadable, truncated or foreign file raises CNodeError."""
     path = Path(path)
     if not path.is_file():
-        raise CNodeError(f"{path}: checkpoint not found")
+        raise CheckpointError(f"{path}: checkpoint not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt input
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CNodeError(f"{path}: not a readable checkpoint ({reason[:160]})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:160]})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CNodeError(f"{path}: not a contractive-nodes checkpoint")
+        raise CheckpointError(f"{path}: not a contractive-nodes checkpoint")
     if payload.get("format_version") == 1 and isinstance(payload.get("state_dict"), dict):
         payload = {**payload, "format_version": FORMAT_VERSION, "state_dict": _upgrade_v1(payload["state_dict"])}
     if payload.get("format_version") != FORMAT_VERSION:
-        raise CNodeError(
+        raise CheckpointError(
             f"{path}: checkpoint format version {payload.get('format_version')!r} is not supported "
             f"(this library reads version {FORMAT_VERSION})"
         )
     for key in ("model_config", "state_dict"):
         if not isinstance(payload.get(key), dict):
-            raise CNodeError(f"{path}: checkpoint has no {key}")
+            raise CheckpointError(f"{path}: checkpoint has no {key}")
     return payload
 
 
@@ -114,13 +111,13 @@ def model_from_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str])
     try:
         config = ModelConfig.from_dict(payload["model_config"])
     except (CNodeError, TypeError) as exc:
-        raise CNodeError(f"{path}: invalid model config ({exc})") from None
+        raise CheckpointError(f"{path}: invalid model config ({exc})") from None
     model = ConvNODE(config)
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except (RuntimeError, TypeError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CNodeError(f"{path}: weights do not match the model config ({first[:160]})") from None
+        raise CheckpointError(f"{path}: weights do not match the model config ({first[:160]})") from None
     if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise CNodeError(f"{path}: checkpoint holds non-finite weights")
+        raise CheckpointError(f"{path}: checkpoint holds non-finite weights")
     return model.eval()

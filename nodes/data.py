@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from contraction.errors import CNodeError
+from contraction.errors import DataError
 
 __all__ = ["ImageData", "load_dataset", "resolve_data_root", "batches", "EMBEDDED_NOTE", "DATA_ENV"]
 
@@ -67,15 +67,15 @@ def _read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as fh:
             data = fh.read()
     except (OSError, EOFError) as exc:
-        raise CNodeError(f"{path}: cannot read IDX file ({exc})") from None
+        raise DataError(f"{path}: cannot read IDX file ({exc})") from None
     if len(data) < 8 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise CNodeError(f"{path}: not an unsigned-byte IDX file")
+        raise DataError(f"{path}: not an unsigned-byte IDX file")
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     offset = 4 + 4 * ndim
     count = int(np.prod(dims))
     if len(data) - offset != count:
-        raise CNodeError(f"{path}: truncated IDX file (expected {count} bytes of data, found {len(data) - offset})")
+        raise DataError(f"{path}: truncated IDX file (expected {count} bytes of data, found {len(data) - offset})")
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
 
 
@@ -94,7 +94,7 @@ def _download(name: str, root: Path) -> None:
         for train in (True, False):
             cls(str(root), train=train, download=True)
     except Exception as exc:  # network errors come in many types
-        raise CNodeError(f"download of {name} into {root} failed: {exc}") from None
+        raise DataError(f"download of {name} into {root} failed: {exc}") from None
 
 
 def _load_embedded(split: str) -> ImageData:
@@ -115,7 +115,7 @@ def load_dataset(
 ) -> ImageData:
     """Load a split of `mnist`, `fashion-mnist` or the embedded `mnist-mini`; `limit` keeps the first N."""
     if split not in _FILES:
-        raise CNodeError(f"split must be 'train' or 'test', got {split!r}")
+        raise DataError(f"split must be 'train' or 'test', got {split!r}")
     if name == "mnist-mini":
         data = _load_embedded(split)
     elif name in _FOLDERS:
@@ -126,7 +126,7 @@ def load_dataset(
             _download(name, root)
         img_path, lab_path = _find(raw, img_stem), _find(raw, lab_stem)
         if img_path is None or lab_path is None:
-            raise CNodeError(
+            raise DataError(
                 f"{name} {split} files not found in {raw.resolve()} (looked for {img_stem}[.gz]); "
                 f"pass --data-root DIR or set {DATA_ENV}=DIR (DIR/{_FOLDERS[name]}/raw/*.gz), "
                 "add --download to fetch them, or use --dataset mnist-mini (embedded subset)"
@@ -134,7 +134,7 @@ def load_dataset(
         images = _read_idx(img_path)
         labels = _read_idx(lab_path)
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-            raise CNodeError(f"{raw}: image and label files do not match ({images.shape} vs {labels.shape})")
+            raise DataError(f"{raw}: image and label files do not match ({images.shape} vs {labels.shape})")
         data = ImageData(
             torch.from_numpy(images.copy()).unsqueeze(1),
             torch.from_numpy(labels.astype(np.int64)),
@@ -143,10 +143,10 @@ def load_dataset(
             str(raw),
         )
     else:
-        raise CNodeError(f"unknown dataset {name!r}; expected one of ['mnist', 'fashion-mnist', 'mnist-mini']")
+        raise DataError(f"unknown dataset {name!r}; expected one of ['mnist', 'fashion-mnist', 'mnist-mini']")
     if limit:
         if limit < 0:
-            raise CNodeError(f"limit must be >= 0, got {limit}")
+            raise DataError(f"limit must be >= 0, got {limit}")
         data = ImageData(data.images[:limit], data.labels[:limit], data.name, data.split, data.source)
     return data
 

@@ -75,7 +75,7 @@ def evaluate(model: ConvNODE, data: ImageData, *, batch_size: int = 500, progres
         correct = 0
         it = batches(data, batch_size)
         if progress:
-            it = tqdm(it, total=(len(data) + batch_size - 1) // batch_size, desc="evaluate", leave=False)
+            it = tqdm(it, total=(len(data) + batch_size - 1) // batch_size, desc="evaluate", leave=False, disable=None)
         for x, y in it:
             correct += int((model(x).argmax(1) == y).sum())
         return correct / max(len(data), 1)
@@ -121,7 +121,7 @@ def train(
             batches(train_data, config.batch_size, shuffle=True, generator=gen),
             total=nb,
             desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not progress,
+            disable=None if progress else True,  # None: a live bar on a terminal, nothing in a log file
             leave=False,
         )
         for i, (x, y) in enumerate(bar):

@@ -37,6 +37,6 @@ def test_shipped_checkpoint_certifies_as_its_manifest_says(entry, real_data_root
     assert report.certified_accuracy == pytest.approx(check["certified_first100"], abs=0.011)
     if report.certified_accuracy > 0:
         attacked = attack_check(model, data, report, limit=30, restarts=1, steps=20, queries=50)
-        assert attacked["broken"] == 0
+        assert attacked.broken == 0
     with torch.no_grad():
         assert model(data.tensors(0, 4)[0]).shape == (4, 10)

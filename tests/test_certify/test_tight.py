@@ -12,10 +12,10 @@ from certify.lipschitz import best_network_bound
 from certify.local import box_margins, local_bounds, local_margins
 from certify.radius import certified_radii
 from certify.relax import relax
-from certify.run import attack_check, certify_model
+from certify.run import AttackCheck, CertifyReport, attack_check, certify_model, certify_tensors
 from certify.tight import certified_at, tight_radii
 from certify.unrolled import unroll
-from contraction.errors import CNodeError
+from contraction.errors import CNodeError, DataError
 from contraction.slopes import get_activation
 from nodes import ConvNODE, ModelConfig, load_dataset
 from tests.strategies import model_configs, seeds
@@ -50,17 +50,6 @@ def test_local_slope_range_is_the_range_of_the_derivative(name, lo, width):
     assert act.a - 1e-12 <= float(dl) <= float(du) <= act.b + 1e-12
     if name != "leaky_relu":  # smooth: the range is attained on the grid up to its spacing
         assert float(d.min()) - float(dl) < 1e-2 and float(du) - float(d.max()) < 1e-2
-
-
-def _model(seed, padding="circular", act="smooth_leaky_relu", readout="linear", shared=False, scale=1.0):
-    torch.manual_seed(seed)
-    cfg = ModelConfig(channels=2, steps=3, image_size=6, padding=padding, readout=readout, num_classes=3,
-                      activation=act, shared_weights=shared)
-    model = ConvNODE(cfg).double().eval()
-    with torch.no_grad():
-        for f in model.block.fields:
-            f.conv.weight.mul_(scale)
-    return model
 
 
 def _ball(u, eps, norm, n, gen):
@@ -148,7 +137,7 @@ def test_attacks_never_break_a_tight_certificate(tiny_trained):
         assert report.certified_accuracy > 0, "the tiny model should certify something here"
         assert set(report.certified_counts()) <= {"global", "crown"}
         check = attack_check(model, data, report, limit=80, restarts=2, steps=30, queries=200)
-        assert check["attacked"] > 0 and check["broken"] == 0, check
+        assert check.attacked > 0 and check.broken == 0, check
 
 
 def test_auto_runs_cheap_first_and_never_loses_to_a_single_method(tiny_trained):
@@ -183,3 +172,24 @@ def test_tight_bounds_need_the_euler_solver():
     data = load_dataset("mnist-mini", "test", limit=4)
     with pytest.raises(CNodeError):
         certify_model(ConvNODE(ModelConfig(channels=2, steps=2, solver="rk4")), data, eps=0.1, bound="crown")
+
+
+def test_certify_tensors_matches_certify_model_and_refuses_bad_tensors(tiny_trained):
+    model, _ = tiny_trained
+    data = load_dataset("mnist-mini", "test", limit=60)
+    x, y = data.tensors()
+    by_data = certify_model(model, data, eps=0.02, norm="inf", batch_size=25)
+    by_tensors = certify_tensors(model, x, y, eps=0.02, norm="inf", batch_size=25)
+    assert torch.equal(by_data.radii, by_tensors.radii) and by_data.certified_by == by_tensors.certified_by
+    assert isinstance(by_tensors, CertifyReport) and by_tensors.dataset == "tensors"
+    check = attack_check(model, x, by_tensors, limit=20, restarts=1, steps=10, queries=20)
+    assert isinstance(check, AttackCheck) and check.to_dict()["broken"] == check.broken == 0
+    for bad_x, bad_y, fragment in [
+        (x * 255, y, r"\[0, 1\]"),
+        (x[:, 0], y, "images"),
+        (x, y[:10], "labels"),
+        (x, y.float(), "labels must be integers"),
+        (x, y + 10, "labels must be integers"),
+    ]:
+        with pytest.raises(DataError, match=fragment):
+            certify_tensors(model, bad_x, bad_y, eps=0.02)
