@@ -16,9 +16,10 @@ from contraction.certificates import Certificate, block_certificates
 from contraction.errors import CNodeError
 from nodes.checkpoint import load_checkpoint, model_from_checkpoint, save_model, trained_dataset
 from nodes.classifier import ConvNODE
-from nodes.config import ARCHS, CERTIFIED_METHODS, DATASETS, PADDINGS, READOUTS, REGULARIZERS, SOLVERS, ModelConfig, TrainConfig
+from nodes.config import ARCHS, CERTIFIED_METHODS, DATASETS, INITS, PADDINGS, READOUTS, REGULARIZERS, SOLVERS, ModelConfig, TrainConfig
 from nodes.data import EMBEDDED_NOTE, ImageData, load_dataset
-from nodes.regularize import make_regularizer, negative_diagonal_init_
+from nodes.init import initialise_
+from nodes.regularize import make_regularizer
 from nodes.train import Objective, evaluate, train
 
 __all__ = ["main", "build_parser", "OneLineParser", "add_data_flags", "announce_data", "fit", "format_certificates", "add_config_flags", "config_from_args", "run_cli"]
@@ -31,6 +32,7 @@ _CHOICES: dict[str, Sequence[str]] = {
     "reg": REGULARIZERS,
     "norm": ("inf", "2"),
     "certified_method": CERTIFIED_METHODS,
+    "init": INITS,
 }
 _HELP = {
     "channels": "channels of the ODE state (the stem's last conv ends there)",
@@ -62,6 +64,8 @@ _HELP = {
     "certified_method": "certified loss: interval = local boxes (IBP-style), lipschitz = global Lipschitz margin",
     "certified_mix": "loss = mix * clean CE + (1 - mix) * certified CE",
     "certified_warmup": "epochs over which the certified eps ramps up linearly from 0",
+    "certified_start": "epochs of clean training before the certified eps starts its ramp",
+    "init": "initialisation of the weights: default (PyTorch's) or ibp (interval-preserving, Shi et al. 2021)",
 }
 
 
@@ -181,9 +185,7 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, train_data: ImageData, t
         *, progress: bool = True, objective: Objective | None = None) -> tuple[ConvNODE, Any]:
     """Build a model from its config and train it (with the configured regularizer and certified objective)."""
     torch.manual_seed(train_cfg.seed)
-    model = ConvNODE(model_cfg)
-    if train_cfg.neg_init:
-        negative_diagonal_init_(model)
+    model = initialise_(ConvNODE(model_cfg), train_cfg)
     regularizer = make_regularizer(train_cfg, seed=train_cfg.seed)
     if regularizer is None and train_cfg.reg == "none" and train_cfg.reg_weight > 0:
         raise CNodeError("--reg-weight given without --reg {jacobian,weight}")

@@ -32,8 +32,11 @@ Objective = Callable[[ConvNODE, torch.Tensor, torch.Tensor, torch.Tensor, float]
 
 
 def eps_schedule(config: TrainConfig, epoch: int, batch: int, batches_per_epoch: int) -> float:
-    """Linear warm-up of the certified eps from 0 over `certified_warmup` epochs, then constant."""
-    done = epoch + batch / max(batches_per_epoch, 1)
+    """0 (clean training only) for `certified_start` epochs, then a linear ramp of the certified eps from 0 over
+    `certified_warmup` epochs, then constant."""
+    done = epoch + batch / max(batches_per_epoch, 1) - config.certified_start
+    if done < 0:
+        return 0.0
     if config.certified_warmup <= 0:
         return config.certified_eps
     return config.certified_eps * min(1.0, done / config.certified_warmup)

@@ -78,6 +78,10 @@ def test_eps_schedule_warms_up_linearly_then_holds():
     assert values[0] == 0.0 and values == sorted(values) and values[-1] == pytest.approx(0.1)
     assert values[10] == pytest.approx(0.05)
     assert eps_schedule(TrainConfig(certified_eps=0.1, certified_warmup=0.0), 0, 0, 10) == 0.1
+    late = TrainConfig(certified_eps=0.1, certified_warmup=2.0, certified_start=1.0)
+    ramp = [eps_schedule(late, e, b, 10) for e in range(4) for b in range(10)]
+    assert ramp[:11] == [0.0] * 11 and ramp[12] > ramp[11] > 0  # clean epoch first, then the ramp
+    assert abs(ramp[20] - 0.05) < 1e-12 and ramp[-1] == 0.1
 
 
 @pytest.fixture(scope="module")
