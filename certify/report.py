@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from contraction.certificates import Certificate
 from certify.run import CertifyReport
 
-__all__ = ["format_report", "write_json", "plot_curves"]
+__all__ = ["format_report", "format_certificates", "write_json", "plot_curves"]
 
 
 def format_report(report: CertifyReport, model_path: str = "") -> str:
@@ -38,6 +39,20 @@ def format_report(report: CertifyReport, model_path: str = "") -> str:
         a = report.attack
         lines.append(f"  attack check            {a.broken} of {a.attacked} certified inputs broken inside "
                      f"their radius (PGD x{a.pgd_restarts} restarts, gradient-free search)")
+    return "\n".join(lines)
+
+
+def format_certificates(certs: Sequence[Certificate]) -> str:
+    """A small table of the ODE block's certificates: norm, status, continuous rate, discrete factor, method."""
+    lines = ["certified contraction of the ODE block (valid at every state; factor = Lipschitz bound of the block):",
+             f"  {'norm':<13}{'status':<15}{'rate':>10}{'factor':>12}  method"]
+    for c in certs:
+        rate = f"{c.rate:.4g}" if c.rate is not None else "-"
+        factor = f"{c.factor:.4g}" if c.factor is not None else "-"
+        lines.append(f"  {c.norm:<13}{c.status:<15}{rate:>10}{factor:>12}  {c.method}")
+    for c in certs:
+        if not c.certified:
+            lines.append(f"  {c.norm}: {c.condition}")
     return "\n".join(lines)
 
 

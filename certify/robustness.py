@@ -1,4 +1,4 @@
-"""`cnode robustness MODEL`: the evaluation protocol (METHOD.md section 6, ours) on one checkpoint.
+"""The evaluation protocol (METHOD.md section 6, ours) on one checkpoint.
 
 Clean accuracy; Gaussian noise and salt-and-pepper, averaged over seeded draws; FGSM and PGD (Linf, 20 steps,
 step 2.5 eps / 20, random start) through the fixed-step solver; a gradient-free attack at one eps as a masking
@@ -6,10 +6,7 @@ check; certified accuracy (Linf, `--bound`, default auto) at the attack eps. Tab
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -18,15 +15,12 @@ from tqdm import tqdm
 from contraction.errors import CNodeError
 from certify.attacks import fgsm, pgd, square
 from certify.noise import gaussian_noise, salt_and_pepper
-from certify.run import BOUNDS, certify_model
-from nodes.checkpoint import load_checkpoint, model_from_checkpoint, trained_dataset
+from certify.run import certify_model
 from nodes.classifier import ConvNODE
-from nodes.cli import add_data_flags
-from nodes.config import DATASETS
-from nodes.data import ImageData, batches, load_dataset
+from nodes.data import ImageData, batches
 from nodes.train import eval_mode
 
-__all__ = ["robustness", "format_robustness", "add_robustness", "GAUSSIAN", "SALT_PEPPER", "ATTACK_EPS"]
+__all__ = ["robustness", "format_robustness", "GAUSSIAN", "SALT_PEPPER", "ATTACK_EPS"]
 
 GAUSSIAN = (0.1, 0.2, 0.3)
 SALT_PEPPER = (0.05, 0.1, 0.2)
@@ -110,39 +104,3 @@ def format_robustness(result: dict[str, Any], name: str = "") -> str:
     lines.append(f"  gradient-free Linf {sq['eps']:<11g} {pct(sq['accuracy'])}  (PGD at that eps: "
                  f"{pct(sq['pgd_accuracy'])}; much higher PGD than gradient-free accuracy = masked gradients)")
     return "\n".join(lines)
-
-
-def cmd_robustness(args: argparse.Namespace) -> int:
-    if args.limit < 0:
-        raise CNodeError("--limit must be >= 0")
-    payload = load_checkpoint(args.model)
-    model = model_from_checkpoint(payload, args.model)
-    dataset = args.dataset or trained_dataset(payload)
-    data = load_dataset(dataset, "test", data_root=args.data_root, download=args.download, limit=args.limit or None)
-    if any(not e > 0 for e in args.certify_eps) or args.square_queries < 1:
-        raise CNodeError("--certify-eps values must be > 0 and --square-queries >= 1")
-    result = robustness(model, data, draws=args.draws, bound=args.bound, progress=not args.quiet,
-                        batch_size=args.batch_size, certify_eps=args.certify_eps, square_queries=args.square_queries)
-    print(format_robustness(result, args.model))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"model": str(args.model), **result}, indent=2))
-    return 0
-
-
-def add_robustness(sub: Any) -> None:
-    """Add the `robustness` subcommand to the `cnode` subparsers."""
-    p = sub.add_parser("robustness", help="noise, attacks and certified accuracy of a checkpoint (our protocol)",
-                       description=__doc__.splitlines()[0])
-    p.add_argument("model", help="checkpoint written by `cnode train`")
-    add_data_flags(p)
-    p.add_argument("--dataset", choices=list(DATASETS), default=None, help="default: the checkpoint's dataset")
-    p.add_argument("--limit", type=int, default=1000, help="first N test images (0: all; default: %(default)s)")
-    p.add_argument("--draws", type=int, default=3, help="seeded noise draws averaged (default: %(default)s)")
-    p.add_argument("--bound", choices=list(BOUNDS), default="auto", help="certificate (default: %(default)s)")
-    p.add_argument("--certify-eps", type=float, nargs="+", default=list(ATTACK_EPS),
-                   help="Linf eps to certify at (default: the attack eps)")
-    p.add_argument("--square-queries", type=int, default=300, help="gradient-free queries (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=250, help="inputs per batch (default: %(default)s)")
-    p.add_argument("--json", default=None, help="write the results as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_robustness)

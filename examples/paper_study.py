@@ -20,7 +20,7 @@ import torch
 from certify.robustness import ATTACK_EPS, GAUSSIAN, SALT_PEPPER, robustness
 from nodes import load_dataset
 from nodes.checkpoint import load_checkpoint, model_from_checkpoint, save_model
-from nodes.cli import fit
+from nodes.train import fit
 from nodes.config import ModelConfig, TrainConfig
 
 # one recipe per dataset for every method (a fair comparison): Adam, readout at a tenth of the lr

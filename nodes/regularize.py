@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from contraction.errors import CNodeError
 from contraction.regularizers import jacobian_hinge, weight_hinge
 from nodes.classifier import ConvNODE
 from nodes.config import TrainConfig
-from nodes.train import Regularizer
 
-__all__ = ["make_regularizer", "negative_diagonal_init_"]
+__all__ = ["Regularizer", "make_regularizer", "negative_diagonal_init_"]
+
+Regularizer = Callable[[ConvNODE, list[torch.Tensor]], torch.Tensor]
+"""R(model, states) -> scalar; the loss is CE + reg_weight * R."""
 
 
 def make_regularizer(

@@ -17,15 +17,14 @@ from tqdm import tqdm
 
 from contraction.errors import CNodeError
 from nodes.classifier import ConvNODE
-from nodes.config import TrainConfig
+from nodes.config import ModelConfig, TrainConfig
 from nodes.data import ImageData, batches
+from nodes.init import initialise_
+from nodes.regularize import Regularizer, make_regularizer
 
-__all__ = ["train", "evaluate", "eval_mode", "seed_everything", "eps_schedule", "Regularizer", "Objective", "History"]
+__all__ = ["train", "fit", "evaluate", "eval_mode", "seed_everything", "eps_schedule", "Regularizer", "Objective", "History"]
 
 log = logging.getLogger(__name__)
-
-Regularizer = Callable[[ConvNODE, list[torch.Tensor]], torch.Tensor]
-"""R(model, states) -> scalar; the loss is CE + reg_weight * R."""
 
 Objective = Callable[[ConvNODE, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
 """L(model, x, y, logits, eps) -> scalar robust loss (e.g. cross-entropy of certified worst-case logits)."""
@@ -162,3 +161,18 @@ def train(
             on_epoch(epoch, history)
     model.train(was_training)  # the caller's mode, as it was
     return history
+
+
+def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, train_data: ImageData, test_data: ImageData | None,
+        *, progress: bool = True, objective: Objective | None = None,
+        on_epoch: Callable[[int, History], None] | None = None) -> tuple[ConvNODE, History]:
+    """Build a model from its config, initialise it as the train config says (`init`, `neg_init`) and train it
+    with the configured regularizer and the given certified objective."""
+    torch.manual_seed(train_cfg.seed)
+    model = initialise_(ConvNODE(model_cfg), train_cfg)
+    regularizer = make_regularizer(train_cfg, seed=train_cfg.seed)
+    if regularizer is None and train_cfg.reg == "none" and train_cfg.reg_weight > 0:
+        raise CNodeError("--reg-weight given without --reg {jacobian,weight}")
+    history = train(model, train_data, train_cfg, test_data=test_data, regularizer=regularizer, objective=objective,
+                    progress=progress, on_epoch=on_epoch)
+    return model, history

@@ -43,7 +43,7 @@ def test_readme_commands_exist():
 def test_readme_demo_runs_on_the_embedded_subset(tmp_path):
     """The README's main job, shortened: `cnode demo` on the embedded subset trains, evaluates and certifies."""
     out = subprocess.run(
-        [sys.executable, "-m", "certify.demo", "demo", "--data-root", str(tmp_path / "none"), "--epochs", "1",
+        [sys.executable, "-m", "certify", "demo", "--data-root", str(tmp_path / "none"), "--epochs", "1",
          "--quiet", "--out", str(tmp_path / "demo.pt"), "--test-images", "200"],
         capture_output=True, text=True, timeout=600,
     )

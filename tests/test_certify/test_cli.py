@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from certify.cli import main as certify_main
-from certify.demo import main as cnode_main
+from certify.cli import certify_main
+from certify.cli import main as cnode_main
 
 
 def _run(main, argv, capsys):
@@ -87,8 +87,8 @@ def test_evaluate_prints_accuracy_and_block_certificates(tiny_trained, capsys):
 def test_help_everywhere():
     for args in (["cnode", "--help"], ["cnode", "train", "--help"], ["cnode", "evaluate", "--help"],
                  ["cnode", "demo", "--help"], ["certify", "--help"]):
-        module = "certify.demo" if args[0] == "cnode" else "certify"
-        proc = subprocess.run([sys.executable, "-m", module, *args[1:]], capture_output=True, text=True)
+        argv = args[1:] if args[0] == "cnode" else ["certify", *args[1:]]
+        proc = subprocess.run([sys.executable, "-m", "certify", *argv], capture_output=True, text=True)
         assert proc.returncode == 0 and "usage" in proc.stdout, (args, proc.stderr)
 
 
@@ -114,8 +114,6 @@ def test_certify_with_the_lmi_bound(tmp_path, capsys):
 
 
 def test_cnode_robustness_table_and_json(tiny_trained, tmp_path, capsys):
-    from certify.demo import main as cnode_main
-
     _, path = tiny_trained
     out_json = tmp_path / "rob.json"
     code, out, err = _run(cnode_main, ["robustness", str(path), "--limit", "40", "--draws", "2", "--square-queries",
@@ -134,3 +132,14 @@ def test_cnode_robustness_table_and_json(tiny_trained, tmp_path, capsys):
     assert "PGD-20 Linf" in out and "gradient-free" in out
     code, _, err = _run(cnode_main, ["robustness", str(path), "--certify-eps", "-1", "--quiet"], capsys)
     assert code == 2 and err.count("\n") == 1
+
+
+def test_version_and_verbosity_flags(capsys):
+    from contraction import __version__
+
+    code, out, _ = _run(cnode_main, ["--version"], capsys)
+    assert code == 0 and out.strip() == f"cnode {__version__}"
+    code, out, _ = _run(certify_main, ["--version"], capsys)
+    assert code == 0 and out.strip() == f"certify {__version__}"
+    code, _, err = _run(cnode_main, ["-vv", "certify", "missing.pt", "--eps", "0.1"], capsys)
+    assert code == 2 and "not found" in err
