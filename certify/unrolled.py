@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from contraction.convops import conv_output_size
 from contraction.errors import CNodeError
 from contraction.slopes import Activation
 from certify.layers import Act, Conv, EulerStep, Flatten, Layer, Linear, Normalize
@@ -103,7 +104,7 @@ def unroll(model: ConvNODE, *, dtype: torch.dtype | None = torch.float64, detach
     size = cfg.image_size
     for conv in model.stem:
         layers += [_conv(conv, size, dtype, detach), Act(act)]
-        size = (size + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+        size = conv_output_size(size, conv.kernel_size[0], conv.stride[0], conv.padding[0])
     start = len(layers)
     for k in range(cfg.steps):
         layers.append(EulerStep(_conv(model.block.field_at_step(k).conv, size, dtype, detach), cfg.h, act))

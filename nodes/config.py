@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from contraction.convops import conv_output_size
 from contraction.errors import CNodeError
 from contraction.slopes import ACTIVATIONS, Activation, get_activation
 
@@ -137,7 +138,7 @@ class ModelConfig(_Config):
             _check_int(f"stem conv {i} padding", pad, 0, k - 1)
             if self.padding == "circular" and pad > size:
                 raise CNodeError(f"stem conv {i}: circular padding {pad} exceeds the {size}x{size} input")
-            size = (size + 2 * pad - k) // stride + 1
+            size = conv_output_size(size, k, stride, pad)
             if size < 1:
                 raise CNodeError(f"stem conv {i} leaves no pixels ({k}x{k}, stride {stride}, padding {pad})")
             cin = out
@@ -171,7 +172,7 @@ class ModelConfig(_Config):
         """Side of the ODE block's square state (the image side after the stem)."""
         size = self.image_size
         for _, k, stride, pad in self.stem or ():
-            size = (size + 2 * pad - k) // stride + 1
+            size = conv_output_size(size, k, stride, pad)
         return size
 
     @property
