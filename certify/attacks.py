@@ -38,7 +38,7 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-input max_{j != y} z_j - z_y (positive means misclassified)."""
     zy = logits.gather(1, y[:, None])[:, 0]
     other = logits.clone()
-    other[torch.arange(len(y)), y] = -torch.inf
+    other[torch.arange(len(y), device=y.device), y] = -torch.inf
     return other.amax(1) - zy
 
 
@@ -56,10 +56,10 @@ def _step(grad: torch.Tensor, step: torch.Tensor, norm: str) -> torch.Tensor:
 
 def _random_start(x: torch.Tensor, eps: torch.Tensor, norm: str, gen: torch.Generator) -> torch.Tensor:
     if norm == "inf":
-        return (2 * torch.rand(x.shape, generator=gen, dtype=x.dtype) - 1) * eps
-    d = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        return (2 * torch.rand(x.shape, generator=gen, dtype=x.dtype, device=x.device) - 1) * eps
+    d = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
     d = d / d.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
-    r = torch.rand(x.shape[0], generator=gen, dtype=x.dtype).view(-1, *[1] * (x.dim() - 1))
+    r = torch.rand(x.shape[0], generator=gen, dtype=x.dtype, device=x.device).view(-1, *[1] * (x.dim() - 1))
     return d * eps * r
 
 
@@ -84,9 +84,9 @@ def pgd(
         raise CNodeError("steps and restarts must be >= 1")
     e = per_input_eps(eps, x)
     alpha = e * (2.5 / steps) if step_size is None else torch.as_tensor(step_size, dtype=x.dtype) * (e > 0)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=x.device).manual_seed(seed)  # on the data's device
     best = x.clone()
-    found = torch.zeros(x.shape[0], dtype=torch.bool)
+    found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     with eval_mode(model):
         for r in range(restarts):
             start = random_start and (r > 0 or steps > 1)
@@ -131,11 +131,11 @@ def square(
     """Gradient-free random search (Square-attack style): random square patches on the ball's boundary, kept
     when they raise the margin loss. No gradients: a check against gradient masking."""
     e = per_input_eps(eps, x)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=x.device).manual_seed(seed)  # on the data's device
     B, C, H, W = x.shape
     with eval_mode(model), torch.no_grad():
         if norm == "inf":
-            delta = e * torch.where(torch.rand(B, C, 1, W, generator=gen) < 0.5, -1.0, 1.0).to(x.dtype)
+            delta = e * torch.where(torch.rand(B, C, 1, W, generator=gen, device=x.device) < 0.5, -1.0, 1.0).to(x.dtype)
         else:
             delta = _random_start(x, e, norm, gen)
         delta = project(delta.expand(B, C, H, W).clone(), x, e, norm)
@@ -145,15 +145,15 @@ def square(
                 break
             frac = p_init * (0.5 ** (8 * i // queries))
             s = max(1, int(round((frac * H * W) ** 0.5)))
-            r0 = torch.randint(0, H - s + 1, (B,), generator=gen)
-            c0 = torch.randint(0, W - s + 1, (B,), generator=gen)
+            r0 = torch.randint(0, H - s + 1, (B,), generator=gen, device=x.device).tolist()
+            c0 = torch.randint(0, W - s + 1, (B,), generator=gen, device=x.device).tolist()
             cand = delta.clone()
             for b in range(B):
                 if norm == "inf":
-                    sign = torch.where(torch.rand(C, 1, 1, generator=gen) < 0.5, -1.0, 1.0).to(x.dtype)
+                    sign = torch.where(torch.rand(C, 1, 1, generator=gen, device=x.device) < 0.5, -1.0, 1.0).to(x.dtype)
                     cand[b, :, r0[b]:r0[b] + s, c0[b]:c0[b] + s] = sign * e[b, 0, 0, 0]
                 else:
-                    patch = torch.randn(C, s, s, generator=gen, dtype=x.dtype)
+                    patch = torch.randn(C, s, s, generator=gen, dtype=x.dtype, device=x.device)
                     cand[b, :, r0[b]:r0[b] + s, c0[b]:c0[b] + s] += patch * e[b, 0, 0, 0] / max(s, 1)
             cand = project(cand, x, e, norm)
             loss = margin_loss(model(x + cand), y)

@@ -1,4 +1,4 @@
-"""The command line: `cnode {train,evaluate,certify,robustness,demo}` and `certify` (= `cnode certify`).
+"""The command line: `cnode {train,evaluate,certify,robustness,demo,study}` and `certify` (= `cnode certify`).
 
 The one CLI module, at the top of the import graph: it parses flags into configs and calls the library."""
 
@@ -22,12 +22,13 @@ from certify.attacks import pgd
 from certify.report import format_certificates, format_report, plot_curves, write_json
 from certify.robustness import ATTACK_EPS, format_robustness, robustness
 from certify.run import BOUNDS, attack_check, certify_model, check_eps
-from certify.training import certified_objective
-from nodes.checkpoint import load_checkpoint, model_from_checkpoint, save_model, trained_dataset
+from certify.study import QUICK, StudyConfig, run_study
+from nodes.checkpoint import load_checkpoint, load_model, model_from_checkpoint, save_model, trained_dataset
 from nodes.classifier import ConvNODE
-from nodes.config import (ARCHS, CERTIFIED_METHODS, DATASETS, INITS, PADDINGS, READOUTS, REGULARIZERS, SOLVERS,
-                          ModelConfig, TrainConfig)
+from nodes.config import (ARCHS, CERTIFIED_METHODS, DATASETS, DEFAULT_ARCH, DEFAULT_REG_WEIGHT, HINGES, INITS, NORMS, PADDINGS,
+                          READOUTS, REGULARIZERS, SOLVERS, ModelConfig, TrainConfig)
 from nodes.data import EMBEDDED_NOTE, ImageData, load_dataset, resolve_data_root
+from nodes.device import DEVICES, module_device, resolve_device
 from nodes.train import evaluate, fit
 
 __all__ = ["main", "certify_main", "build_parser"]
@@ -38,7 +39,9 @@ _CHOICES: dict[str, Sequence[str]] = {
     "readout": READOUTS,
     "dataset": DATASETS,
     "reg": REGULARIZERS,
-    "norm": ("inf", "2"),
+    "reg_norm": NORMS,
+    "reg_hinge": HINGES,
+    "certified_norm": NORMS,
     "certified_method": CERTIFIED_METHODS,
     "init": INITS,
 }
@@ -65,8 +68,11 @@ _HELP = {
     "train_limit": "use the first N training images (0: all)",
     "reg": "contraction regularizer",
     "rho": "target contraction rate of the regularizer",
-    "reg_weight": "weight lambda of the regularizer in the loss",
-    "norm": "norm of the regularizer and of the certified loss's threat model",
+    "reg_weight": "weight lambda of the regularizer in the loss (default: "
+                  + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_REG_WEIGHT.items()) + ")",
+    "reg_norm": "norm of the contraction rate the regularizer targets",
+    "reg_hinge": "squared hinge relu(mu + rho)^2 (its gradient depends on rho) or the paper's linear relu(mu + rho)",
+    "certified_norm": "threat model of the certified loss (the eps-ball's norm)",
     "neg_init": "initialise the block's centre taps to a negative diagonal",
     "certified_eps": "certified training: eps of the worst-case loss over the ball (0: off)",
     "certified_method": "certified loss: interval = local boxes (IBP-style), lipschitz = global Lipschitz margin",
@@ -116,7 +122,8 @@ def _stem(text: str) -> tuple[tuple[int, ...], ...]:
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {"stem": _stem, "head": _sequence(int, "integers"),
-                                             "mean": _sequence(float, "numbers"), "std": _sequence(float, "numbers")}
+                                             "mean": _sequence(float, "numbers"), "std": _sequence(float, "numbers"),
+                                             "reg_weight": float}
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
@@ -124,7 +131,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[
     flags default to the `--arch` preset's value (only the flags given override it)."""
     model = cls is ModelConfig
     if model:
-        parser.add_argument("--arch", choices=list(ARCHS), default="paper",
+        parser.add_argument("--arch", choices=list(ARCHS), default=DEFAULT_ARCH,
                             help="architecture preset; any field below overrides it (default: %(default)s)")
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -137,7 +144,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[
             kwargs["type"] = _PARSERS.get(f.name, type(f.default))
             if f.name in _CHOICES:
                 kwargs["choices"] = list(_CHOICES[f.name])
-        kwargs["help"] += " (default: from --arch)" if model else " (default: %(default)s)"
+        if f.default is not None or model:
+            kwargs["help"] += " (default: from --arch)" if model else " (default: %(default)s)"
         parser.add_argument(_flag(f.name), **kwargs)
 
 
@@ -145,14 +153,20 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
     """Build a validated config dataclass from parsed flags (a ModelConfig from its `--arch` preset + overrides)."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     if cls is ModelConfig:
-        return ModelConfig.preset(getattr(args, "arch", "paper"), **{k: v for k, v in given.items() if v is not None})
+        return ModelConfig.preset(getattr(args, "arch", DEFAULT_ARCH), **{k: v for k, v in given.items() if v is not None})
     return cls(**given)
 
 
-def add_data_flags(parser: argparse.ArgumentParser) -> None:
+def add_common_flags(parser: argparse.ArgumentParser, *, download: bool = True) -> None:
+    """The flags every subcommand shares: where the data is, the device, quiet progress."""
     parser.add_argument("--data-root", default=None, help="folder holding MNIST/raw, FashionMNIST/raw "
                         "(default: $CNODE_DATA, else ./data)")
-    parser.add_argument("--download", action="store_true", help="download the dataset into the data root if missing")
+    if download:
+        parser.add_argument("--download", action="store_true",
+                            help="download the dataset into the data root if missing")
+    parser.add_argument("--device", default="auto", metavar="{" + ",".join(DEVICES) + "}",
+                        help="where to run: auto = CUDA when present, else CPU; also cuda:N (default: %(default)s)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def announce_data(data: ImageData) -> None:
@@ -165,7 +179,7 @@ def load_run(args: argparse.Namespace) -> tuple[ConvNODE, ImageData]:
     if args.limit < 0:
         raise CNodeError("--limit must be >= 0")
     payload = load_checkpoint(args.model)
-    model = model_from_checkpoint(payload, args.model)
+    model = model_from_checkpoint(payload, args.model).to(resolve_device(args.device))
     dataset = args.dataset or trained_dataset(payload)
     data = load_dataset(dataset, "test", data_root=args.data_root, download=args.download, limit=args.limit or None)
     announce_data(data)
@@ -180,8 +194,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     test_data = load_dataset(train_cfg.dataset, "test", data_root=args.data_root, download=args.download,
                              limit=args.test_limit or None)
     announce_data(train_data)
-    objective = certified_objective(train_cfg) if train_cfg.certified_eps > 0 else None
-    model, history = fit(model_cfg, train_cfg, train_data, test_data, progress=not args.quiet, objective=objective,
+    device = resolve_device(args.device)
+    logging.getLogger(__name__).info("training on %s", device)
+    model, history = fit(model_cfg, train_cfg, train_data, test_data, device=device, progress=not args.quiet,
                          on_epoch=_print_epoch)
     metrics = {
         "test_accuracy": history.test_accuracy[-1] if history.test_accuracy else None,
@@ -190,7 +205,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "seconds_per_epoch": history.epoch_seconds,
         "test_images": len(test_data),
     }
-    save_model(args.out, model, train_config=train_cfg, metrics=metrics)
+    save_model(args.out, model, train_config=train_cfg, metrics={**metrics, "device": str(device)})
     print(f"saved {args.out}")
     return 0
 
@@ -241,7 +256,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     print(format_report(report, args.model))
     pgd_points = []
     if args.plot:
-        x, y = data.tensors(0, min(len(data), 200))
+        x, y = (t.to(module_device(model)) for t in data.tensors(0, min(len(data), 200)))
         for e in [args.eps * f for f in (0.5, 1.0, 1.5, 2.0)]:
             adv = pgd(model, x, y, eps=e, norm=args.norm, steps=20)
             with torch.no_grad():
@@ -271,15 +286,46 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     return 0
 
 
+SHIPPED = Path(__file__).resolve().parents[1] / "examples" / "models"
+"""The shipped checkpoints and their models.json (present in a source checkout)."""
+
+
+def best_shipped(dataset: str = "mnist", eps: float = 0.1) -> tuple[Path, dict[str, Any]] | None:
+    """The shipped checkpoint of `dataset` with the highest recorded certified accuracy at Linf `eps`."""
+    index = SHIPPED / "models.json"
+    if not index.is_file():
+        return None
+    entries = [e for e in json.loads(index.read_text()) if e.get("dataset") == dataset
+               and (e.get("check") or {}).get("norm") == "inf" and (e.get("check") or {}).get("eps") == eps
+               and (SHIPPED / e["file"]).is_file()]
+    if not entries:
+        return None
+    best = max(entries, key=lambda e: e["check"].get("certified_first100", 0.0))
+    return SHIPPED / best["file"], best
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train a small weight-regularized ConvNODE, evaluate it, print its block certificates and certify it."""
+    """The headline (the best shipped MNIST model certified at Linf 0.1 on the embedded test images), then train a
+    small weight-regularized ConvNODE, evaluate it, print its block certificates and certify it."""
+    device = resolve_device(args.device)
+    shipped = best_shipped("mnist", 0.1)
+    if shipped is not None:
+        path, entry = shipped
+        model = load_model(path).to(device)
+        images = load_dataset("mnist-mini", "test")
+        report = certify_model(model, images, eps=0.1, norm="inf", bound="auto", progress=not args.quiet)
+        print(f"headline: {path.name} ({entry['kind']}) certifies {100 * report.certified_accuracy:.1f} % of the "
+              f"{report.n} embedded MNIST test images at Linf 0.1 (clean {100 * report.clean_accuracy:.1f} %, "
+              f"bound auto, {report.timing['total_seconds']:.1f} s)", flush=True)
     root = resolve_data_root(args.data_root)
     dataset = "mnist" if (root / "MNIST" / "raw").is_dir() else "mnist-mini"
     limit = args.train_images if dataset == "mnist" else 0
+    # the demo's own model: the paper's block with circular padding and the weight regularizer, no certified loss
     train_cfg = TrainConfig(dataset=dataset, epochs=args.epochs, train_limit=limit, seed=args.seed, lr=args.lr,
-                            batch_size=args.batch_size, readout_lr_scale=0.1, reg="weight", rho=args.rho,
-                            reg_weight=args.reg_weight, norm="inf", neg_init=True)
-    model_cfg = ModelConfig(padding="circular")
+                            lr_decay=0.5, batch_size=args.batch_size, readout_lr_scale=0.1, reg="weight",
+                            rho=args.rho, reg_weight=args.reg_weight, reg_norm="inf", reg_hinge="linear",
+                            neg_init=True, certified_eps=0.0)
+    model_cfg = ModelConfig.preset("paper", padding="circular")
     train_data = load_dataset(dataset, "train", data_root=root, limit=limit or None)
     test_data = load_dataset(dataset, "test", data_root=root, limit=args.test_images)
     if dataset == "mnist":
@@ -287,8 +333,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"first {len(test_data)} test images)")
     announce_data(train_data)
     print(f"training {model_cfg.channels}-channel ConvNODE, Euler {model_cfg.steps} steps, weight regularizer "
-          f"rho={train_cfg.rho} lambda={train_cfg.reg_weight}, {train_cfg.epochs} epochs", flush=True)
-    model, history = fit(model_cfg, train_cfg, train_data, test_data, progress=not args.quiet)
+          f"rho={train_cfg.rho} lambda={train_cfg.reg_weight}, {train_cfg.epochs} epochs on {device}", flush=True)
+    model, history = fit(model_cfg, train_cfg, train_data, test_data, device=device, progress=not args.quiet)
     save_model(args.out, model, train_config=train_cfg,
                metrics={"test_accuracy": history.test_accuracy[-1] if history.test_accuracy else None})
     print(f"saved {args.out} ({sum(history.epoch_seconds):.0f} s of training)")
@@ -299,10 +345,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    """The paper's study (certify.study): StudyConfig's defaults (QUICK's with --quick) under the flags given."""
+    values = {**dataclasses.asdict(StudyConfig()), **(QUICK if args.quick else {})}
+    for f in dataclasses.fields(StudyConfig):
+        given = getattr(args, f.name, None)
+        if given is not None and given is not False:
+            values[f.name] = tuple(given) if isinstance(given, list) else given
+    values["device"] = str(resolve_device(args.device))
+    cfg = StudyConfig(**values)
+    if cfg.seeds < 1 or cfg.epochs < 1 or cfg.train_limit < 0 or cfg.test_limit < 1 or cfg.draws < 1 \
+            or cfg.square_queries < 1 or any(not e > 0 for e in cfg.certify_eps) or any(r < 0 for r in cfg.rhos):
+        raise CNodeError("study: seeds, epochs, test images, draws and queries must be >= 1, rhos >= 0, eps > 0")
+    run_study(cfg, log=lambda line: print(line, flush=True))
+    return 0
+
+
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="checkpoint written by `cnode train`")
     p.add_argument("--dataset", choices=list(DATASETS), default=None, help="default: the checkpoint's dataset")
-    add_data_flags(p)
+    add_common_flags(p)
 
 
 def _add_certify(p: argparse.ArgumentParser) -> None:
@@ -322,7 +384,6 @@ def _add_certify(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="write the full report as JSON")
     p.add_argument("--plot", default=None, help="draw certified (and PGD) accuracy against eps to this image")
     p.add_argument("--batch-size", type=int, default=1000, help="inputs per batch (default: %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_certify)
 
 
@@ -337,10 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a ConvNODE classifier", description="Train a ConvNODE classifier.")
     add_config_flags(p, ModelConfig, skip=("in_channels", "image_size", "num_classes"))
     add_config_flags(p, TrainConfig)
-    add_data_flags(p)
+    add_common_flags(p)
     p.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images (0: all)")
     p.add_argument("--out", required=True, help="checkpoint path to write")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="clean test accuracy and block certificates of a checkpoint",
@@ -349,7 +409,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="first N test images (0: all)")
     p.add_argument("--json", default=None, help="write the report as JSON")
     p.add_argument("--lmi", action="store_true", help="also solve the LMI certificate (circular padding; ~1 min)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("certify", help="certified robustness at eps (radii per input)",
@@ -367,13 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--square-queries", type=int, default=300, help="gradient-free queries (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=250, help="inputs per batch (default: %(default)s)")
     p.add_argument("--json", default=None, help="write the results as JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_robustness)
 
-    p = sub.add_parser("demo", help="train a small contractive model and certify it (the README's main job)",
-                       description="Train a small weight-regularized ConvNODE on MNIST (or the embedded subset), "
-                       "evaluate it, print its contraction certificates and certify it.")
-    add_data_flags(p)
+    p = sub.add_parser("demo", help="the headline figure, then train a small contractive model and certify it "
+                       "(the README's main job)",
+                       description="Certify the best shipped MNIST checkpoint at Linf 0.1 on the embedded test images; "
+                       "then train a small weight-regularized ConvNODE on MNIST (or the embedded subset), evaluate it, "
+                       "print its contraction certificates and certify it.")
+    add_common_flags(p, download=False)
     p.add_argument("--epochs", type=int, default=5, help="training epochs (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default: %(default)s)")
@@ -385,8 +445,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps-l2", type=float, default=0.1, help="L2 budget to certify (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--out", default="runs/demo.pt", help="checkpoint path (default: %(default)s)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
+
+    d = StudyConfig()
+    p = sub.add_parser("study", help="the paper's study: nominal / Jacobian / weight-regularized sweep over rho",
+                       description="The paper's study with our protocol: nominal, Jacobian- and weight-regularized "
+                       "ConvNODEs (the paper's architecture and recipe) over target rates rho and seeds, each through "
+                       "`cnode robustness`; writes results.json, results.md and study.png. Resumable: models and "
+                       "results already in --out are reused.")
+    add_common_flags(p, download=False)
+    for flag, kwargs, help_ in (  # default None: StudyConfig's value, or QUICK's with --quick
+            ("--out", {}, "folder for checkpoints and results"),
+            ("--datasets", {"nargs": "+", "choices": list(DATASETS)}, "datasets"),
+            ("--rhos", {"type": float, "nargs": "+"}, "target contraction rates"),
+            ("--seeds", {"type": int}, "seeds per model"),
+            ("--epochs", {"type": int}, "epochs per model"),
+            ("--train-limit", {"type": int}, "training images per model (0: all)"),
+            ("--test-limit", {"type": int}, "test images per evaluation"),
+            ("--draws", {"type": int}, "seeded noise draws"),
+            ("--square-queries", {"type": int}, "queries of the gradient-free attack"),
+            ("--certify-eps", {"type": float, "nargs": "+"}, "Linf eps for certified accuracy (bound auto)"),
+            ("--extra", {"nargs": "*"}, "more checkpoints in every table, as DATASET:LABEL=PATH")):
+        dest = flag[2:].replace("-", "_")
+        default = getattr(d, dest)
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        p.add_argument(flag, default=None, help=f"{help_} (default: {shown or 'none'})", **kwargs)
+    p.add_argument("--report-only", action="store_true",
+                   help="train and evaluate nothing: tables and plots from the results already in --out")
+    p.add_argument("--quick", action="store_true", help="smoke-test defaults: " + ", ".join(
+        f"{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in QUICK.items())
+        + " (flags given explicitly still win)")
+    p.set_defaults(func=cmd_study)
     return parser
 
 

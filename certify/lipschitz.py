@@ -10,6 +10,7 @@ absolute row sums, the last layer's pairs ||w_y - w_j||_1; L2 inputs: spectral n
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,7 @@ from contraction.errors import CNodeError
 from certify.layers import Act, Conv, Flatten, Layer, Linear
 from certify.unrolled import Unrolled, unroll
 from nodes.classifier import ConvNODE
+from nodes.device import module_device
 
 __all__ = ["NetworkBound", "network_bounds", "best_network_bound", "pairwise_norms", "layer_constants"]
 
@@ -157,8 +159,12 @@ def network_bounds(model: ConvNODE, norm: str, certificates: list[Certificate] |
     usable = [c for c in certs if c.certified and c.norm in family and c.factor is not None]
     if not usable:
         return []
+    if module_device(model).type != "cpu":  # a weight-only computation: on a CPU copy, beside the certificates
+        model = copy.deepcopy(model).cpu()
     net = unroll(model, any_solver=True)  # the block enters through its certificate, whatever its solver
     return [_bound(net, c, norm) for c in usable]
+
+
 def best_network_bound(model: ConvNODE, norm: str, certificates: list[Certificate] | None = None) -> NetworkBound:
     """The bound with the smallest largest pairwise constant; CNodeError when the block has no sound bound."""
     bounds = network_bounds(model, norm, certificates)

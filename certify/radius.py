@@ -28,14 +28,14 @@ def certified_radii(
                          f"constants {tuple(constants.shape)}")
     z = logits.to(torch.float64)
     K = z.shape[1]
-    slack_t = torch.as_tensor(slack, dtype=torch.float64).expand(z.shape[0])
+    slack_t = torch.as_tensor(slack, dtype=torch.float64, device=z.device).expand(z.shape[0])
     margins = z.gather(1, labels[:, None]) - z - slack_t[:, None]  # [B, K]
-    L = constants.to(torch.float64)[labels]  # [B, K]
+    L = constants.to(device=z.device, dtype=torch.float64)[labels]  # [B, K]
     other = torch.ones_like(margins, dtype=torch.bool)
-    other[torch.arange(z.shape[0]), labels] = False
+    other[torch.arange(z.shape[0], device=z.device), labels] = False
     ratio = torch.where(L > 0, margins / L.clamp_min(1e-300), torch.where(margins > 0, torch.inf, 0.0))
     ratio = torch.where(other, ratio, torch.inf)
-    radius = ratio.amin(1) if K > 1 else torch.full((z.shape[0],), torch.inf, dtype=torch.float64)
+    radius = ratio.amin(1) if K > 1 else torch.full((z.shape[0],), torch.inf, dtype=torch.float64, device=z.device)
     return radius.clamp_min(0.0)
 
 

@@ -18,6 +18,7 @@ from certify.noise import gaussian_noise, salt_and_pepper
 from certify.run import certify_model
 from nodes.classifier import ConvNODE
 from nodes.data import ImageData, batches
+from nodes.device import module_device, resolve_device
 from nodes.train import eval_mode
 
 __all__ = ["robustness", "format_robustness", "GAUSSIAN", "SALT_PEPPER", "ATTACK_EPS"]
@@ -29,8 +30,10 @@ ATTACK_EPS = (0.05, 0.1, 0.2, 0.3)
 
 def _accuracy(model: ConvNODE, data: ImageData, transform, batch_size: int) -> float:
     correct = 0
+    device = module_device(model)
     with eval_mode(model):
         for i, (x, y) in enumerate(batches(data, batch_size)):
+            x, y = x.to(device), y.to(device)
             xt = transform(x, i)
             with torch.no_grad():
                 correct += int((model(xt).argmax(1) == y).sum())
@@ -41,8 +44,11 @@ def robustness(model: ConvNODE, data: ImageData, *, gaussian: Sequence[float] = 
                salt_pepper: Sequence[float] = SALT_PEPPER, attack_eps: Sequence[float] = ATTACK_EPS,
                draws: int = 3, pgd_steps: int = 20, square_eps: float = 0.1, square_queries: int = 300,
                certify_eps: Sequence[float] | None = None, bound: str = "auto", batch_size: int = 250,
-               progress: bool = True) -> dict[str, Any]:
-    """Every number of the protocol for one model on `data` (accuracies as fractions)."""
+               progress: bool = True, device: str | torch.device | None = None) -> dict[str, Any]:
+    """Every number of the protocol for one model on `data` (accuracies as fractions); `device` as in
+    `certify_model` (None: where the model is)."""
+    if device is not None:
+        model.to(resolve_device(device))
     if draws < 1 or pgd_steps < 1 or batch_size < 1:
         raise CNodeError("draws, pgd steps and batch size must be >= 1")
     certify_eps = tuple(attack_eps if certify_eps is None else certify_eps)
@@ -64,7 +70,7 @@ def robustness(model: ConvNODE, data: ImageData, *, gaussian: Sequence[float] = 
                     for s in range(draws)]
             out[key][str(level)] = sum(accs) / draws
             tick(f"{key} {level}")
-    ys = [y for _, y in batches(data, batch_size)]  # labels per batch, for the attacks
+    ys = [y.to(module_device(model)) for _, y in batches(data, batch_size)]  # labels per batch, for the attacks
     for name in ("fgsm", "pgd"):
         out[name] = {}
         for eps in attack_eps:

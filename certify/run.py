@@ -21,6 +21,7 @@ from certify.tight import certified_at, local_and_crown, tight_radii
 from certify.unrolled import Unrolled, unroll
 from nodes.classifier import ConvNODE
 from nodes.data import ImageData, batches
+from nodes.device import module_device, resolve_device
 
 __all__ = ["CertifyReport", "CertifyPlan", "BatchResult", "AttackCheck", "plan_certification", "certify_batch",
            "certify_model", "certify_tensors", "attack_check", "check_eps", "BOUNDS", "BoundMethod"]
@@ -207,10 +208,12 @@ def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.
     """Global radii for every input, then the plan's tight stages on the correct inputs still uncertified."""
     seconds = dict.fromkeys(STAGES, 0.0)
     ts = time.perf_counter()
+    device = module_device(model)
+    x, y = x.to(device), y.to(device)
     with eval_mode(model), torch.no_grad():
         z = model(x)
     slack = roundoff_slack(z, ROUNDOFF_REL)
-    r = certified_radii(z, y, plan.network.constants(), slack)
+    r = certified_radii(z, y, plan.network.constants().to(device), slack)
     ok = r >= plan.eps
     names = ["global" if c else "" for c in ok.tolist()]
     seconds["global"] += time.perf_counter() - ts
@@ -234,13 +237,17 @@ def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.
             r[good] = tight_radii(net, x[good], y[good], plan.norm, tight[-1], slack[good], r[good],
                                   RADIUS_CAP[plan.norm])
         seconds[tight[-1]] += time.perf_counter() - ts
-    return BatchResult(y, z.argmax(1), r, names, {k: v for k, v in seconds.items() if v > 0})
+    return BatchResult(y.cpu(), z.argmax(1).cpu(), r.cpu(), names, {k: v for k, v in seconds.items() if v > 0})
 
 
 def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[[int], Iterable[tuple]], n: int, *,
-             eps: float, norm: str, bound: str, batch_size: int, progress: bool, radius: bool) -> CertifyReport:
+             eps: float, norm: str, bound: str, batch_size: int, progress: bool, radius: bool,
+             device: str | torch.device | None) -> CertifyReport:
     """plan (validation, round-off check on `sample`, network bound) -> batches from `chunks(size)` -> report."""
     t0 = time.perf_counter()
+    if device is not None:
+        model.to(resolve_device(device))
+    sample = sample.to(module_device(model))
     plan = plan_certification(model, sample, eps=eps, norm=norm, bound=bound, batch_size=batch_size, radius=radius)
     t1 = time.perf_counter()
     it: Iterable[tuple] = chunks(plan.batch_size)
@@ -267,20 +274,22 @@ def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[
 
 
 def certify_model(model: ConvNODE, data: ImageData, *, eps: float, norm: str = "inf", bound: str = "auto",
-                  batch_size: int = 1000, progress: bool = False, radius: bool = False) -> CertifyReport:
+                  batch_size: int = 1000, progress: bool = False, radius: bool = False,
+                  device: str | torch.device | None = None) -> CertifyReport:
     """Certify every input of a dataset at eps (see `certify_tensors`; images are converted batch by batch).
 
     bound (`BOUNDS`): 'global' (weight bounds) or 'lmi' (LMI block) -> Lipschitz radii; 'local' / 'crown' /
     'auto' -> the global radii, then the tight certificates over the eps-ball on the inputs still uncertified
-    (Euler models). `radius=True` bisects the tight radius of every correct input."""
+    (Euler models). `radius=True` bisects the tight radius of every correct input. `device`: None certifies where
+    the model is; 'auto' / 'cpu' / 'cuda' moves the model there first. The report's tensors are on the CPU."""
     return _certify(model, data.name, data.tensors(0, min(len(data), 64))[0], lambda size: batches(data, size),
                     len(data), eps=eps, norm=norm, bound=bound, batch_size=batch_size, progress=progress,
-                    radius=radius)
+                    radius=radius, device=device)
 
 
 def certify_tensors(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "inf",
                     bound: str = "auto", batch_size: int = 1000, progress: bool = False, radius: bool = False,
-                    name: str = "tensors") -> CertifyReport:
+                    name: str = "tensors", device: str | torch.device | None = None) -> CertifyReport:
     """Certify float images `x` [N, C, S, S] with values in [0, 1] and integer labels `y` [N] at eps.
 
     The threat model is the eps-ball intersected with the pixel box [0, 1]; inputs outside it are refused."""
@@ -295,7 +304,8 @@ def certify_tensors(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, *, eps: f
         raise DataError(f"labels must be integers in [0, {model.config.num_classes - 1}]")
     x, y = x.float(), y.long()
     return _certify(model, name, x[:64], lambda size: ((x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)),
-                    len(y), eps=eps, norm=norm, bound=bound, batch_size=batch_size, progress=progress, radius=radius)
+                    len(y), eps=eps, norm=norm, bound=bound, batch_size=batch_size, progress=progress, radius=radius,
+                    device=device)
 
 
 @dataclass(frozen=True)
@@ -331,11 +341,12 @@ def attack_check(
     `inputs`: the dataset or the float images [N, C, S, S] the report was computed on, in the same order."""
     idx = torch.nonzero(report.radii > 0).flatten()[:limit]
     broken = {"pgd": 0, "square": 0}
+    device = module_device(model)
     for start in range(0, len(idx), batch_size):
         sel = idx[start:start + batch_size]
-        x = inputs.images[sel].float() / 255.0 if isinstance(inputs, ImageData) else inputs[sel].float()
-        y = report.labels[sel]
-        r = report.radii[sel].to(torch.float32)
+        x = inputs.images[sel].float() / 255.0 if isinstance(inputs, ImageData) else inputs[sel.to(inputs.device)]
+        x, y = x.float().to(device), report.labels[sel].to(device)
+        r = report.radii[sel].to(device=device, dtype=torch.float32)
         for name, adv in (
             ("pgd", pgd(model, x, y, eps=r, norm=report.norm, steps=steps, restarts=restarts, loss="margin")),
             ("square", square(model, x, y, eps=r, norm=report.norm, queries=queries)),

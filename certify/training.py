@@ -18,8 +18,8 @@ from certify.lipschitz import layer_constants
 from certify.local import box_margins, local_bounds
 from certify.unrolled import unroll
 from nodes.classifier import ConvNODE
-from nodes.config import TrainConfig
-from nodes.train import Objective
+from nodes.config import CERTIFIED_METHODS, TrainConfig
+from nodes.objectives import Objective, register_objective
 
 __all__ = ["lipschitz_constants", "certified_margins", "certified_loss", "certified_objective"]
 
@@ -54,9 +54,13 @@ def certified_loss(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, eps: float
 
 
 def certified_objective(config: TrainConfig) -> Objective:
-    """The training hook for nodes.train: certified_loss with the config's norm and method."""
+    """The training hook for nodes.train: certified_loss with the config's threat norm and method."""
 
     def objective(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, eps: float) -> torch.Tensor:
-        return certified_loss(model, x, y, eps, config.norm, config.certified_method, logits)
+        return certified_loss(model, x, y, eps, config.certified_norm, config.certified_method, logits)
 
     return objective
+
+
+for _method in CERTIFIED_METHODS:  # every method the config accepts, one objective factory each
+    register_objective(_method)(certified_objective)

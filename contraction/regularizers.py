@@ -26,10 +26,20 @@ def _check_rho(rho: float) -> None:
         raise CNodeError(f"rho must be a finite number >= 0, got {rho!r}")
 
 
+def _hinge(v: torch.Tensor, squared: bool) -> torch.Tensor:
+    """relu(v), or relu(v)^2: the squared hinge's gradient 2 relu(v) grows with the violation, so the target rho
+    changes the trained model even under Adam (the linear hinge's gradient is the same for every rho while active,
+    and Adam's step ignores its scale)."""
+    h = F.relu(v)
+    return h * h if squared else h
+
+
 def weight_hinge(
-    layers: Iterable[nn.Module | torch.Tensor], activation: Activation, *, rho: float, norm: str = "inf"
+    layers: Iterable[nn.Module | torch.Tensor], activation: Activation, *, rho: float, norm: str = "inf",
+    squared: bool = False
 ) -> torch.Tensor:
-    """Weight penalty, zero iff every layer is certified to contract at rate rho for all states.
+    """Weight penalty, zero iff every layer is certified to contract at rate rho for all states (`squared`: each
+    channel's hinge squared).
 
     inf: sum_i relu(s_i + rho/a), s_i = K_iic + off-diagonal row sum (then mu_inf(D T) <= -rho, needs a > 0).
     2 (the lab's conv form): sum_i relu(2 rho + 2 (a+b) K_iic + b (sum|K[i]| + sum|K[:, i]|)), a Gershgorin
@@ -42,10 +52,10 @@ def weight_hinge(
         if norm == "inf":
             if a <= 0:
                 raise CNodeError(f"the inf-norm weight hinge needs a lower slope a > 0 ({activation.name} has a = {a})")
-            terms.append(F.relu(metzler_majorant(K).sum(1) + rho / a).sum())
+            terms.append(_hinge(metzler_majorant(K).sum(1) + rho / a, squared).sum())
         elif norm == "2":
             M = channel_abs_sums(K)
-            terms.append(F.relu(2 * rho + 2 * (a + b) * centre_taps(K) + b * (M.sum(1) + M.sum(0))).sum())
+            terms.append(_hinge(2 * rho + 2 * (a + b) * centre_taps(K) + b * (M.sum(1) + M.sum(0)), squared).sum())
         else:
             raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
     if not terms:
@@ -78,8 +88,9 @@ def jacobian_log_norm(
 
 
 def jacobian_hinge(
-    layer: nn.Module, activation: Activation, states: torch.Tensor, *, rho: float, norm: str = "2", iters: int = 5
+    layer: nn.Module, activation: Activation, states: torch.Tensor, *, rho: float, norm: str = "2", iters: int = 5,
+    squared: bool = False
 ) -> torch.Tensor:
-    """mean over states of relu(mu(J(x_k)) + rho) for the field x' = sigma(layer(x))."""
+    """mean over states of relu(mu(J(x_k)) + rho) (`squared`: its square) for the field x' = sigma(layer(x))."""
     _check_rho(rho)
-    return F.relu(jacobian_log_norm(layer, activation, states, norm=norm, iters=iters) + rho).mean()
+    return _hinge(jacobian_log_norm(layer, activation, states, norm=norm, iters=iters) + rho, squared).mean()

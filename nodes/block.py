@@ -54,7 +54,7 @@ class ODEBlock(nn.Module):
         """The block as run, for certificates: one kernel per step, slopes, solver, step size, padding."""
         cfg = self.config
         act = cfg.act
-        distinct = [f.conv.weight.detach() for f in self.fields]  # shared weights: one tensor, repeated
+        distinct = [f.conv.weight.detach().cpu() for f in self.fields]  # CPU copies; shared: one tensor, repeated
         kernels = tuple(distinct[0 if cfg.shared_weights else k] for k in range(cfg.steps))
         return BlockSpec(kernels, act.a, act.b, cfg.h, cfg.solver, cfg.padding, cfg.block_size, cfg.block_size)
 

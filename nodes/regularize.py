@@ -1,4 +1,5 @@
-"""Plugging the contraction regularizers into ConvNODE training: R(model, states) for the training hook."""
+"""Plugging the contraction regularizers into ConvNODE training: R(model, states), built from a TrainConfig through
+the `REGULARIZERS` registry keyed by `TrainConfig.reg`."""
 
 from __future__ import annotations
 
@@ -11,50 +12,56 @@ from contraction.regularizers import jacobian_hinge, weight_hinge
 from nodes.classifier import ConvNODE
 from nodes.config import TrainConfig
 
-__all__ = ["Regularizer", "make_regularizer", "negative_diagonal_init_"]
+__all__ = ["Regularizer", "REGULARIZERS", "make_regularizer", "negative_diagonal_init_"]
 
 Regularizer = Callable[[ConvNODE, list[torch.Tensor]], torch.Tensor]
 """R(model, states) -> scalar; the loss is CE + reg_weight * R."""
 
 
-def make_regularizer(
-    config: TrainConfig, *, samples_per_step: int = 16, steps_sampled: int = 3, iters: int = 5, seed: int = 0
-) -> Regularizer | None:
-    """The regularizer named by `config.reg` (None for 'none'), with its rho and norm.
+def _weight(config: TrainConfig, gen: torch.Generator) -> Regularizer:  # noqa: ARG001
+    """The weight hinge summed over the block's convolutions: zero iff every step is certified at rate rho."""
 
-    jacobian: relu(mu(J(x_k)) + rho) averaged over `steps_sampled` random steps x `samples_per_step` states
-    of the batch's trajectories (mu_inf exact, mu_2 by `iters` power iterations); weight: the weight hinge
-    summed over the block's convolutions."""
+    def weight_reg(model: ConvNODE, states: list[torch.Tensor]) -> torch.Tensor:  # noqa: ARG001
+        return weight_hinge([f.conv for f in model.block.fields], model.activation, rho=config.rho,
+                            norm=config.reg_norm, squared=config.reg_hinge == "squared")
+
+    return weight_reg
+
+
+def _jacobian(config: TrainConfig, gen: torch.Generator, *, samples_per_step: int = 16, steps_sampled: int = 3,
+              iters: int = 5) -> Regularizer:
+    """The Jacobian hinge relu(mu(J(x_k)) + rho) averaged over `steps_sampled` random steps x `samples_per_step`
+    states of the batch's trajectories (mu_inf exact, mu_2 by `iters` power iterations)."""
+
+    def jacobian_reg(model: ConvNODE, states: list[torch.Tensor]) -> torch.Tensor:
+        n_steps = len(states) - 1
+        ks = torch.randperm(n_steps, generator=gen)[: min(steps_sampled, n_steps)].tolist()
+        terms = []
+        for k in ks:
+            x = states[k]
+            idx = torch.randperm(x.shape[0], generator=gen)[: min(samples_per_step, x.shape[0])].to(x.device)
+            field = model.block.field_at_step(k)
+            terms.append(jacobian_hinge(field.conv, model.activation, x[idx], rho=config.rho, norm=config.reg_norm,
+                                        iters=iters, squared=config.reg_hinge == "squared"))
+        return torch.stack(terms).mean()
+
+    return jacobian_reg
+
+
+REGULARIZERS: dict[str, Callable[[TrainConfig, torch.Generator], Regularizer]] = {"weight": _weight,
+                                                                                  "jacobian": _jacobian}
+"""Regularizer factories keyed by `TrainConfig.reg` ('none' is no regularizer)."""
+
+
+def make_regularizer(config: TrainConfig, *, seed: int | None = None) -> Regularizer | None:
+    """The regularizer named by `config.reg` (None for 'none'), with its rho, norm and hinge; its sampling generator
+    is seeded with `seed`, by default the config's seed."""
     if config.reg == "none":
         return None
-    gen = torch.Generator().manual_seed(seed)
-
-    if config.reg == "weight":
-
-        def weight_reg(model: ConvNODE, states: list[torch.Tensor]) -> torch.Tensor:  # noqa: ARG001
-            return weight_hinge(
-                [f.conv for f in model.block.fields], model.activation, rho=config.rho, norm=config.norm
-            )
-
-        return weight_reg
-
-    if config.reg == "jacobian":
-
-        def jacobian_reg(model: ConvNODE, states: list[torch.Tensor]) -> torch.Tensor:
-            n_steps = len(states) - 1
-            ks = torch.randperm(n_steps, generator=gen)[: min(steps_sampled, n_steps)].tolist()
-            terms = []
-            for k in ks:
-                x = states[k]
-                idx = torch.randperm(x.shape[0], generator=gen)[: min(samples_per_step, x.shape[0])]
-                field = model.block.field_at_step(k)
-                terms.append(
-                    jacobian_hinge(field.conv, model.activation, x[idx], rho=config.rho, norm=config.norm, iters=iters)
-                )
-            return torch.stack(terms).mean()
-
-        return jacobian_reg
-    raise CNodeError(f"unknown regularizer {config.reg!r}")
+    if config.reg not in REGULARIZERS:
+        raise CNodeError(f"unknown regularizer {config.reg!r}; known: {sorted(REGULARIZERS)}")
+    gen = torch.Generator().manual_seed(config.seed if seed is None else seed)
+    return REGULARIZERS[config.reg](config, gen)
 
 
 @torch.no_grad()

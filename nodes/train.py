@@ -1,4 +1,5 @@
-"""Training loop: Adam, step-decayed learning rate, seeds, tqdm, per-epoch test accuracy, regularizer hook."""
+"""Training loop: Adam, step-decayed learning rate, seeds, tqdm, per-epoch test accuracy; the initialisation,
+regularizer and certified objective come from the TrainConfig's names (registries), explicit callables win."""
 
 from __future__ import annotations
 
@@ -15,19 +16,18 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from contraction.errors import CNodeError
 from nodes.classifier import ConvNODE
 from nodes.config import ModelConfig, TrainConfig
 from nodes.data import ImageData, batches
+from nodes.device import module_device, resolve_device
 from nodes.init import initialise_
+from nodes.objectives import Objective, make_objective
 from nodes.regularize import Regularizer, make_regularizer
 
-__all__ = ["train", "fit", "evaluate", "eval_mode", "seed_everything", "eps_schedule", "Regularizer", "Objective", "History"]
+__all__ = ["train", "fit", "evaluate", "eval_mode", "seed_everything", "eps_schedule", "Regularizer", "Objective",
+           "History"]
 
 log = logging.getLogger(__name__)
-
-Objective = Callable[[ConvNODE, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
-"""L(model, x, y, logits, eps) -> scalar robust loss (e.g. cross-entropy of certified worst-case logits)."""
 
 
 def eps_schedule(config: TrainConfig, epoch: int, batch: int, batches_per_epoch: int) -> float:
@@ -72,14 +72,15 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 @torch.no_grad()
 def evaluate(model: ConvNODE, data: ImageData, *, batch_size: int = 500, progress: bool = False) -> float:
-    """Clean accuracy of `model` on `data` (the model's train/eval mode is restored afterwards)."""
+    """Clean accuracy of `model` on `data`, batches on the model's device (its train/eval mode is restored)."""
+    device = module_device(model)
     with eval_mode(model):
         correct = 0
         it = batches(data, batch_size)
         if progress:
             it = tqdm(it, total=(len(data) + batch_size - 1) // batch_size, desc="evaluate", leave=False, disable=None)
         for x, y in it:
-            correct += int((model(x).argmax(1) == y).sum())
+            correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
         return correct / max(len(data), 1)
 
 
@@ -91,14 +92,29 @@ def train(
     test_data: ImageData | None = None,
     regularizer: Regularizer | None = None,
     objective: Objective | None = None,
+    initialise: bool = True,
+    device: str | torch.device | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, History], None] | None = None,
 ) -> History:
-    """Train in place with loss = CE(model(u), y) + reg_weight * regularizer(model, states); with an `objective`
-    and certified_eps > 0: mix * CE + (1 - mix) * objective(model, u, y, logits, eps(t)) (eps warmed up).
+    """Train in place with loss = CE(model(u), y) + reg_weight * R(model, states); with certified_eps > 0:
+    mix * CE + (1 - mix) * objective(model, u, y, logits, eps(t)) (eps scheduled by `eps_schedule`).
 
-    The model runs in train mode during the epochs and is left in the mode it had on entry."""
+    As the config names them: the initialisation (`init`, `neg_init`; skipped with `initialise=False`, e.g. to
+    fine-tune), the regularizer (`reg`, `rho`, `reg_norm`, `reg_hinge`) and the certified objective
+    (`certified_method`, `certified_norm`; registered by `import certify`). A `regularizer` or `objective` given
+    here replaces the config's. `device`: None keeps the model where it is, else it is moved there ('auto', 'cpu',
+    'cuda'). The model runs in train mode during the epochs and is left in the mode it had on entry."""
     gen = seed_everything(config.seed)
+    if device is not None:
+        model.to(resolve_device(device))
+    device = module_device(model)
+    if initialise:
+        initialise_(model, config)
+    if regularizer is None:
+        regularizer = make_regularizer(config)
+    if objective is None:
+        objective = make_objective(config)
     readout = list(model.readout.parameters())
     ids = {id(p) for p in readout}
     optimizer = torch.optim.Adam(
@@ -110,8 +126,6 @@ def train(
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_decay)
     history = History()
     use_reg = regularizer is not None and config.reg_weight > 0
-    if config.certified_eps > 0 and objective is None:
-        raise CNodeError("certified_eps > 0 needs a certified objective (certify.training.certified_objective)")
     use_obj = objective is not None and config.certified_eps > 0
     was_training = model.training
     for epoch in range(config.epochs):
@@ -127,6 +141,7 @@ def train(
             leave=False,
         )
         for i, (x, y) in enumerate(bar):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logits, states = model.trajectory(x)
             loss = F.cross_entropy(logits, y)
             if use_obj:
@@ -142,7 +157,7 @@ def train(
             optimizer.step()
             total += float(loss.detach()) * len(y)
             seen += len(y)
-            bar.set_postfix(loss=f"{total / seen:.4f}")
+            bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
         scheduler.step()
         history.epoch_seconds.append(time.perf_counter() - start)
         history.train_loss.append(total / max(seen, 1))
@@ -164,15 +179,11 @@ def train(
 
 
 def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, train_data: ImageData, test_data: ImageData | None,
-        *, progress: bool = True, objective: Objective | None = None,
+        *, device: str | torch.device | None = "auto", progress: bool = True, objective: Objective | None = None,
         on_epoch: Callable[[int, History], None] | None = None) -> tuple[ConvNODE, History]:
-    """Build a model from its config, initialise it as the train config says (`init`, `neg_init`) and train it
-    with the configured regularizer and the given certified objective."""
+    """Build a model from its config (weights drawn with the config's seed) and `train` it on `device`."""
     torch.manual_seed(train_cfg.seed)
-    model = initialise_(ConvNODE(model_cfg), train_cfg)
-    regularizer = make_regularizer(train_cfg, seed=train_cfg.seed)
-    if regularizer is None and train_cfg.reg == "none" and train_cfg.reg_weight > 0:
-        raise CNodeError("--reg-weight given without --reg {jacobian,weight}")
-    history = train(model, train_data, train_cfg, test_data=test_data, regularizer=regularizer, objective=objective,
+    model = ConvNODE(model_cfg)
+    history = train(model, train_data, train_cfg, test_data=test_data, objective=objective, device=device,
                     progress=progress, on_epoch=on_epoch)
     return model, history

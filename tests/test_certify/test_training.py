@@ -72,11 +72,11 @@ def test_certified_loss_has_gradients_for_every_weight():
 
 
 def test_eps_schedule_warms_up_linearly_then_holds():
-    cfg = TrainConfig(certified_eps=0.1, certified_warmup=2.0, epochs=3)
+    cfg = TrainConfig(certified_eps=0.1, certified_warmup=2.0, certified_start=0.0, epochs=3)
     values = [eps_schedule(cfg, e, b, 10) for e in range(3) for b in range(10)]
     assert values[0] == 0.0 and values == sorted(values) and values[-1] == pytest.approx(0.1)
     assert values[10] == pytest.approx(0.05)
-    assert eps_schedule(TrainConfig(certified_eps=0.1, certified_warmup=0.0), 0, 0, 10) == 0.1
+    assert eps_schedule(TrainConfig(certified_eps=0.1, certified_warmup=0.0, certified_start=0.0), 0, 0, 10) == 0.1
     late = TrainConfig(certified_eps=0.1, certified_warmup=2.0, certified_start=1.0)
     ramp = [eps_schedule(late, e, b, 10) for e in range(4) for b in range(10)]
     assert ramp[:11] == [0.0] * 11 and ramp[12] > ramp[11] > 0  # clean epoch first, then the ramp
@@ -89,7 +89,8 @@ def plain_batch_model():
     torch.manual_seed(0)
     data = load_dataset("mnist-mini", "train", limit=128)
     model = ConvNODE(ModelConfig(channels=4, steps=3))
-    train(model, data, TrainConfig(dataset="mnist-mini", epochs=40, batch_size=128, lr=3e-2, lr_decay=1.0),
+    train(model, data, TrainConfig(dataset="mnist-mini", epochs=40, batch_size=128, lr=3e-2, lr_decay=1.0,
+                                     certified_eps=0.0),
           progress=False)
     return model, data
 
@@ -97,7 +98,7 @@ def plain_batch_model():
 def _finetune(model, data, method, eps):
     model = copy.deepcopy(model)
     cfg = TrainConfig(dataset="mnist-mini", epochs=20, batch_size=128, lr=1e-2, lr_decay=1.0, certified_eps=eps,
-                      certified_method=method, certified_warmup=0.0)
+                      certified_method=method, certified_warmup=0.0, certified_start=0.0)
     train(model, data, cfg, objective=certified_objective(cfg), progress=False)
     return model
 

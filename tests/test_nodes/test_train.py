@@ -9,7 +9,8 @@ def test_short_training_beats_chance_by_a_wide_margin():
     cfg = ModelConfig(channels=4, steps=2)
     torch.manual_seed(0)
     model = ConvNODE(cfg)
-    history = train(model, train_data, TrainConfig(dataset="mnist-mini", epochs=3, lr=1e-2, batch_size=32),
+    history = train(model, train_data, TrainConfig(dataset="mnist-mini", epochs=3, lr=1e-2, batch_size=32,
+                                                           certified_eps=0.0),
                     test_data=test_data, progress=False)
     assert len(history.test_accuracy) == 3 and len(history.epoch_seconds) == 3
     assert history.test_accuracy[-1] > 0.6  # chance is 0.1; this run reaches about 0.85
@@ -26,7 +27,7 @@ def test_regularizer_hook_is_called_and_added(monkeypatch):
 
     model = ConvNODE(ModelConfig(channels=2, steps=3))
     history = train(model, data, TrainConfig(dataset="mnist-mini", epochs=1, batch_size=32, reg="weight",
-                                              reg_weight=0.1), regularizer=reg, progress=False)
+                                              reg_weight=0.1, certified_eps=0.0), regularizer=reg, progress=False)
     assert calls == [4, 4] and history.reg_value[0] > 0
 
 

@@ -1,0 +1,41 @@
+"""Devices: `auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:N`, with one-line errors."""
+
+from __future__ import annotations
+
+import torch
+
+from contraction.errors import CNodeError
+
+__all__ = ["DEVICES", "resolve_device", "module_device"]
+
+DEVICES = ("auto", "cpu", "cuda")
+"""The choices of `--device` (`cuda:N` is accepted too)."""
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """The torch device for `spec`: None or 'auto' -> CUDA if available else CPU; 'cuda' without CUDA is an error."""
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    if spec is None or spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(spec, str):
+        raise CNodeError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {spec!r}")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise CNodeError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {spec!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise CNodeError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {spec!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CNodeError(f"device {spec!r} asked for, but PyTorch sees no CUDA device here (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CNodeError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter (CPU for a module without parameters)."""
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")

@@ -1,0 +1,42 @@
+"""Certified training objectives, a registry keyed by `TrainConfig.certified_method`.
+
+The objectives need the bound engine, which lives above this package (`certify`): it registers them when it is
+imported (`import certify`), so the import graph keeps running one way (contraction <- nodes <- certify)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from contraction.errors import CNodeError
+from nodes.classifier import ConvNODE
+from nodes.config import TrainConfig
+
+__all__ = ["Objective", "OBJECTIVES", "register_objective", "make_objective"]
+
+Objective = Callable[[ConvNODE, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+"""L(model, x, y, logits, eps) -> scalar robust loss (e.g. cross-entropy of certified worst-case logits)."""
+
+OBJECTIVES: dict[str, Callable[[TrainConfig], Objective]] = {}
+"""Objective factories keyed by certified method name, filled by `certify.training`."""
+
+
+def register_objective(name: str) -> Callable[[Callable[[TrainConfig], Objective]], Callable[[TrainConfig], Objective]]:
+    """Decorator: register `factory(config) -> Objective` under `name`."""
+
+    def deco(factory: Callable[[TrainConfig], Objective]) -> Callable[[TrainConfig], Objective]:
+        OBJECTIVES[name] = factory
+        return factory
+
+    return deco
+
+
+def make_objective(config: TrainConfig) -> Objective | None:
+    """The certified objective the config names (None when `certified_eps` is 0)."""
+    if config.certified_eps <= 0:
+        return None
+    if config.certified_method not in OBJECTIVES:
+        raise CNodeError(f"certified method {config.certified_method!r} is not registered: its bound engine is in the "
+                         "certify package (`import certify` before training)")
+    return OBJECTIVES[config.certified_method](config)
