@@ -22,7 +22,7 @@ from certify.attacks import pgd
 from certify.report import format_certificates, format_report, plot_curves, write_json
 from certify.robustness import ATTACK_EPS, format_robustness, robustness
 from certify.run import BOUNDS, attack_check, certify_model, check_eps
-from certify.study import QUICK, StudyConfig, run_study
+from certify.study import METHODS, QUICK, StudyConfig, run_study
 from nodes.checkpoint import load_checkpoint, load_model, model_from_checkpoint, save_model, trained_dataset
 from nodes.classifier import ConvNODE
 from nodes.config import (ARCHS, CERTIFIED_METHODS, DATASETS, DEFAULT_ARCH, DEFAULT_REG_WEIGHT, HINGES, INITS, NORMS, PADDINGS,
@@ -74,12 +74,14 @@ _HELP = {
     "reg_hinge": "squared hinge relu(mu + rho)^2 (its gradient depends on rho) or the paper's linear relu(mu + rho)",
     "certified_norm": "threat model of the certified loss (the eps-ball's norm)",
     "neg_init": "initialise the block's centre taps to a negative diagonal",
-    "certified_eps": "certified training: eps of the worst-case loss over the ball (0: off)",
+    "certified_eps": "certified training: eps of the worst-case loss over the ball (0: off; default: 0.015, or 0 "
+                     "with --reg)",
     "certified_method": "certified loss: interval = local boxes (IBP-style), lipschitz = global Lipschitz margin",
     "certified_mix": "loss = mix * clean CE + (1 - mix) * certified CE",
     "certified_warmup": "epochs over which the certified eps ramps up linearly from 0",
     "certified_start": "epochs of clean training before the certified eps starts its ramp",
-    "init": "initialisation of the weights: default (PyTorch's) or ibp (interval-preserving, Shi et al. 2021)",
+    "init": "initialisation: default (PyTorch's), ibp (interval-preserving, Shi et al. 2021) or contractive (the "
+            "block starts certified at the regularizer's target; the default when --reg is given, else default)",
 }
 
 
@@ -123,7 +125,7 @@ def _stem(text: str) -> tuple[tuple[int, ...], ...]:
 
 _PARSERS: dict[str, Callable[[str], Any]] = {"stem": _stem, "head": _sequence(int, "integers"),
                                              "mean": _sequence(float, "numbers"), "std": _sequence(float, "numbers"),
-                                             "reg_weight": float}
+                                             "reg_weight": float, "init": str, "certified_eps": float}
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
@@ -324,7 +326,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     train_cfg = TrainConfig(dataset=dataset, epochs=args.epochs, train_limit=limit, seed=args.seed, lr=args.lr,
                             lr_decay=0.5, batch_size=args.batch_size, readout_lr_scale=0.1, reg="weight",
                             rho=args.rho, reg_weight=args.reg_weight, reg_norm="inf", reg_hinge="linear",
-                            neg_init=True, certified_eps=0.0)
+                            neg_init=True, init="default", certified_eps=0.0)
     model_cfg = ModelConfig.preset("paper", padding="circular")
     train_data = load_dataset(dataset, "train", data_root=root, limit=limit or None)
     test_data = load_dataset(dataset, "test", data_root=root, limit=args.test_images)
@@ -458,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
             ("--out", {}, "folder for checkpoints and results"),
             ("--datasets", {"nargs": "+", "choices": list(DATASETS)}, "datasets"),
             ("--rhos", {"type": float, "nargs": "+"}, "target contraction rates"),
+            ("--methods", {"nargs": "+", "choices": list(METHODS)}, "models to train"),
             ("--seeds", {"type": int}, "seeds per model"),
             ("--epochs", {"type": int}, "epochs per model"),
             ("--train-limit", {"type": int}, "training images per model (0: all)"),

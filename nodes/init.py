@@ -8,11 +8,14 @@ from typing import Callable
 import torch
 from torch import nn
 
+from contraction.errors import CNodeError
+
+from contraction.convops import channel_abs_sums, offdiag_row_sums
 from nodes.classifier import ConvNODE
 from nodes.config import TrainConfig
 from nodes.regularize import negative_diagonal_init_
 
-__all__ = ["INITIALISERS", "ibp_init_", "initialise_"]
+__all__ = ["INITIALISERS", "ibp_init_", "contractive_init_", "initialise_"]
 
 
 @torch.no_grad()
@@ -27,12 +30,45 @@ def ibp_init_(model: nn.Module) -> nn.Module:
     return model
 
 
-INITIALISERS: dict[str, Callable[[nn.Module], nn.Module]] = {"default": lambda model: model, "ibp": ibp_init_}
+@torch.no_grad()
+def contractive_init_(model: ConvNODE, config: TrainConfig, *, margin: float = 0.2) -> ConvNODE:
+    """PyTorch's initialisation, then each block conv's centre taps K[i, i, c, c] set so that the weight hinge of
+    `config.reg_norm` holds at rate (1 + margin) rho + margin from the first step: the model starts certified
+    contractive at the target the regularizer then keeps (Adam moves a weight by about lr per step, too little to
+    dig the centre taps from about 0 to the -rho / a that rate needs within an epoch).
+
+    inf: K_c = -(off-diagonal row sum + r / a); 2: K_c = -(2 r + b * off-diagonal row and column sums) / (2 a)."""
+    act = model.activation
+    if act.a <= 0:
+        raise CNodeError(f"the contractive initialisation needs a lower slope a > 0 ({act.name} has a = {act.a})")
+    r = (1 + margin) * config.rho + margin
+    for field in model.block.fields:
+        K = field.conv.weight
+        c = K.shape[-1] // 2
+        idx = torch.arange(K.shape[0])
+        if config.reg_norm == "inf":
+            centre = -(offdiag_row_sums(K) + r / act.a)
+        else:
+            M = channel_abs_sums(K)
+            M[idx, idx] -= K[idx, idx, c, c].abs()
+            centre = -(2 * r + act.b * (M.sum(1) + M.sum(0))) / (2 * act.a)
+        K[idx, idx, c, c] = centre
+    return model
+
+
+INITIALISERS: dict[str, Callable[[ConvNODE, TrainConfig], nn.Module]] = {
+    "default": lambda model, config: model,
+    "ibp": lambda model, config: ibp_init_(model),
+    "contractive": contractive_init_,
+}
+"""Initialisations keyed by `TrainConfig.init` (the config's `None` resolves to 'contractive' with a regularizer,
+else 'default')."""
 
 
 def initialise_(model: ConvNODE, config: TrainConfig) -> ConvNODE:
-    """Apply the config's initialisation: `init` (registry), then the negative block diagonal if `neg_init`."""
-    INITIALISERS[config.init](model)
+    """Apply the config's initialisation: `init` (registry), then, if `neg_init`, the lab's negative block diagonal
+    (centre taps -5, or deeper where the init already put them)."""
+    INITIALISERS[config.init](model, config)
     if config.neg_init:
         negative_diagonal_init_(model)
     return model

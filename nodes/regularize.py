@@ -66,10 +66,11 @@ def make_regularizer(config: TrainConfig, *, seed: int | None = None) -> Regular
 
 @torch.no_grad()
 def negative_diagonal_init_(model: ConvNODE, value: float = -5.0) -> ConvNODE:
-    """Set the centre taps K[i, i, c, c] of every block convolution to `value` (the lab's initialisation)."""
+    """Set the centre taps K[i, i, c, c] of every block convolution to `value` (the lab's initialisation), or keep
+    them where they are already below it."""
     for field in model.block.fields:
         K = field.conv.weight
         c = K.shape[-1] // 2
         idx = torch.arange(K.shape[0])
-        K[idx, idx, c, c] = value
+        K[idx, idx, c, c] = torch.clamp(K[idx, idx, c, c], max=value)
     return model

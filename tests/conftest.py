@@ -1,17 +1,12 @@
-"""Hypothesis profiles: `fast` (default, CI) and `thorough` (HYPOTHESIS_PROFILE=thorough)."""
+"""Shared fixtures; the hypothesis profiles live in tests/profiles.py (loaded here)."""
 
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
 
-settings.register_profile(
-    "fast", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
-)
-settings.register_profile("thorough", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
+from tests import profiles  # noqa: F401  (registers and loads the hypothesis profile)
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 

@@ -1,14 +1,12 @@
 """The paper study's pooling of seeds: every table cell is the mean over seeds, the spread is max - min."""
 
-import importlib.util
-from pathlib import Path
-
+import pytest
+from tests.profiles import budget
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-SPEC = importlib.util.spec_from_file_location("paper_study", Path(__file__).parents[1] / "examples" / "paper_study.py")
-study = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(study)
+from certify import study
+from contraction.errors import CNodeError
 
 acc = st.floats(0.0, 1.0)
 
@@ -22,7 +20,7 @@ def result(method: str, rho: float, seed: int, vals: list[float]) -> dict:
             "train_seconds": 10.0 * (seed + 1), "robustness": rob}
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=budget(30), deadline=None)
 @given(st.lists(st.lists(acc, min_size=7, max_size=7), min_size=1, max_size=4), st.lists(acc, min_size=7, max_size=7))
 def test_aggregate_pools_seeds_of_one_model_and_keeps_models_apart(per_seed, other):
     results = [result("weight", 0.5, s, v) for s, v in enumerate(per_seed)] + [result("nominal", 0.0, 0, other)]
@@ -41,14 +39,10 @@ def test_aggregate_pools_seeds_of_one_model_and_keeps_models_apart(per_seed, oth
 
 
 def test_resuming_refuses_a_checkpoint_of_another_recipe(tmp_path):
-    args = study.argparse.Namespace(epochs=3, train_limit=0)
+    args = study.StudyConfig(epochs=3, train_limit=0)
     tcfg = {"epochs": 3, "train_limit": 0, "seed": 1, "reg": "weight", "rho": 0.5}
     study.check_reused(tcfg, "weight", 0.5, 1, args, tmp_path / "m.pt")  # same recipe: reused silently
     for change in ({"epochs": 5}, {"train_limit": 10_000}, {"seed": 0}, {"rho": 1.0}, {"reg": "jacobian"}):
-        try:
+        with pytest.raises(CNodeError, match="another recipe"):
             study.check_reused({**tcfg, **change}, "weight", 0.5, 1, args, tmp_path / "m.pt")
-        except SystemExit as e:
-            assert str(e).startswith("error: ") and "another recipe" in str(e)
-        else:
-            raise AssertionError(f"a checkpoint with {change} was reused")
     study.check_reused({**tcfg, "reg": "none", "rho": 0.0}, "nominal", 0.0, 1, args, tmp_path / "m.pt")

@@ -143,3 +143,37 @@ def test_version_and_verbosity_flags(capsys):
     assert code == 0 and out.strip() == f"certify {__version__}"
     code, _, err = _run(cnode_main, ["-vv", "certify", "missing.pt", "--eps", "0.1"], capsys)
     assert code == 2 and "not found" in err
+
+
+def test_train_log_file_has_one_line_per_epoch_and_no_carriage_returns(tmp_path):
+    """Output to a file (not a terminal): no progress-bar redraws, just the epoch lines."""
+    out = tmp_path / "m.pt"
+    log = tmp_path / "train.log"
+    with open(log, "w") as fh:
+        proc = subprocess.run([sys.executable, "-m", "certify", "train", "--dataset", "mnist-mini", "--epochs", "2",
+                               "--train-limit", "256", "--test-limit", "50", "--channels", "4", "--head", "none",
+                               "--out", str(out)], stdout=fh, stderr=subprocess.STDOUT, timeout=600)
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    assert "\r" not in text
+    assert [line.split(":")[0] for line in text.splitlines() if line.startswith("epoch")] == ["epoch 1", "epoch 2"]
+
+
+def test_cnode_study_trains_evaluates_and_reports_then_resumes(tmp_path, capsys):
+    argv = ["study", "--datasets", "mnist-mini", "--rhos", "0.5", "--epochs", "1", "--train-limit", "128",
+            "--test-limit", "10", "--draws", "1", "--square-queries", "5", "--certify-eps", "0.01", "--out",
+            str(tmp_path), "--quiet"]
+    assert cnode_main(argv) == 0
+    first = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(r["label"] for r in first) == ["jacobian rho=0.5", "nominal", "weight rho=0.5"]
+    for r in first:
+        ckpt = torch.load(r["checkpoint"], weights_only=True)
+        tcfg = ckpt["train_config"]
+        assert ckpt["model_config"]["channels"] == 8 and tuple(map(tuple, ckpt["model_config"]["stem"])) == ((8, 3, 1, 1),)
+        assert (tcfg["lr"], tcfg["certified_eps"], tcfg["init"]) == (1e-2, 0.0, "default")  # the paper's recipe
+        assert tcfg["neg_init"] == (r["method"] != "nominal") and tcfg["rho"] == r["rho"]
+    assert cnode_main(argv[:-1] + ["--report-only"]) == 0  # everything reused: the same results
+    assert json.loads((tmp_path / "results.json").read_text()) == first
+    assert "| nominal | 1 |" in (tmp_path / "results.md").read_text()
+    assert cnode_main(["study", "--report-only", "--out", str(tmp_path / "empty")]) == 2
+    assert "no results" in capsys.readouterr().err

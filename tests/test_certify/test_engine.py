@@ -4,6 +4,7 @@ Jacobian of the network, global <= boxes <= crown on the same inputs, and the pr
 
 import pytest
 import torch
+from tests.profiles import budget
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,7 +34,7 @@ def _jacobian(fn, x):
     return torch.autograd.functional.jacobian(lambda v: fn(v.view(1, *x.shape[1:])).flatten(), x[0].flatten())
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=budget(30), deadline=None)
 @given(model_configs(), seeds)
 def test_every_layer_factor_bounds_its_dense_jacobian_and_adjoints_are_transposes(cfg, seed):
     model = _model(cfg, seed)
@@ -52,7 +53,7 @@ def test_every_layer_factor_bounds_its_dense_jacobian_and_adjoints_are_transpose
         x = layer(x)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=budget(20), deadline=None)
 @given(model_configs(), seeds, st.sampled_from(["inf", "2"]))
 def test_network_constants_bound_the_dense_jacobian_of_the_network(cfg, seed, norm):
     model = _model(cfg, seed, scale=0.5)
@@ -69,7 +70,7 @@ def test_network_constants_bound_the_dense_jacobian_of_the_network(cfg, seed, no
             assert (dual <= L * (1 + 1e-9) + 1e-12).all(), (dual - L).max()
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=budget(15), deadline=None)
 @given(model_configs(), seeds, st.sampled_from(["inf", "2"]))
 def test_crown_is_never_looser_than_the_boxes_and_auto_never_loses_an_input(cfg, seed, norm):
     """Global radii and box bounds are not ordered in general (either can win on an input); crown keeps the better

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from tests.profiles import budget
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,7 +29,7 @@ def _random_model(seed, padding, readout="linear", image=5, steps=2, channels=2,
     return model
 
 
-@settings(max_examples=8)
+@settings(max_examples=budget(8))
 @given(seeds, st.sampled_from(["zeros", "circular"]), st.sampled_from(["linear", "avgpool"]),
        st.sampled_from(["inf", "2"]))
 def test_network_jacobian_never_exceeds_the_pairwise_constants(seed, padding, readout, norm):
@@ -45,7 +46,7 @@ def test_network_jacobian_never_exceeds_the_pairwise_constants(seed, padding, re
             assert (L <= 2 * nb.global_constant * (1 + 1e-12)).all()
 
 
-@settings(max_examples=8)
+@settings(max_examples=budget(8))
 @given(seeds, st.sampled_from(["zeros", "circular"]))
 def test_factors_match_explicit_matrices(seed, padding):
     model = _random_model(seed, padding)

@@ -3,6 +3,7 @@ margin bounds vs true margins, superset order global <= local <= crown, attacks 
 
 import pytest
 import torch
+from tests.profiles import budget
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +24,7 @@ from tests.strategies import model_configs, seeds
 ACTS = ["smooth_leaky_relu", "leaky_relu", "tanh"]
 
 
-@settings(max_examples=60)
+@settings(max_examples=budget(60))
 @given(st.sampled_from(ACTS), st.floats(-8, 8), st.floats(0, 12), st.floats(0.05, 0.5))
 def test_relaxation_holds_on_dense_samples(name, lo, width, slope):
     act = get_activation(name, slope)
@@ -38,7 +39,7 @@ def test_relaxation_holds_on_dense_samples(name, lo, width, slope):
     assert float(r.upper - r.lower) <= float(s.max() - s.min()) + float((r.slope * width).abs()) + 1e-9
 
 
-@settings(max_examples=60)
+@settings(max_examples=budget(60))
 @given(st.sampled_from(ACTS), st.floats(-8, 8), st.floats(0, 12))
 def test_local_slope_range_is_the_range_of_the_derivative(name, lo, width):
     act = get_activation(name, 0.1)
@@ -64,7 +65,7 @@ def _ball(u, eps, norm, n, gen):
     return (u + eps * d).clamp(0, 1)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=budget(30), deadline=None)
 @given(model_configs(), seeds, st.sampled_from(["inf", "2"]))
 def test_boxes_and_margins_contain_sampled_and_attacked_inputs(cfg, seed, norm):
     torch.manual_seed(seed)

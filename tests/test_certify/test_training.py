@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.profiles import budget
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +27,7 @@ def _model(seed, padding):
     return ConvNODE(ModelConfig(channels=2, steps=2, image_size=6, padding=padding, num_classes=3)).double()
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=budget(10), deadline=None)
 @given(seeds, st.sampled_from(["zeros", "circular"]), st.sampled_from(["inf", "2"]),
        st.sampled_from(["interval", "lipschitz"]))
 def test_certified_loss_bounds_the_worst_case_loss(seed, padding, norm, method):
@@ -48,7 +49,7 @@ def test_certified_loss_bounds_the_worst_case_loss(seed, padding, norm, method):
         assert float(tiny) == pytest.approx(float(F.cross_entropy(model(u), y)), abs=1e-6)
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=budget(6), deadline=None)
 @given(seeds, st.sampled_from(["zeros", "circular"]), st.sampled_from(["inf", "2"]))
 def test_training_constants_bound_the_network_jacobian(seed, padding, norm):
     model = _model(seed, padding)

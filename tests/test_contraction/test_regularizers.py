@@ -21,18 +21,20 @@ def _conv(seed=0, padding="zeros"):
 def test_weight_hinge_steps_improve_the_certified_rate(norm, bound):
     conv = _conv()
     rho = 0.5
-    before = float(bound(conv.weight, ACT.a, ACT.b))
+    before = float(bound(conv.weight.detach(), ACT.a, ACT.b))
+    assert before > -rho  # not certified at the start: the steps have work to do
     opt = torch.optim.SGD(conv.parameters(), lr=0.05)
-    for _ in range(200):
+    for step in range(2000):
         opt.zero_grad()
         loss = weight_hinge([conv], ACT, rho=rho, norm=norm)
+        if float(loss) == 0.0:
+            break
         loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in conv.parameters() if p.grad is not None)
         opt.step()
-    after = float(bound(conv.weight, ACT.a, ACT.b))
-    assert after < before
-    if float(weight_hinge([conv], ACT, rho=rho, norm=norm)) == 0.0:
-        assert after <= -rho + 1e-9  # zero penalty means certified at rate rho
+    assert float(weight_hinge([conv], ACT, rho=rho, norm=norm)) == 0.0, f"hinge still active after {step} steps"
+    after = float(bound(conv.weight.detach(), ACT.a, ACT.b))
+    assert after <= -rho + 1e-9 < before  # zero penalty: certified at rate rho
 
 
 def test_zero_weight_penalty_certifies_the_rate():
@@ -73,7 +75,12 @@ def test_regularizers_work_on_a_dense_field_in_a_plain_loop():
     from contraction.measures import mu_inf
 
     torch.testing.assert_close(jacobian_log_norm(layer, ACT, x, norm="inf"), mu_inf(J))
-    assert float(weight_hinge([layer], ACT, rho=0.2, norm="inf")) >= 0
+    # the inf-norm weight hinge of a dense layer, written out: sum_i relu(W_ii + sum_{j != i} |W_ij| + rho / a)
+    W = layer.weight.detach()
+    rows = W.diagonal() + (W.abs().sum(1) - W.diagonal().abs())
+    expected = torch.relu(rows + 0.2 / ACT.a)
+    torch.testing.assert_close(weight_hinge([layer], ACT, rho=0.2, norm="inf"), expected.sum())
+    torch.testing.assert_close(weight_hinge([layer], ACT, rho=0.2, norm="inf", squared=True), expected.pow(2).sum())
 
 
 def test_bad_arguments():
@@ -86,3 +93,24 @@ def test_bad_arguments():
         weight_hinge([conv], get_activation("tanh"), rho=0.0, norm="inf")
     with pytest.raises(CNodeError, match="at least one"):
         weight_hinge([], ACT, rho=0.0)
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_squared_hinge_makes_adam_runs_depend_on_rho_where_the_linear_one_does_not(norm):
+    """Under Adam the linear hinge's step ignores rho while it is active (its gradient does not depend on rho and
+    Adam normalises the scale); the squared hinge's gradient 2 relu(mu + rho) does."""
+
+    def run(rho, squared):
+        conv = _conv(3)
+        opt = torch.optim.Adam(conv.parameters(), lr=1e-2)
+        for _ in range(20):
+            opt.zero_grad()
+            weight_hinge([conv], ACT, rho=rho, norm=norm, squared=squared).backward()
+            opt.step()
+        return conv.weight.detach()
+
+    assert torch.equal(run(5.0, False), run(10.0, False))  # active all along (rho / a is large): identical
+    low, high = run(5.0, True), run(10.0, True)
+    assert not torch.equal(low, high)
+    bound = mu_inf_bound if norm == "inf" else mu_2_gershgorin_bound
+    assert float(bound(high, ACT.a, ACT.b)) < float(bound(low, ACT.a, ACT.b))  # the higher target contracts more

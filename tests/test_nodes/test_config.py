@@ -35,8 +35,26 @@ BAD_TRAIN = [
     ({"lr_decay": 1.5}, "lr_decay"),
     ({"reg": "l2"}, "reg"),
     ({"rho": -0.1}, "rho"),
-    ({"norm": "1"}, "norm"),
+    ({"reg_norm": "1"}, "reg_norm"),
+    ({"certified_norm": "1"}, "certified_norm"),
+    ({"reg_hinge": "cubic"}, "reg_hinge"),
+    ({"reg_weight": 0.1}, "without a regularizer"),
+    ({"reg": "weight", "reg_weight": 0.0}, "does nothing"),
+    ({"reg": "jacobian", "reg_weight": -1.0}, "reg_weight"),
 ]
+
+
+def test_a_regularizer_without_a_weight_gets_its_documented_default_and_legacy_configs_load():
+    from nodes.config import DEFAULT_REG_WEIGHT
+
+    for reg, weight in DEFAULT_REG_WEIGHT.items():
+        cfg = TrainConfig(reg=reg, rho=1.0)
+        assert cfg.reg_weight == weight > 0 and TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainConfig().reg_weight == 0.0
+    legacy = {k: v for k, v in TrainConfig(reg="weight", reg_weight=0.01).to_dict().items()
+              if k not in ("reg_norm", "reg_hinge", "certified_norm", "certified_start", "init")}
+    old = TrainConfig.from_dict({**legacy, "norm": "2"})  # a config written before the norms were split
+    assert (old.reg_norm, old.certified_norm, old.reg_hinge, old.certified_start) == ("2", "2", "linear", 0.0)
 
 
 @pytest.mark.parametrize("kwargs,fragment", BAD_TRAIN)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from nodes import ConvNODE, ModelConfig, TrainConfig, evaluate, load_dataset, train
@@ -56,3 +57,67 @@ def test_ibp_init_keeps_input_box_widths_at_the_start_and_the_config_applies_it(
             assert all(float(m.bias.abs().max()) == 0 for m in model.head)
     # the box reaching the head: wide from PyTorch's init, about the input's 0.02 from the interval-preserving one
     assert widths["ibp"] < 0.1 < widths["default"]
+
+
+def test_train_builds_the_initialisation_and_regularizer_its_config_names():
+    """The API path the CLI takes: `train(model, data, TrainConfig(reg=..., neg_init=True))` applies both."""
+    from contraction.certificates import block_certificates
+
+    data = load_dataset("mnist-mini", "train", limit=256)
+    cfg = dict(dataset="mnist-mini", batch_size=64, lr=1e-2, certified_eps=0.0)
+    torch.manual_seed(0)
+    model = ConvNODE(ModelConfig(channels=2, steps=2))
+    train(model, data, TrainConfig(epochs=0, neg_init=True, **cfg), progress=False)
+    assert float(model.block.fields[0].conv.weight[0, 0, 1, 1]) == -5.0  # neg_init applied, no epoch run
+
+    def rate(reg: str, rho: float) -> tuple[float, float]:
+        torch.manual_seed(0)
+        m = ConvNODE(ModelConfig(channels=2, steps=2))
+        extra = {} if reg == "none" else {"reg": reg, "rho": rho, "init": "default"}  # the issue's example
+        h = train(m, data, TrainConfig(epochs=2, neg_init=True, **cfg, **extra), progress=False)
+        inf = [c for c in block_certificates(m.block.spec()) if c.norm == "inf"][0]
+        return inf.rate, h.reg_value[-1]
+
+    plain, reg_none = rate("none", 0.0)
+    low, reg_low = rate("weight", 0.5)
+    high, _ = rate("weight", 3.0)
+    assert reg_none == 0.0 and reg_low > 0.0  # the config's regularizer ran, with its default weight
+    assert plain < low < high  # and its target moved the certified rate: two rhos, two different models
+    assert TrainConfig(reg="weight", rho=1.0).init == "contractive" and TrainConfig().init == "default"
+
+
+def test_certified_objective_comes_from_the_config_registry(monkeypatch):
+    import certify  # noqa: F401  (registers the objectives)
+    from contraction.errors import CNodeError
+    from nodes import objectives
+
+    data = load_dataset("mnist-mini", "train", limit=128)
+    losses = {}
+    for eps in (0.0, 0.05):
+        torch.manual_seed(0)
+        m = ConvNODE(ModelConfig(channels=2, steps=2))
+        cfg = TrainConfig(dataset="mnist-mini", epochs=1, batch_size=64, certified_eps=eps, certified_start=0.0,
+                          certified_warmup=0.0)
+        losses[eps] = train(m, data, cfg, progress=False).train_loss[0]
+    assert losses[0.05] > losses[0.0]  # the worst-case loss over the ball was mixed in
+    monkeypatch.setattr(objectives, "OBJECTIVES", {})
+    with pytest.raises(CNodeError, match="import certify"):
+        train(ConvNODE(ModelConfig(channels=2, steps=1)), data, TrainConfig(dataset="mnist-mini", epochs=1),
+              progress=False)
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+@pytest.mark.parametrize("rho", [0.0, 0.5, 2.0])
+def test_contractive_init_starts_certified_at_the_target(norm, rho):
+    from contraction.certificates import block_certificates
+    from contraction.regularizers import weight_hinge
+    from nodes.init import initialise_
+
+    for seed, arch in ((0, "paper"), (1, "mini")):
+        torch.manual_seed(seed)
+        model = ConvNODE(ModelConfig.preset(arch, channels=6))
+        initialise_(model, TrainConfig(reg="weight", rho=rho, reg_norm=norm))
+        convs = [f.conv for f in model.block.fields]
+        assert float(weight_hinge(convs, model.activation, rho=rho, norm=norm)) == 0.0
+        cert = [c for c in block_certificates(model.block.spec()) if c.norm == norm][0]
+        assert cert.certified and cert.rate >= rho
