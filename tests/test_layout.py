@@ -40,6 +40,7 @@ def test_readme_commands_exist():
     assert "make test" in (REPO / ".ci" / "run").read_text()
 
 
+@pytest.mark.slow
 def test_readme_demo_runs_on_the_embedded_subset(tmp_path):
     """The README's main job, shortened: `cnode demo` on the embedded subset trains, evaluates and certifies."""
     out = subprocess.run(
@@ -49,6 +50,8 @@ def test_readme_demo_runs_on_the_embedded_subset(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "embedded MNIST subset" in out.stdout
+    headline = [line for line in out.stdout.splitlines() if line.startswith("headline: ")]
+    assert len(headline) == 1 and "at Linf 0.1" in headline[0] and "1000 embedded MNIST test images" in headline[0]
     assert "certified accuracy" in out.stdout and "inf_weighted" in out.stdout and (tmp_path / "demo.pt").exists()
 
 
@@ -61,6 +64,7 @@ def test_example_loop_makes_a_dense_field_contracting():
     assert before > 1.0 > after
 
 
+@pytest.mark.slow
 def test_paper_study_quick_mode_writes_results_tables_and_plots(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "examples" / "paper_study.py"), "--quick", "--rhos", "0.5",
                           "--test-limit", "10", "--square-queries", "5", "--out", str(tmp_path)],
