@@ -12,13 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contraction.convops import as_kernel, centre_taps, channel_abs_sums, layer_padding
+from contraction.convops import (as_kernel, centre_taps, channel_abs_sums, check_kernel, layer_padding,
+                                 offdiag_row_sums)
 from contraction.errors import CNodeError
 from contraction.jacobian import mu_1_at, mu_2_estimate, mu_inf_at
 from contraction.slopes import Activation
 from contraction.weights import metzler_majorant
 
-__all__ = ["weight_hinge", "jacobian_hinge", "jacobian_log_norm"]
+__all__ = ["weight_hinge", "contractive_centre_taps", "jacobian_hinge", "jacobian_log_norm"]
 
 
 def _check_rho(rho: float) -> None:
@@ -61,6 +62,25 @@ def weight_hinge(
     if not terms:
         raise CNodeError("weight_hinge needs at least one layer")
     return torch.stack(terms).sum()
+
+
+def contractive_centre_taps(K: torch.Tensor, activation: Activation, *, rho: float, norm: str = "inf") -> torch.Tensor:
+    """The centre taps [C] that put `weight_hinge`'s terms for kernel K exactly at zero for rate rho, the other taps
+    kept (any lower centre tap keeps them <= 0).
+
+    inf: c_i = -(off-diagonal row sum_i + rho / a); 2 (c_i < 0 turns 2 (a+b) c_i + 2 b |c_i| into 2 a c_i):
+    c_i = -(2 rho + b * (off-centre row and column sums_i)) / (2 a)."""
+    _check_rho(rho)
+    a, b = activation.a, activation.b
+    if a <= 0:
+        raise CNodeError(f"contractive centre taps need a lower slope a > 0 ({activation.name} has a = {a})")
+    K = check_kernel(K, square=True)
+    if norm == "inf":
+        return -(offdiag_row_sums(K) + rho / a)
+    if norm == "2":
+        M = channel_abs_sums(K) - torch.diag_embed(centre_taps(K).abs())
+        return -(2 * rho + b * (M.sum(1) + M.sum(0))) / (2 * a)
+    raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
 
 
 def _as_images(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -8,9 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from contraction.errors import CNodeError
-
-from contraction.convops import channel_abs_sums, offdiag_row_sums
+from contraction.regularizers import contractive_centre_taps
 from nodes.classifier import ConvNODE
 from nodes.config import TrainConfig
 from nodes.regularize import negative_diagonal_init_
@@ -37,22 +35,13 @@ def contractive_init_(model: ConvNODE, config: TrainConfig, *, margin: float = 0
     contractive at the target the regularizer then keeps (Adam moves a weight by about lr per step, too little to
     dig the centre taps from about 0 to the -rho / a that rate needs within an epoch).
 
-    inf: K_c = -(off-diagonal row sum + r / a); 2: K_c = -(2 r + b * off-diagonal row and column sums) / (2 a)."""
-    act = model.activation
-    if act.a <= 0:
-        raise CNodeError(f"the contractive initialisation needs a lower slope a > 0 ({act.name} has a = {act.a})")
+    The taps are `contraction.regularizers.contractive_centre_taps` at that rate r (needs a > 0)."""
     r = (1 + margin) * config.rho + margin
     for field in model.block.fields:
         K = field.conv.weight
         c = K.shape[-1] // 2
         idx = torch.arange(K.shape[0])
-        if config.reg_norm == "inf":
-            centre = -(offdiag_row_sums(K) + r / act.a)
-        else:
-            M = channel_abs_sums(K)
-            M[idx, idx] -= K[idx, idx, c, c].abs()
-            centre = -(2 * r + act.b * (M.sum(1) + M.sum(0))) / (2 * act.a)
-        K[idx, idx, c, c] = centre
+        K[idx, idx, c, c] = contractive_centre_taps(K, model.activation, rho=r, norm=config.reg_norm)
     return model
 
 

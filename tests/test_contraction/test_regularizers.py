@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from contraction.errors import CNodeError
-from contraction.regularizers import jacobian_hinge, jacobian_log_norm, weight_hinge
+from contraction.regularizers import contractive_centre_taps, jacobian_hinge, jacobian_log_norm, weight_hinge
 from contraction.slopes import get_activation
 from contraction.weights import mu_2_gershgorin_bound, mu_inf_bound
 
@@ -114,3 +114,16 @@ def test_squared_hinge_makes_adam_runs_depend_on_rho_where_the_linear_one_does_n
     assert not torch.equal(low, high)
     bound = mu_inf_bound if norm == "inf" else mu_2_gershgorin_bound
     assert float(bound(high, ACT.a, ACT.b)) < float(bound(low, ACT.a, ACT.b))  # the higher target contracts more
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_contractive_centre_taps_zero_the_weight_hinge_exactly_at_their_rate(norm):
+    conv = _conv(4)
+    K = conv.weight.detach().clone()
+    c = K.shape[-1] // 2
+    idx = torch.arange(K.shape[0])
+    K[idx, idx, c, c] = contractive_centre_taps(K, ACT, rho=0.7, norm=norm)
+    assert float(weight_hinge([K], ACT, rho=0.7, norm=norm)) < 1e-9  # at the rate: every term at zero (round-off)
+    assert float(weight_hinge([K], ACT, rho=0.8, norm=norm)) > 0  # a higher rate is not reached
+    bound = mu_inf_bound if norm == "inf" else mu_2_gershgorin_bound
+    assert float(bound(K, ACT.a, ACT.b)) <= -0.7 + 1e-9
