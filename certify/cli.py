@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -124,8 +125,15 @@ def _stem(text: str) -> tuple[tuple[int, ...], ...]:
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {"stem": _stem, "head": _sequence(int, "integers"),
-                                             "mean": _sequence(float, "numbers"), "std": _sequence(float, "numbers"),
-                                             "reg_weight": float, "init": str, "certified_eps": float}
+                                             "mean": _sequence(float, "numbers"), "std": _sequence(float, "numbers")}
+"""Flag parsers for the fields that are not a plain scalar; the others parse as their annotated type."""
+
+
+def _scalar_type(cls: type, name: str) -> Callable[[str], Any]:
+    """The annotated type of a config field, `X | None` read as X (a None default resolves in the config)."""
+    hint = typing.get_type_hints(cls)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
@@ -143,7 +151,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[
         if isinstance(f.default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = _PARSERS.get(f.name, type(f.default))
+            kwargs["type"] = _PARSERS.get(f.name) or _scalar_type(cls, f.name)
             if f.name in _CHOICES:
                 kwargs["choices"] = list(_CHOICES[f.name])
         if f.default is not None or model:
@@ -355,10 +363,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         if given is not None and given is not False:
             values[f.name] = tuple(given) if isinstance(given, list) else given
     values["device"] = str(resolve_device(args.device))
-    cfg = StudyConfig(**values)
-    if cfg.seeds < 1 or cfg.epochs < 1 or cfg.train_limit < 0 or cfg.test_limit < 1 or cfg.draws < 1 \
-            or cfg.square_queries < 1 or any(not e > 0 for e in cfg.certify_eps) or any(r < 0 for r in cfg.rhos):
-        raise CNodeError("study: seeds, epochs, test images, draws and queries must be >= 1, rhos >= 0, eps > 0")
+    cfg = StudyConfig(**values)  # validated there
     run_study(cfg, log=lambda line: print(line, flush=True))
     return 0
 

@@ -18,7 +18,7 @@ from certify.noise import gaussian_noise, salt_and_pepper
 from certify.run import certify_model
 from nodes.classifier import ConvNODE
 from nodes.data import ImageData, batches
-from nodes.device import module_device, resolve_device
+from nodes.device import module_device, place
 from nodes.train import eval_mode
 
 __all__ = ["robustness", "format_robustness", "GAUSSIAN", "SALT_PEPPER", "ATTACK_EPS"]
@@ -47,8 +47,7 @@ def robustness(model: ConvNODE, data: ImageData, *, gaussian: Sequence[float] = 
                progress: bool = True, device: str | torch.device | None = None) -> dict[str, Any]:
     """Every number of the protocol for one model on `data` (accuracies as fractions); `device` as in
     `certify_model` (None: where the model is)."""
-    if device is not None:
-        model.to(resolve_device(device))
+    place(model, device)
     if draws < 1 or pgd_steps < 1 or batch_size < 1:
         raise CNodeError("draws, pgd steps and batch size must be >= 1")
     certify_eps = tuple(attack_eps if certify_eps is None else certify_eps)

@@ -21,7 +21,7 @@ from certify.tight import certified_at, local_and_crown, tight_radii
 from certify.unrolled import Unrolled, unroll
 from nodes.classifier import ConvNODE
 from nodes.data import ImageData, batches
-from nodes.device import module_device, resolve_device
+from nodes.device import module_device, place
 
 __all__ = ["CertifyReport", "CertifyPlan", "BatchResult", "AttackCheck", "plan_certification", "certify_batch",
            "certify_model", "certify_tensors", "attack_check", "check_eps", "BOUNDS", "BoundMethod"]
@@ -245,9 +245,7 @@ def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[
              device: str | torch.device | None) -> CertifyReport:
     """plan (validation, round-off check on `sample`, network bound) -> batches from `chunks(size)` -> report."""
     t0 = time.perf_counter()
-    if device is not None:
-        model.to(resolve_device(device))
-    sample = sample.to(module_device(model))
+    sample = sample.to(place(model, device))
     plan = plan_certification(model, sample, eps=eps, norm=norm, bound=bound, batch_size=batch_size, radius=radius)
     t1 = time.perf_counter()
     it: Iterable[tuple] = chunks(plan.batch_size)

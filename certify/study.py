@@ -50,6 +50,11 @@ class StudyConfig:
     report_only: bool = False
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        if self.seeds < 1 or self.epochs < 1 or self.train_limit < 0 or self.test_limit < 1 or self.draws < 1 \
+                or self.square_queries < 1 or any(not e > 0 for e in self.certify_eps) or any(r < 0 for r in self.rhos):
+            raise CNodeError("study: seeds, epochs, test images, draws and queries must be >= 1, rhos >= 0, eps > 0")
+
 
 QUICK = dict(datasets=("mnist-mini",), rhos=(0.5, 2.0), epochs=1, train_limit=0, test_limit=100, draws=1,
              square_queries=50)

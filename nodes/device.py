@@ -6,7 +6,7 @@ import torch
 
 from contraction.errors import CNodeError
 
-__all__ = ["DEVICES", "resolve_device", "module_device"]
+__all__ = ["DEVICES", "resolve_device", "module_device", "place"]
 
 DEVICES = ("auto", "cpu", "cuda")
 """The choices of `--device` (`cuda:N` is accepted too)."""
@@ -39,3 +39,10 @@ def module_device(module: torch.nn.Module) -> torch.device:
     for p in module.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def place(module: torch.nn.Module, device: str | torch.device | None) -> torch.device:
+    """Move `module` to `device` ('auto', 'cpu', 'cuda[:N]'; None leaves it where it is) and return where it is."""
+    if device is not None:
+        module.to(resolve_device(device))
+    return module_device(module)

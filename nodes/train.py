@@ -19,7 +19,7 @@ from tqdm import tqdm
 from nodes.classifier import ConvNODE
 from nodes.config import ModelConfig, TrainConfig
 from nodes.data import ImageData, batches
-from nodes.device import module_device, resolve_device
+from nodes.device import module_device, place
 from nodes.init import initialise_
 from nodes.objectives import Objective, make_objective
 from nodes.regularize import Regularizer, make_regularizer
@@ -106,9 +106,7 @@ def train(
     here replaces the config's. `device`: None keeps the model where it is, else it is moved there ('auto', 'cpu',
     'cuda'). The model runs in train mode during the epochs and is left in the mode it had on entry."""
     gen = seed_everything(config.seed)
-    if device is not None:
-        model.to(resolve_device(device))
-    device = module_device(model)
+    device = place(model, device)
     if initialise:
         initialise_(model, config)
     if regularizer is None:
