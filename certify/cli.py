@@ -24,13 +24,14 @@ from certify.report import format_certificates, format_report, plot_curves, writ
 from certify.robustness import ATTACK_EPS, format_robustness, robustness
 from certify.run import BOUNDS, attack_check, certify_model, check_eps
 from certify.study import METHODS, QUICK, StudyConfig, run_study
-from nodes.checkpoint import load_checkpoint, load_model, model_from_checkpoint, save_model, trained_dataset
+from nodes.checkpoint import (load_checkpoint, load_model, model_from_checkpoint, save_model, strip_training_state,
+                              trained_dataset)
 from nodes.classifier import ConvNODE
-from nodes.config import (ARCHS, CERTIFIED_METHODS, DATASETS, DEFAULT_ARCH, DEFAULT_REG_WEIGHT, HINGES, INITS, NORMS, PADDINGS,
+from nodes.config import (ARCHS, CERTIFIED_METHODS, DATASETS, DEFAULT_ARCH, EPS_RAMPS, DEFAULT_REG_WEIGHT, HINGES, INITS, NORMS, PADDINGS,
                           READOUTS, REGULARIZERS, SOLVERS, ModelConfig, TrainConfig)
 from nodes.data import EMBEDDED_NOTE, ImageData, load_dataset, resolve_data_root
 from nodes.device import DEVICES, module_device, resolve_device
-from nodes.train import evaluate, fit
+from nodes.train import TrainingState, evaluate, fit, history_metrics, train
 
 __all__ = ["main", "certify_main", "build_parser"]
 
@@ -43,6 +44,7 @@ _CHOICES: dict[str, Sequence[str]] = {
     "reg_norm": NORMS,
     "reg_hinge": HINGES,
     "certified_norm": NORMS,
+    "eps_ramp": EPS_RAMPS,
     "certified_method": CERTIFIED_METHODS,
     "init": INITS,
 }
@@ -64,7 +66,7 @@ _HELP = {
     "dataset": "training and test data",
     "epochs": "training epochs",
     "lr": "Adam learning rate",
-    "lr_decay": "learning-rate factor per epoch",
+    "lr_decay": "learning-rate factor per epoch (or per milestone, see --lr-milestones)",
     "readout_lr_scale": "learning rate of the (wide) linear readout relative to --lr",
     "train_limit": "use the first N training images (0: all)",
     "reg": "contraction regularizer",
@@ -77,9 +79,19 @@ _HELP = {
     "neg_init": "initialise the block's centre taps to a negative diagonal",
     "certified_eps": "certified training: eps of the worst-case loss over the ball (0: off; default: 0.015, or 0 "
                      "with --reg)",
-    "certified_method": "certified loss: interval = local boxes (IBP-style), lipschitz = global Lipschitz margin",
+    "certified_method": "certified loss: ibp = interval bound propagation (fast), crown-ibp = linear bounds over IBP "
+                        "boxes mixed with IBP (beta 1 -> 0 over the ramp), mtl-ibp = IBP mixed with a PGD point, "
+                        "interval = local boxes with the mean-value pass, lipschitz = global Lipschitz margin",
     "certified_mix": "loss = mix * clean CE + (1 - mix) * certified CE",
-    "certified_warmup": "epochs over which the certified eps ramps up linearly from 0",
+    "certified_warmup": "epochs over which the certified eps ramps up from 0",
+    "eps_ramp": "shape of the eps ramp: linear, or smooth (Shi et al. 2021: polynomial, then linear)",
+    "train_eps_factor": "the certified loss trains at this factor x --certified-eps",
+    "mtl_alpha": "mtl-ibp: loss = alpha CE(IBP worst case) + (1 - alpha) CE(PGD point)",
+    "attack_steps": "mtl-ibp: PGD steps of the attack point",
+    "lr_milestones": "epochs after which the learning rate is multiplied by --lr-decay, comma-separated "
+                     "('none': after every epoch)",
+    "grad_clip": "clip the gradient's 2-norm to this (0: no clipping)",
+    "batch_size": "training batch size",
     "certified_start": "epochs of clean training before the certified eps starts its ramp",
     "init": "initialisation: default (PyTorch's), ibp (interval-preserving, Shi et al. 2021) or contractive (the "
             "block starts certified at the regularizer's target; the default when --reg is given, else default)",
@@ -125,6 +137,7 @@ def _stem(text: str) -> tuple[tuple[int, ...], ...]:
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {"stem": _stem, "head": _sequence(int, "integers"),
+                                             "lr_milestones": _sequence(int, "integers"),
                                              "mean": _sequence(float, "numbers"), "std": _sequence(float, "numbers")}
 """Flag parsers for the fields that are not a plain scalar; the others parse as their annotated type."""
 
@@ -137,7 +150,8 @@ def _scalar_type(cls: type, name: str) -> Callable[[str], Any]:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
-    """One flag per field of a config dataclass. TrainConfig flags default to the dataclass default; ModelConfig
+    """One flag per field of a config dataclass. TrainConfig flags are set only when given (the dataclass default
+    applies otherwise, and `--resume` can tell what was asked); ModelConfig
     flags default to the `--arch` preset's value (only the flags given override it)."""
     model = cls is ModelConfig
     if model:
@@ -146,7 +160,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        kwargs: dict[str, Any] = {"dest": f.name, "default": None if model else f.default,
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None if model else argparse.SUPPRESS,
                                   "help": _HELP.get(f.name, f.name)}
         if isinstance(f.default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -155,7 +169,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[
             if f.name in _CHOICES:
                 kwargs["choices"] = list(_CHOICES[f.name])
         if f.default is not None or model:
-            kwargs["help"] += " (default: from --arch)" if model else " (default: %(default)s)"
+            shown = f.default if not isinstance(f.default, tuple) else (",".join(map(str, f.default)) or "none")
+            kwargs["help"] += " (default: from --arch)" if model else f" (default: {shown})"
         parser.add_argument(_flag(f.name), **kwargs)
 
 
@@ -197,8 +212,30 @@ def load_run(args: argparse.Namespace) -> tuple[ConvNODE, ImageData]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    model_cfg: ModelConfig = config_from_args(ModelConfig, args)
-    train_cfg: TrainConfig = config_from_args(TrainConfig, args)
+    """Train from the flags, or continue the run stored at --resume; the checkpoint at --out is rewritten after
+    every epoch (with its training state), so Ctrl-C or a crash keeps the last finished epoch."""
+    state = None
+    if args.resume:
+        payload = load_checkpoint(args.resume)
+        if not isinstance(payload.get("training_state"), dict) or not payload.get("train_config"):
+            raise CNodeError(f"{args.resume}: no training state to resume (a stripped or pre-0.4 checkpoint)")
+        given = sorted(f.name for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name) and f.name != "epochs")
+        given += sorted(f.name for f in dataclasses.fields(ModelConfig) if getattr(args, f.name, None) is not None)
+        if given:
+            raise CNodeError(f"--resume continues the stored recipe; only --epochs may change (given: "
+                             f"{', '.join(_flag(g) for g in given)})")
+        stored = TrainConfig.from_dict(payload["train_config"])
+        train_cfg = dataclasses.replace(stored, epochs=getattr(args, "epochs", stored.epochs))
+        model = model_from_checkpoint(payload, args.resume)
+        state = TrainingState.from_dict(payload["training_state"])
+        if state.epoch >= train_cfg.epochs:
+            raise CNodeError(f"{args.resume} has finished {state.epoch} of {train_cfg.epochs} epochs; give a larger "
+                             "--epochs to train on")
+        print(f"resuming {args.resume} after epoch {state.epoch} of {train_cfg.epochs}", flush=True)
+    else:
+        train_cfg = config_from_args(TrainConfig, args)
+        torch.manual_seed(train_cfg.seed)
+        model = ConvNODE(config_from_args(ModelConfig, args))
     train_data = load_dataset(train_cfg.dataset, "train", data_root=args.data_root, download=args.download,
                               limit=train_cfg.train_limit or None)
     test_data = load_dataset(train_cfg.dataset, "test", data_root=args.data_root, download=args.download,
@@ -206,24 +243,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     announce_data(train_data)
     device = resolve_device(args.device)
     logging.getLogger(__name__).info("training on %s", device)
-    model, history = fit(model_cfg, train_cfg, train_data, test_data, device=device, progress=not args.quiet,
-                         on_epoch=_print_epoch)
-    metrics = {
-        "test_accuracy": history.test_accuracy[-1] if history.test_accuracy else None,
-        "test_accuracy_per_epoch": history.test_accuracy,
-        "train_loss_per_epoch": history.train_loss,
-        "seconds_per_epoch": history.epoch_seconds,
-        "test_images": len(test_data),
-    }
-    save_model(args.out, model, train_config=train_cfg, metrics={**metrics, "device": str(device)})
+    try:
+        history = train(model, train_data, train_cfg, test_data=test_data, device=device, progress=not args.quiet,
+                        on_epoch=_epoch_printer(train_cfg), checkpoint=args.out, resume=state)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {args.out} holds the last finished epoch (continue with --resume {args.out})",
+              file=sys.stderr)
+        return 130
+    metrics = {**history_metrics(history, test_data), "device": str(device)}
+    state = TrainingState.from_dict(load_checkpoint(args.out)["training_state"]) if train_cfg.epochs else None
+    save_model(args.out, model, train_config=train_cfg, metrics=metrics,
+               training_state=state.to_dict() if state is not None else None)
     print(f"saved {args.out}")
     return 0
 
 
-def _print_epoch(epoch: int, history: Any) -> None:
-    acc = f"{history.test_accuracy[-1]:.4f}" if history.test_accuracy else "-"
-    print(f"epoch {epoch + 1}: loss {history.train_loss[-1]:.4f}, reg {history.reg_value[-1]:.4f}, "
-          f"test accuracy {acc} ({history.epoch_seconds[-1]:.1f} s)", flush=True)
+def _epoch_printer(config: TrainConfig) -> Callable[[int, Any], None]:
+    """The per-epoch progress line: loss, eps, the training bound's certified fraction, test accuracy, ETA."""
+
+    def show(epoch: int, history: Any) -> None:
+        acc = f"{history.test_accuracy[-1]:.4f}" if history.test_accuracy else "-"
+        cert = history.certified[-1]
+        extra = f", eps {history.eps[-1]:.4g}, certified (train) {cert:.1%}" if cert == cert else ""
+        recent = history.epoch_seconds[-3:]
+        eta = (config.epochs - epoch - 1) * sum(recent) / len(recent)
+        print(f"epoch {epoch + 1}/{config.epochs}: loss {history.train_loss[-1]:.4f}{extra}, "
+              f"reg {history.reg_value[-1]:.4f}, test accuracy {acc} ({history.epoch_seconds[-1]:.1f} s, "
+              f"ETA {eta / 60:.1f} min)", flush=True)
+
+    return show
+
+
+def cmd_strip(args: argparse.Namespace) -> int:
+    """Copy a checkpoint without its training state (the file to ship)."""
+    out = strip_training_state(args.model, args.out)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -407,8 +462,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p, TrainConfig)
     add_common_flags(p)
     p.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images (0: all)")
-    p.add_argument("--out", required=True, help="checkpoint path to write")
+    p.add_argument("--out", required=True, help="checkpoint path, rewritten after every epoch (resumable)")
+    p.add_argument("--resume", default=None, metavar="PATH",
+                   help="continue the run stored in PATH (its recipe; --epochs may extend it)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("strip", help="copy a checkpoint without its training state (for shipping)",
+                       description="Copy a checkpoint without the optimizer and random states that --resume needs.")
+    p.add_argument("model", help="checkpoint to read")
+    p.add_argument("out", help="checkpoint to write")
+    p.set_defaults(func=cmd_strip)
 
     p = sub.add_parser("evaluate", help="clean test accuracy and block certificates of a checkpoint",
                        description="Evaluate a checkpoint.")

@@ -2,6 +2,8 @@
 
 - `__call__`: the forward map (float64 copies for certification, live weights for training);
 - `lipschitz(norm)`: a proven Lipschitz factor in the Linf or L2 norm (differentiable in the weights);
+- `interval(lo, hi)`: interval arithmetic (IBP): a box of the output (and of the pre-activation, for nonlinear
+  layers) over the input box, nothing else: the fast rule of certified training;
 - `bounds(box, interval)`: a box of the output (and of the pre-activation, for nonlinear layers) over the input box,
   keeping a centre point run through the exact layer (the mean-value enclosures of the Euler steps use it);
 - `backward(lam, const, pre, rows)`: carry a linear lower bound `lam . output + const` back to the layer's input
@@ -63,6 +65,9 @@ class Layer:
     def lipschitz(self, norm: str) -> torch.Tensor:
         raise NotImplementedError
 
+    def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], Pre]:
+        raise NotImplementedError
+
     def bounds(self, box: Box, interval: bool = True) -> tuple[Box, Pre]:
         raise NotImplementedError
 
@@ -96,11 +101,15 @@ class Affine(Layer):
         z = self.apply(x)
         return z if b is None else z + b
 
-    def bounds(self, box: Box, interval: bool = True) -> tuple[Box, Pre]:
+    def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], Pre]:
         """Exact range of each output over the box: A mid + b +- |A| rad."""
-        mid, rad = 0.5 * (box.lo + box.hi), 0.5 * (box.hi - box.lo)
-        z, r = self(mid), self.apply_abs(rad)
-        return Box(z - r, z + r, self(box.centre)), None
+        z, r = self(0.5 * (lo + hi)), self.apply_abs(0.5 * (hi - lo))
+        return (z - r, z + r), None
+
+    def bounds(self, box: Box, interval: bool = True) -> tuple[Box, Pre]:
+        """The interval rule (exact for an affine map), with the centre carried through."""
+        (lo, hi), _ = self.interval(box.lo, box.hi)
+        return Box(lo, hi, self(box.centre)), None
 
     def ball_bounds(self, u: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Box of the outputs over the L2 ball ||u' - u|| <= eps (eps [B] broadcast): A u + b +- eps ||row||."""
@@ -292,9 +301,13 @@ class Act(Layer):
     def lipschitz(self, norm: str) -> torch.Tensor:
         return torch.tensor(self.act.b, dtype=torch.float64)
 
-    def bounds(self, box: Box, interval: bool = True) -> tuple[Box, Pre]:
+    def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], Pre]:
         """sigma is increasing: the exact image [sigma(lo), sigma(hi)]."""
-        return Box(self.act(box.lo), self.act(box.hi), self.act(box.centre)), (box.lo, box.hi)
+        return (self.act(lo), self.act(hi)), (lo, hi)
+
+    def bounds(self, box: Box, interval: bool = True) -> tuple[Box, Pre]:
+        (lo, hi), pre = self.interval(box.lo, box.hi)
+        return Box(lo, hi, self.act(box.centre)), pre
 
     def backward(self, lam: torch.Tensor, const: torch.Tensor, pre: Pre,
                  rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -324,6 +337,12 @@ class EulerStep(Layer):
             return euler_factor_2(K, a, b, self.h, snorm)
         raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
 
+    def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], Pre]:
+        """x+ in [lo + h sigma(z_lo), hi + h sigma(z_hi)] with [z_lo, z_hi] the conv's range over the box (sigma is
+        increasing and h > 0): the residual step's interval arithmetic."""
+        (zl, zh), _ = self.conv.interval(lo, hi)
+        return (lo + self.h * self.act(zl), hi + self.h * self.act(zh)), (zl, zh)
+
     def bounds(self, box: Box, interval: bool = True) -> tuple[Box, Pre]:
         """Mean-value enclosure around the centre, with the local slopes [dl, du] of each neuron:
         |dx+_i| <= max_{d in {dl, du}} |1 + h d c_i| r_i + h d (|T| r - |c| r)_i, intersected with interval
@@ -334,8 +353,7 @@ class EulerStep(Layer):
         abs_r = layer.apply_abs(r)
         zl, zh = zc - abs_r, zc + abs_r
         if interval:
-            zm, zmr = layer(0.5 * (box.lo + box.hi)), layer.apply_abs(0.5 * (box.hi - box.lo))
-            zl, zh = meet((zl, zh), (zm - zmr, zm + zmr))
+            zl, zh = meet((zl, zh), layer.interval(box.lo, box.hi)[0])
         dl, du = act.slope_range(zl, zh)
         c = layer.centre()
         off = (abs_r - c.abs() * r).clamp_min(0.0)

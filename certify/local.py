@@ -19,7 +19,7 @@ from certify.attacks import per_input_eps
 from certify.layers import Affine, Box, Pre, meet
 from certify.unrolled import Unrolled
 
-__all__ = ["LocalBounds", "input_box", "local_bounds", "margin_specs", "box_margins", "local_margins"]
+__all__ = ["LocalBounds", "input_box", "ibp_bounds", "local_bounds", "margin_specs", "box_margins", "local_margins"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,24 @@ def input_box(u: torch.Tensor, eps: float | torch.Tensor) -> tuple[torch.Tensor,
     """The box [u - eps, u + eps] intersected with [0, 1]: contains the Linf and the L2 ball (clipped)."""
     e = per_input_eps(eps, u)
     return (u - e).clamp(0.0, 1.0), (u + e).clamp(0.0, 1.0)
+
+
+def ibp_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, norm: str) -> LocalBounds:
+    """Interval bound propagation (each layer's `interval` rule) over the same input set as `local_bounds`: looser,
+    about one forward pass per bound, and what IBP / CROWN-IBP training differentiate through. In L2 the first
+    affine layer's box is intersected with its exact range over the ball, as in `local_bounds`."""
+    if norm not in ("inf", "2"):
+        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+    lo_u, hi_u = input_box(u, eps)
+    lo, hi = lo_u, hi_u
+    boxes, pre = [], []
+    for i, layer in enumerate(net.layers[:-1]):
+        (lo, hi), p = layer.interval(lo, hi)
+        if i == 0 and norm == "2" and isinstance(layer, Affine):
+            lo, hi = meet((lo, hi), layer.ball_bounds(u, per_input_eps(eps, u).flatten()))
+        boxes.append((lo, hi))
+        pre.append(p)
+    return LocalBounds(boxes, pre, lo_u, hi_u)
 
 
 def local_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, norm: str, *,

@@ -1,12 +1,19 @@
 """Certified training: cross-entropy of the certified worst-case logits over the eps-ball.
 
 For every wrong class j the logit z_j - z_y is replaced by an upper bound over the ball, -m_j, with m_j a
-differentiable lower bound of the margin z_y - z_j:
-- 'lipschitz' (Lipschitz-margin training): m_j = (z_y - z_j)(u) - eps * L_yj, L_yj the global pairwise constant
-  (last layer's pair norm x every other layer's factor, Euler steps with slopes in [a, b]), in the chosen norm;
-- 'interval': m_j from the local boxes of certify.local (interval + local-slope bounds through every Euler step),
-  the IBP-style bound, tighter and what `certify --bound local` checks.
-The loss is CE([-m_j]_j, y) (the y entry is 0), an upper bound of the worst-case CE over the ball."""
+differentiable lower bound of the margin z_y - z_j. The methods (`TrainConfig.certified_method`):
+- 'ibp': m_j from interval bound propagation (each layer's `interval` rule, certify.local.ibp_bounds): about the
+  cost of two forward passes, the fast path;
+- 'crown-ibp' (Zhang et al. 2020): beta * CROWN-IBP + (1 - beta) * IBP margins, the CROWN-IBP bound being one
+  backward linear-relaxation pass (certify.crown) over the IBP boxes; beta = 1 - eps(t) / eps_train falls from 1
+  to 0 over the eps ramp (the linear bound guides the early, small-eps phase);
+- 'mtl-ibp' (De Palma et al. 2023): alpha * CE(IBP worst case) + (1 - alpha) * CE(u_adv), u_adv a PGD point in the
+  ball (`attack_steps` steps, random start);
+- 'interval': m_j from the local boxes of certify.local (mean-value enclosures through every Euler step, no
+  interval pass), tighter than IBP and slower;
+- 'lipschitz' (Lipschitz-margin training): m_j = (z_y - z_j)(u) - eps * L_yj, L_yj the global pairwise constant.
+The certified loss is CE([-m_j]_j, y) (the y entry is 0), an upper bound of the worst-case CE over the ball; an
+input counts as certified in training when every m_j > 0."""
 
 from __future__ import annotations
 
@@ -14,14 +21,16 @@ import torch
 import torch.nn.functional as F
 
 from contraction.errors import CNodeError
+from certify.attacks import pgd
+from certify.crown import backward_margins
 from certify.lipschitz import layer_constants
-from certify.local import box_margins, local_bounds
+from certify.local import box_margins, ibp_bounds, local_bounds
 from certify.unrolled import unroll
 from nodes.classifier import ConvNODE
 from nodes.config import CERTIFIED_METHODS, TrainConfig
-from nodes.objectives import Objective, register_objective
+from nodes.objectives import RobustLoss, register_objective
 
-__all__ = ["lipschitz_constants", "certified_margins", "certified_loss", "certified_objective"]
+__all__ = ["lipschitz_constants", "certified_margins", "certified_loss", "certified_objective", "crown_beta"]
 
 
 def lipschitz_constants(model: ConvNODE, norm: str) -> torch.Tensor:
@@ -32,32 +41,56 @@ def lipschitz_constants(model: ConvNODE, norm: str) -> torch.Tensor:
     return layer_constants(unroll(model, dtype=None, detach=False), norm)
 
 
+def crown_beta(eps: float, eps_train: float) -> float:
+    """CROWN-IBP's weight of the linear bound: 1 at eps 0, 0 once the ramp reaches the training eps."""
+    return max(0.0, 1.0 - eps / eps_train) if eps_train > 0 else 0.0
+
+
 def certified_margins(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, method: str,
-                      logits: torch.Tensor | None = None) -> torch.Tensor:
-    """Differentiable lower bounds of z_y - z_j over the eps-ball, [B, K] (0 at j = y)."""
+                      logits: torch.Tensor | None = None, *, beta: float = 0.0) -> torch.Tensor:
+    """Differentiable lower bounds of z_y - z_j over the eps-ball, [B, K] (0 at j = y). `beta`: crown-ibp's mix."""
     if method == "lipschitz":
         z = model(x) if logits is None else logits
         m = z.gather(1, y[:, None]) - z - eps * lipschitz_constants(model, norm)[y]
-    elif method == "interval":
-        net = unroll(model, dtype=None, detach=False)
+        return m.masked_fill(F.one_hot(y, m.shape[1]).bool(), 0.0)
+    if method not in CERTIFIED_METHODS:
+        raise CNodeError(f"certified method must be one of {list(CERTIFIED_METHODS)}, got {method!r}")
+    if model.config.solver != "euler":
+        raise CNodeError(f"certified training follows the Euler steps; this model uses {model.config.solver!r}")
+    net = unroll(model, dtype=None, detach=False)
+    is_y = F.one_hot(y, net.readout_weight.shape[0]).bool()
+    if method == "interval":
         b = local_bounds(net, x, eps, norm, interval=False)
-        m = box_margins(net, y, b.lo, b.hi)
-    else:
-        raise CNodeError(f"certified method must be 'interval' or 'lipschitz', got {method!r}")
-    return m.masked_fill(F.one_hot(y, m.shape[1]).bool(), 0.0)
+    else:  # ibp, crown-ibp, mtl-ibp
+        b = ibp_bounds(net, x, eps, norm)
+    m = box_margins(net, y, b.lo, b.hi).masked_fill(is_y, 0.0)
+    if method == "crown-ibp" and beta > 0:
+        linear = backward_margins(net, b, x, y, eps, norm).masked_fill(is_y, 0.0)
+        m = beta * linear + (1.0 - beta) * m
+    return m
 
 
 def certified_loss(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "inf",
-                   method: str = "interval", logits: torch.Tensor | None = None) -> torch.Tensor:
+                   method: str = "ibp", logits: torch.Tensor | None = None, *, beta: float = 0.0) -> torch.Tensor:
     """CE of the worst-case logits -m_j: >= max over the eps-ball of CE(model(u'), y)."""
-    return F.cross_entropy(-certified_margins(model, x, y, eps, norm, method, logits), y)
+    return F.cross_entropy(-certified_margins(model, x, y, eps, norm, method, logits, beta=beta), y)
 
 
-def certified_objective(config: TrainConfig) -> Objective:
-    """The training hook for nodes.train: certified_loss with the config's threat norm and method."""
+def certified_objective(config: TrainConfig):  # -> Objective
+    """The training hook for nodes.train: the config's certified method and threat norm, trained at
+    `train_eps_factor` x the scheduled eps."""
+    method, norm, factor = config.certified_method, config.certified_norm, config.train_eps_factor
+    eps_train = config.certified_eps * factor
 
-    def objective(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, eps: float) -> torch.Tensor:
-        return certified_loss(model, x, y, eps, config.certified_norm, config.certified_method, logits)
+    def objective(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, eps: float) -> RobustLoss:
+        eps = eps * factor
+        m = certified_margins(model, x, y, eps, norm, method, logits, beta=crown_beta(eps, eps_train))
+        certified = (m.masked_fill(F.one_hot(y, m.shape[1]).bool(), torch.inf) > 0).all(1).detach()
+        loss = F.cross_entropy(-m, y)
+        if method == "mtl-ibp" and config.mtl_alpha < 1:
+            adv = pgd(model, x, y, eps=eps, norm=norm, steps=config.attack_steps, seed=config.seed)
+            loss = config.mtl_alpha * loss + (1 - config.mtl_alpha) * F.cross_entropy(model(adv), y)
+        return RobustLoss(loss, certified)
 
     return objective
 

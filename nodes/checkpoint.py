@@ -14,7 +14,7 @@ from contraction.errors import CNodeError, CheckpointError
 from nodes.classifier import ConvNODE
 from nodes.config import ModelConfig, TrainConfig
 
-__all__ = ["save_model", "load_model", "load_checkpoint", "model_from_checkpoint", "trained_dataset", "FORMAT", "FORMAT_VERSION", "library_version"]
+__all__ = ["save_model", "strip_training_state", "load_model", "load_checkpoint", "model_from_checkpoint", "trained_dataset", "FORMAT", "FORMAT_VERSION", "library_version"]
 
 FORMAT = "contractive-nodes/convnode"
 FORMAT_VERSION = 2
@@ -33,8 +33,12 @@ def save_model(
     *,
     train_config: TrainConfig | None = None,
     metrics: dict[str, Any] | None = None,
+    training_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write `model` with its configs and metrics to `path` atomically (temp file in the same folder + rename)."""
+    """Write `model` with its configs and metrics to `path` atomically (temp file in the same folder + rename).
+
+    `training_state` (nodes.train.TrainingState.to_dict()) makes the file resumable; `strip_training_state` drops
+    it for shipping (it holds the optimizer's moments: about twice the weights)."""
     path = Path(path)
     payload = {
         "format": FORMAT,
@@ -45,6 +49,29 @@ def save_model(
         "metrics": dict(metrics or {}),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     }
+    if training_state is not None:
+        payload["training_state"] = _to_cpu(training_state)
+    return _write(path, payload)
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def strip_training_state(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Copy the checkpoint `src` to `dst` without its training state (a model file for shipping)."""
+    payload = load_checkpoint(src)
+    payload.pop("training_state", None)
+    return _write(Path(dst), payload)
+
+
+def _write(path: Path, payload: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -11,7 +11,7 @@ from contraction.errors import CNodeError
 from contraction.slopes import ACTIVATIONS, Activation, get_activation
 
 __all__ = ["ModelConfig", "TrainConfig", "ARCHS", "DEFAULT_ARCH", "INITS", "PADDINGS", "SOLVERS", "READOUTS", "DATASETS",
-           "REGULARIZERS", "HINGES", "NORMS", "DEFAULT_REG_WEIGHT", "CERTIFIED_METHODS"]
+           "REGULARIZERS", "HINGES", "NORMS", "DEFAULT_REG_WEIGHT", "CERTIFIED_METHODS", "EPS_RAMPS"]
 
 PADDINGS = ("zeros", "circular")
 SOLVERS = ("euler", "rk4", "dopri5")
@@ -213,7 +213,11 @@ ARCHS: dict[str, dict[str, Any]] = {
 DEFAULT_ARCH = "mini"
 """The architecture `cnode train` uses unless `--arch` says otherwise (`ModelConfig()` itself is the paper's)."""
 
-CERTIFIED_METHODS = ("interval", "lipschitz")
+CERTIFIED_METHODS = ("ibp", "crown-ibp", "mtl-ibp", "interval", "lipschitz")
+"""Certified losses (certify.training): interval bound propagation; CROWN-IBP (linear bounds over IBP boxes, mixed
+with IBP by beta falling from 1 to 0 over the eps ramp); MTL-IBP (alpha CE(IBP worst case) + (1 - alpha) CE(PGD
+point)); the local boxes with the mean-value pass ('interval'); the Lipschitz margin ('lipschitz')."""
+EPS_RAMPS = ("linear", "smooth")
 
 
 @dataclass(frozen=True)
@@ -231,7 +235,13 @@ class TrainConfig(_Config):
     `init` ('contractive' with a regularizer: the block starts certified at rho) and `certified_eps` (0 with a
     regularizer: its target rate puts the block's centre taps near the Euler step's stability limit h b |c| <= 2,
     where interval bounds grow with every step and the light certified loss costs ~27 points of clean accuracy,
-    measured in docs/RESULTS.md section 5; give both explicitly to combine them)."""
+    measured in docs/RESULTS.md section 5; give both explicitly to combine them).
+
+    Schedules: `eps_ramp` shapes the ramp of the certified eps ('smooth': Shi et al. 2021's polynomial-then-linear
+    growth, continuous slope, over the same `certified_warmup` epochs); the loss trains at `train_eps_factor` x
+    `certified_eps` (the test eps stays `certified_eps`); the learning rate is multiplied by `lr_decay` after every
+    epoch, or only at the `lr_milestones` (epochs) when given; `grad_clip` > 0 clips the gradient's 2-norm
+    (0: no clipping); `mtl_alpha`, `attack_steps`: the MTL-IBP mix and its PGD steps."""
 
     dataset: str = "mnist"
     epochs: int = 5
@@ -253,6 +263,12 @@ class TrainConfig(_Config):
     certified_mix: float = 0.5
     certified_warmup: float = 0.3
     certified_start: float = 0.4
+    eps_ramp: str = "linear"
+    train_eps_factor: float = 1.0
+    mtl_alpha: float = 0.5
+    attack_steps: int = 1
+    lr_milestones: tuple[int, ...] = ()
+    grad_clip: float = 0.0
     init: str | None = None
 
     def __post_init__(self) -> None:
@@ -264,6 +280,17 @@ class TrainConfig(_Config):
         _check_float("certified_mix", self.certified_mix, 0.0, strict=False, high=1.0)
         _check_float("certified_warmup", self.certified_warmup, 0.0, strict=False)
         _check_float("certified_start", self.certified_start, 0.0, strict=False)
+        _check_choice("eps_ramp", self.eps_ramp, EPS_RAMPS)
+        _check_float("train_eps_factor", self.train_eps_factor, 0.0)
+        _check_float("mtl_alpha", self.mtl_alpha, 0.0, strict=False, high=1.0)
+        _check_int("attack_steps", self.attack_steps, 1, 1000)
+        milestones = _as_tuple("lr_milestones", self.lr_milestones)
+        for m in milestones:
+            _check_int("lr milestone", m, 1)
+        if list(milestones) != sorted(set(milestones)):
+            raise CNodeError(f"lr_milestones must increase, got {list(milestones)}")
+        object.__setattr__(self, "lr_milestones", milestones)
+        _check_float("grad_clip", self.grad_clip, 0.0, strict=False)
         if self.init is None:  # with a contraction target, start certified at it; stored resolved
             object.__setattr__(self, "init", "default" if self.reg == "none" else "contractive")
         _check_choice("init", self.init, INITS)

@@ -5,6 +5,7 @@ imported (`import certify`), so the import graph keeps running one way (contract
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -13,10 +14,20 @@ from contraction.errors import CNodeError
 from nodes.classifier import ConvNODE
 from nodes.config import TrainConfig
 
-__all__ = ["Objective", "OBJECTIVES", "register_objective", "make_objective"]
+__all__ = ["RobustLoss", "Objective", "OBJECTIVES", "register_objective", "make_objective"]
 
-Objective = Callable[[ConvNODE, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
-"""L(model, x, y, logits, eps) -> scalar robust loss (e.g. cross-entropy of certified worst-case logits)."""
+
+@dataclass(frozen=True)
+class RobustLoss:
+    """A robust loss of one batch and which of its inputs the training bound proves (every margin > 0 over the
+    ball; None when the objective bounds nothing, e.g. at eps 0)."""
+
+    loss: torch.Tensor
+    certified: torch.Tensor | None = None
+
+
+Objective = Callable[[ConvNODE, torch.Tensor, torch.Tensor, torch.Tensor, float], RobustLoss]
+"""L(model, x, y, logits, eps) -> RobustLoss (e.g. cross-entropy of certified worst-case logits at eps)."""
 
 OBJECTIVES: dict[str, Callable[[TrainConfig], Objective]] = {}
 """Objective factories keyed by certified method name, filled by `certify.training`."""

@@ -53,14 +53,15 @@ REGULARIZERS: dict[str, Callable[[TrainConfig, torch.Generator], Regularizer]] =
 """Regularizer factories keyed by `TrainConfig.reg` ('none' is no regularizer)."""
 
 
-def make_regularizer(config: TrainConfig, *, seed: int | None = None) -> Regularizer | None:
+def make_regularizer(config: TrainConfig, *, seed: int | None = None,
+                     generator: torch.Generator | None = None) -> Regularizer | None:
     """The regularizer named by `config.reg` (None for 'none'), with its rho, norm and hinge; its sampling generator
-    is seeded with `seed`, by default the config's seed."""
+    is `generator`, else a new one seeded with `seed`, by default the config's seed."""
     if config.reg == "none":
         return None
     if config.reg not in REGULARIZERS:
         raise CNodeError(f"unknown regularizer {config.reg!r}; known: {sorted(REGULARIZERS)}")
-    gen = torch.Generator().manual_seed(config.seed if seed is None else seed)
+    gen = generator if generator is not None else torch.Generator().manual_seed(config.seed if seed is None else seed)
     return REGULARIZERS[config.reg](config, gen)
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Iterator
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from nodes.checkpoint import save_model
 from nodes.classifier import ConvNODE
 from nodes.config import ModelConfig, TrainConfig
 from nodes.data import ImageData, batches
@@ -24,31 +26,51 @@ from nodes.init import initialise_
 from nodes.objectives import Objective, make_objective
 from nodes.regularize import Regularizer, make_regularizer
 
-__all__ = ["train", "fit", "evaluate", "eval_mode", "seed_everything", "eps_schedule", "Regularizer", "Objective",
-           "History"]
+__all__ = ["train", "fit", "evaluate", "eval_mode", "seed_everything", "eps_schedule", "ramp", "Regularizer",
+           "Objective", "History", "TrainingState", "history_metrics"]
 
 log = logging.getLogger(__name__)
 
 
+def ramp(progress: float, shape: str = "linear", mid: float = 0.25, power: float = 4.0) -> float:
+    """The fraction of the final eps reached `progress` in [0, 1] into the ramp. 'smooth' (Shi et al. 2021):
+    A p^power up to `mid`, then linear to 1, A chosen so that the slope is continuous at `mid`."""
+    p = min(max(progress, 0.0), 1.0)
+    if shape == "linear":
+        return p
+    a = 1.0 / (mid ** (power - 1) * (power * (1 - mid) + mid))
+    if p < mid:
+        return a * p**power
+    at_mid = a * mid**power
+    return at_mid + (1 - at_mid) * (p - mid) / (1 - mid)
+
+
 def eps_schedule(config: TrainConfig, epoch: int, batch: int, batches_per_epoch: int) -> float:
-    """0 (clean training only) for `certified_start` epochs, then a linear ramp of the certified eps from 0 over
-    `certified_warmup` epochs, then constant."""
+    """0 (clean training only) for `certified_start` epochs, then the certified eps ramps from 0 (shaped by
+    `eps_ramp`) over `certified_warmup` epochs, then stays constant."""
     done = epoch + batch / max(batches_per_epoch, 1) - config.certified_start
     if done < 0:
         return 0.0
     if config.certified_warmup <= 0:
         return config.certified_eps
-    return config.certified_eps * min(1.0, done / config.certified_warmup)
+    return config.certified_eps * ramp(done / config.certified_warmup, config.eps_ramp)
 
 
 @dataclass
 class History:
-    """Per-epoch figures of a training run."""
+    """Per-epoch figures of a training run (`certified`: fraction of the training inputs the training bound proved,
+    `eps`: the scheduled eps at the epoch's end)."""
 
     train_loss: list[float] = field(default_factory=list)
     reg_value: list[float] = field(default_factory=list)
     test_accuracy: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
+    certified: list[float] = field(default_factory=list)
+    eps: list[float] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "History":
+        return cls(**{f.name: [float(v) for v in data.get(f.name, [])] for f in fields(cls)})
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -84,6 +106,66 @@ def evaluate(model: ConvNODE, data: ImageData, *, batch_size: int = 500, progres
         return correct / max(len(data), 1)
 
 
+@dataclass
+class TrainingState:
+    """Everything a run needs to continue bit-for-bit after `epoch` finished epochs: optimizer and scheduler state,
+    every random generator (python, numpy, torch, the shuffling and the regularizer's), the history so far.
+    Stored in the checkpoint (`nodes.checkpoint.save_model(..., training_state=...)`) as plain tensors and lists."""
+
+    epoch: int
+    optimizer: dict
+    scheduler: dict
+    rng: dict
+    history: History
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "optimizer": self.optimizer, "scheduler": self.scheduler, "rng": self.rng,
+                "history": asdict(self.history)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainingState":
+        return cls(int(data["epoch"]), data["optimizer"], data["scheduler"], data["rng"],
+                   History.from_dict(data["history"]))
+
+
+def _rng_state(shuffle: torch.Generator, reg: torch.Generator) -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": list(random.getstate()[1]), "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos),
+             int(has_gauss), float(gauss)], "torch": torch.get_rng_state(), "shuffle": shuffle.get_state(),
+             "regularizer": reg.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, shuffle: torch.Generator, reg: torch.Generator) -> None:
+    random.setstate((3, tuple(state["python"]), None))
+    keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    shuffle.set_state(state["shuffle"])
+    reg.set_state(state["regularizer"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _optimizer(model: ConvNODE, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    readout = list(model.readout.parameters())
+    ids = {id(p) for p in readout}
+    optimizer = torch.optim.Adam(
+        [
+            {"params": [p for p in model.parameters() if id(p) not in ids], "lr": config.lr},
+            {"params": readout, "lr": config.lr * config.readout_lr_scale},
+        ]
+    )
+    if config.lr_milestones:
+        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=list(config.lr_milestones), gamma=config.lr_decay)
+    else:
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_decay)
+    return optimizer, scheduler
+
+
 def train(
     model: ConvNODE,
     train_data: ImageData,
@@ -96,40 +178,48 @@ def train(
     device: str | torch.device | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, History], None] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: TrainingState | None = None,
 ) -> History:
     """Train in place with loss = CE(model(u), y) + reg_weight * R(model, states); with certified_eps > 0:
-    mix * CE + (1 - mix) * objective(model, u, y, logits, eps(t)) (eps scheduled by `eps_schedule`).
+    mix * CE + (1 - mix) * objective(model, u, y, logits, eps(t)).loss (eps scheduled by `eps_schedule`).
 
     As the config names them: the initialisation (`init`, `neg_init`; skipped with `initialise=False`, e.g. to
-    fine-tune), the regularizer (`reg`, `rho`, `reg_norm`, `reg_hinge`) and the certified objective
-    (`certified_method`, `certified_norm`; registered by `import certify`). A `regularizer` or `objective` given
-    here replaces the config's. `device`: None keeps the model where it is, else it is moved there ('auto', 'cpu',
-    'cuda'). The model runs in train mode during the epochs and is left in the mode it had on entry."""
+    fine-tune, and on resume), the regularizer (`reg`, `rho`, `reg_norm`, `reg_hinge`), the certified objective
+    (`certified_method`, `certified_norm`; registered by `import certify`), the learning-rate schedule and gradient
+    clipping. A `regularizer` or `objective` given here replaces the config's. `device`: None keeps the model where
+    it is, else it is moved there ('auto', 'cpu', 'cuda'). The model runs in train mode during the epochs and is
+    left in the mode it had on entry.
+
+    `checkpoint`: after every epoch the model, configs, metrics and the `TrainingState` are written there atomically
+    (an interrupted run keeps its last finished epoch). `resume`: a state read from such a checkpoint (the model
+    holding its weights): training continues at the next epoch, bit-for-bit as if never stopped (same device)."""
     gen = seed_everything(config.seed)
+    reg_gen = torch.Generator().manual_seed(config.seed)
     device = place(model, device)
-    if initialise:
+    if initialise and resume is None:
         initialise_(model, config)
     if regularizer is None:
-        regularizer = make_regularizer(config)
+        regularizer = make_regularizer(config, generator=reg_gen)
     if objective is None:
         objective = make_objective(config)
-    readout = list(model.readout.parameters())
-    ids = {id(p) for p in readout}
-    optimizer = torch.optim.Adam(
-        [
-            {"params": [p for p in model.parameters() if id(p) not in ids], "lr": config.lr},
-            {"params": readout, "lr": config.lr * config.readout_lr_scale},
-        ]
-    )
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_decay)
+    optimizer, scheduler = _optimizer(model, config)
     history = History()
+    first = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
+        _set_rng_state(resume.rng, gen, reg_gen)
+        history, first = resume.history, resume.epoch
     use_reg = regularizer is not None and config.reg_weight > 0
     use_obj = objective is not None and config.certified_eps > 0
+    params = [p for p in model.parameters()]
     was_training = model.training
-    for epoch in range(config.epochs):
+    for epoch in range(first, config.epochs):
         model.train()
         start = time.perf_counter()
-        total, reg_total, seen = 0.0, 0.0, 0
+        total, reg_total, seen, proven, bounded = 0.0, 0.0, 0, 0, 0
+        eps = 0.0
         nb = (len(train_data) + config.batch_size - 1) // config.batch_size
         bar = tqdm(
             batches(train_data, config.batch_size, shuffle=True, generator=gen),
@@ -144,22 +234,33 @@ def train(
             loss = F.cross_entropy(logits, y)
             if use_obj:
                 eps = eps_schedule(config, epoch, i, nb)
-                robust = objective(model, x, y, logits, eps) if eps > 0 else loss  # type: ignore[misc]
-                loss = config.certified_mix * loss + (1 - config.certified_mix) * robust
+                if eps > 0:
+                    robust = objective(model, x, y, logits, eps)  # type: ignore[misc]
+                    loss = config.certified_mix * loss + (1 - config.certified_mix) * robust.loss
+                    if robust.certified is not None:
+                        proven += int(robust.certified.sum())
+                        bounded += len(y)
             if use_reg:
                 reg = regularizer(model, states)  # type: ignore[misc]
                 reg_total += float(reg.detach()) * len(y)
                 loss = loss + config.reg_weight * reg
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             total += float(loss.detach()) * len(y)
             seen += len(y)
-            bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
+            post = {"loss": f"{total / seen:.4f}"}
+            if use_obj:
+                post.update(eps=f"{eps:.4g}", cert=f"{proven / bounded:.1%}" if bounded else "-")
+            bar.set_postfix(post, refresh=False)
         scheduler.step()
         history.epoch_seconds.append(time.perf_counter() - start)
         history.train_loss.append(total / max(seen, 1))
         history.reg_value.append(reg_total / max(seen, 1))
+        history.certified.append(proven / bounded if bounded else float("nan"))
+        history.eps.append(eps)
         if test_data is not None:
             history.test_accuracy.append(evaluate(model, test_data))
         log.info(
@@ -170,18 +271,39 @@ def train(
             f"{history.test_accuracy[-1]:.4f}" if history.test_accuracy else "-",
             history.epoch_seconds[-1],
         )
+        if checkpoint is not None:
+            state = TrainingState(epoch + 1, optimizer.state_dict(), scheduler.state_dict(),
+                                  _rng_state(gen, reg_gen), history)
+            save_model(checkpoint, model, train_config=config, metrics=history_metrics(history, test_data),
+                       training_state=state.to_dict())
         if on_epoch is not None:
             on_epoch(epoch, history)
     model.train(was_training)  # the caller's mode, as it was
     return history
 
 
+def history_metrics(history: History, test_data: ImageData | None = None) -> dict:
+    """The metrics a checkpoint records of its run so far."""
+    out = {
+        "test_accuracy": history.test_accuracy[-1] if history.test_accuracy else None,
+        "test_accuracy_per_epoch": list(history.test_accuracy),
+        "train_loss_per_epoch": list(history.train_loss),
+        "train_certified_per_epoch": list(history.certified),
+        "seconds_per_epoch": list(history.epoch_seconds),
+        "epochs_done": len(history.train_loss),
+    }
+    if test_data is not None:
+        out["test_images"] = len(test_data)
+    return out
+
+
 def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, train_data: ImageData, test_data: ImageData | None,
         *, device: str | torch.device | None = "auto", progress: bool = True, objective: Objective | None = None,
-        on_epoch: Callable[[int, History], None] | None = None) -> tuple[ConvNODE, History]:
+        on_epoch: Callable[[int, History], None] | None = None, checkpoint: str | os.PathLike[str] | None = None,
+        ) -> tuple[ConvNODE, History]:
     """Build a model from its config (weights drawn with the config's seed) and `train` it on `device`."""
     torch.manual_seed(train_cfg.seed)
     model = ConvNODE(model_cfg)
     history = train(model, train_data, train_cfg, test_data=test_data, objective=objective, device=device,
-                    progress=progress, on_epoch=on_epoch)
+                    progress=progress, on_epoch=on_epoch, checkpoint=checkpoint)
     return model, history

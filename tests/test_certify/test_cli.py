@@ -156,7 +156,7 @@ def test_train_log_file_has_one_line_per_epoch_and_no_carriage_returns(tmp_path)
     text = log.read_text()
     assert proc.returncode == 0, text
     assert "\r" not in text
-    assert [line.split(":")[0] for line in text.splitlines() if line.startswith("epoch")] == ["epoch 1", "epoch 2"]
+    assert [line.split(":")[0] for line in text.splitlines() if line.startswith("epoch")] == ["epoch 1/2", "epoch 2/2"]
 
 
 def test_cnode_study_trains_evaluates_and_reports_then_resumes(tmp_path, capsys):

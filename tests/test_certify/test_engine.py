@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from certify.layers import Act, Affine, Box, Conv, EulerStep, Normalize
 from certify.lipschitz import layer_constants, network_bounds
-from certify.local import local_margins
+from certify.local import box_margins, ibp_bounds, local_margins
 from certify.crown import crown_margins
 from certify.radius import certified_radii
 from certify.run import certify_model
@@ -157,3 +157,50 @@ def test_attacks_never_break_a_certificate_of_a_trained_downsampling_model():
         assert report.certified_accuracy > 0.1, (norm, report.certified_accuracy)  # not vacuous: inputs to attack
         check = attack_check(model, data, report, limit=60, restarts=2, steps=30, queries=150)
         assert check.attacked > 0 and check.broken == 0, check
+
+
+@settings(max_examples=budget(8), deadline=None)
+@given(model_configs(), seeds, st.sampled_from(["inf", "2"]))
+def test_ibp_boxes_contain_every_layer_output_over_the_input_set(cfg, seed, norm):
+    """Every layer's `interval` rule, chained by ibp_bounds: each layer's output (and each pre-activation) at
+    sampled points and at the box's vertices of the eps-set lies in its box; IBP margins never beat the local ones
+    by more than round-off (both are sound, local is the tighter) and never exceed the true margins."""
+    model = _model(cfg, seed)
+    net = unroll(model)
+    gen = torch.Generator().manual_seed(seed)
+    size, cin = cfg.image_size, cfg.in_channels
+    u = torch.rand(2, cin, size, size, generator=gen, dtype=torch.float64)
+    eps = 0.05 if norm == "inf" else 0.2
+    b = ibp_bounds(net, u, eps, norm)
+    y = model(u).argmax(1)
+    margins = box_margins(net, y, b.lo, b.hi)
+    local = local_margins(net, u, y, eps, norm)  # meets the interval rule on boxes inside IBP's: never looser
+    assert (local >= margins - 1e-9).all()
+    for _ in range(20):
+        d = torch.rand(u.shape, generator=gen, dtype=u.dtype) * 2 - 1
+        d = d.sign() * eps if norm == "inf" else eps * d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        x = (u + d).clamp(0, 1)
+        for i, layer in enumerate(net.layers[:-1]):
+            if b.pre[i] is not None:
+                z = layer.conv(x) if isinstance(layer, EulerStep) else x
+                assert (b.pre[i][0] <= z + 1e-9).all() and (z <= b.pre[i][1] + 1e-9).all(), i
+            x = layer(x)
+            assert (b.boxes[i][0] <= x + 1e-9).all() and (x <= b.boxes[i][1] + 1e-9).all(), i
+        z = net.layers[-1](x)
+        true = z.gather(1, y[:, None]) - z
+        assert (margins.masked_fill(margins.isinf(), 0) <= true + 1e-9).all()
+
+
+def test_euler_step_interval_rule_is_interval_arithmetic():
+    """x+ in [lo + h sigma(z_lo), hi + h sigma(z_hi)]: attained at a vertex when the conv is one positive tap."""
+    cfg = ModelConfig(channels=1, steps=1, image_size=3, num_classes=2, kernel_size=1)
+    model = ConvNODE(cfg).double()
+    with torch.no_grad():
+        model.block.fields[0].conv.weight.fill_(2.0)
+        model.block.fields[0].conv.bias.fill_(-0.5)
+    step = unroll(model).steps[0]
+    lo = torch.linspace(-1, 1, 9, dtype=torch.float64).view(1, 1, 3, 3)
+    (out_lo, out_hi), (zl, zh) = step.interval(lo, lo + 0.3)
+    torch.testing.assert_close(out_lo, step(lo))
+    torch.testing.assert_close(out_hi, step(lo + 0.3))
+    torch.testing.assert_close(zl, 2 * lo - 0.5)

@@ -14,11 +14,13 @@ from certify.cli import main as cnode_main
 from certify.tight import certified_at
 from certify.lipschitz import best_network_bound
 from certify.radius import certified_radii
-from certify.training import certified_loss, certified_margins, certified_objective, lipschitz_constants
+from certify.training import (certified_loss, certified_margins, certified_objective, crown_beta,
+                              lipschitz_constants)
 from certify.unrolled import unroll
 from nodes import ConvNODE, ModelConfig, TrainConfig, load_dataset, train
 from nodes.checkpoint import load_checkpoint
-from nodes.train import eps_schedule
+from nodes.config import CERTIFIED_METHODS
+from nodes.train import eps_schedule, ramp
 from tests.strategies import seeds
 
 
@@ -29,14 +31,14 @@ def _model(seed, padding):
 
 @settings(max_examples=budget(10), deadline=None)
 @given(seeds, st.sampled_from(["zeros", "circular"]), st.sampled_from(["inf", "2"]),
-       st.sampled_from(["interval", "lipschitz"]))
-def test_certified_loss_bounds_the_worst_case_loss(seed, padding, norm, method):
+       st.sampled_from(CERTIFIED_METHODS), st.floats(0.0, 1.0))
+def test_certified_loss_bounds_the_worst_case_loss(seed, padding, norm, method, beta):
     model = _model(seed, padding)
     gen = torch.Generator().manual_seed(seed)
     u = torch.rand(4, 1, 6, 6, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 3, (4,), generator=gen)
     eps = 0.1 if norm == "inf" else 0.4
-    bound = F.cross_entropy(-certified_margins(model, u, y, eps, norm, method), y, reduction="none")
+    bound = F.cross_entropy(-certified_margins(model, u, y, eps, norm, method, beta=beta), y, reduction="none")
     adv = pgd(model, u, y, eps=eps, norm=norm, steps=30, loss="ce")
     d = torch.rand(32, *u.shape, generator=gen, dtype=u.dtype) * 2 - 1
     if norm == "2":
@@ -45,7 +47,7 @@ def test_certified_loss_bounds_the_worst_case_loss(seed, padding, norm, method):
         for v in [adv] + [(u + eps * di).clamp(0, 1) for di in d]:
             assert (F.cross_entropy(model(v), y, reduction="none") <= bound + 1e-9).all()
         # not vacuous: at eps -> 0 the certified loss is the clean loss
-        tiny = certified_loss(model, u, y, 1e-9, norm, method)
+        tiny = certified_loss(model, u, y, 1e-9, norm, method, beta=beta)
         assert float(tiny) == pytest.approx(float(F.cross_entropy(model(u), y)), abs=1e-6)
 
 
@@ -65,9 +67,9 @@ def test_training_constants_bound_the_network_jacobian(seed, padding, norm):
 def test_certified_loss_has_gradients_for_every_weight():
     model = _model(0, "zeros").float()
     u, y = torch.rand(4, 1, 6, 6), torch.tensor([0, 1, 2, 0])
-    for method in ("interval", "lipschitz"):
+    for method in CERTIFIED_METHODS:
         model.zero_grad()
-        certified_loss(model, u, y, 0.05, "inf", method).backward()
+        certified_loss(model, u, y, 0.05, "inf", method, beta=0.5).backward()
         for name, p in model.named_parameters():
             assert p.grad is not None and torch.isfinite(p.grad).all(), (method, name)
 
@@ -137,3 +139,35 @@ def test_cnode_train_certified_flags(tmp_path, capsys):
     cfg = load_checkpoint(out)["train_config"]
     assert cfg["certified_eps"] == 0.05 and cfg["certified_method"] == "interval"
     assert cnode_main(argv[:-2] + ["--certified-mix", "1.5", "--out", str(out)]) == 2
+
+
+def test_smooth_ramp_starts_flat_joins_the_line_with_a_continuous_slope_and_ends_at_one():
+    xs = [i / 1000 for i in range(1001)]
+    ys = [ramp(x, "smooth") for x in xs]
+    assert ys[0] == 0.0 and ys[-1] == pytest.approx(1.0) and ys == sorted(ys)
+    assert ramp(0.5, "linear") == 0.5 and ramp(1.7, "smooth") == 1.0 and ramp(-1, "smooth") == 0.0
+    assert ys[100] < 0.1 * 0.1  # polynomial start: far below the line early on
+    h = 1e-6
+    left = (ramp(0.25, "smooth") - ramp(0.25 - h, "smooth")) / h
+    right = (ramp(0.25 + h, "smooth") - ramp(0.25, "smooth")) / h
+    assert left == pytest.approx(right, rel=1e-4)
+    cfg = TrainConfig(certified_eps=0.2, certified_warmup=4.0, certified_start=1.0, eps_ramp="smooth")
+    assert eps_schedule(cfg, 3, 0, 10) == pytest.approx(0.2 * ramp(0.5, "smooth"))
+
+
+def test_objective_trains_at_the_factor_and_counts_inputs_its_bound_proves():
+    """The objective bounds at train_eps_factor x eps; `certified` is exactly the inputs whose margins are all > 0;
+    crown-ibp's beta falls from 1 at eps 0 to 0 at the training eps."""
+    model = _model(1, "zeros").float()
+    u, y = torch.rand(8, 1, 6, 6, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    cfg = TrainConfig(certified_eps=0.02, certified_method="ibp", train_eps_factor=2.0)
+    out = certified_objective(cfg)(model, u, y, model(u), 0.02)
+    m = certified_margins(model, u, y, 0.04, "inf", "ibp")
+    assert float(out.loss.detach()) == pytest.approx(float(F.cross_entropy(-m, y).detach()), rel=1e-6)
+    expected = (m.masked_fill(F.one_hot(y, 3).bool(), torch.inf) > 0).all(1)
+    assert torch.equal(out.certified, expected)
+    assert crown_beta(0.0, 0.3) == 1.0 and crown_beta(0.15, 0.3) == pytest.approx(0.5) and crown_beta(0.3, 0.3) == 0
+    mtl = certified_objective(TrainConfig(certified_eps=0.02, certified_method="mtl-ibp", mtl_alpha=0.3))
+    adv_part = float(mtl(model, u, y, model(u), 0.02).loss.detach()) - 0.3 * float(F.cross_entropy(
+        -certified_margins(model, u, y, 0.02, "inf", "ibp"), y).detach())
+    assert adv_part >= 0.7 * float(F.cross_entropy(model(u), y)) - 1e-6  # the PGD point is no better than u
