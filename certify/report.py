@@ -39,6 +39,10 @@ def format_report(report: CertifyReport, model_path: str = "") -> str:
         a = report.attack
         lines.append(f"  attack check            {a.broken} of {a.attacked} certified inputs broken inside "
                      f"their radius (PGD x{a.pgd_restarts} restarts, gradient-free search)")
+    if report.pgd is not None:
+        g = report.pgd
+        lines.append(f"  PGD-{g.steps} accuracy        {g.accuracy:8.2%}   (empirical upper bound of the robust accuracy; "
+                     f"{g.broken_certified} certified inputs broken)")
     return "\n".join(lines)
 
 

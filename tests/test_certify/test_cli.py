@@ -22,9 +22,12 @@ def test_certify_json_schema(tiny_trained, tmp_path, capsys):
     _, path = tiny_trained
     out_json = tmp_path / "r.json"
     code, out, err = _run(certify_main, [str(path), "--eps", "0.001", "--limit", "50", "--json", str(out_json),
-                                         "--quiet", "--attack-check"], capsys)
+                                         "--quiet", "--attack-check", "--pgd", "5"], capsys)
     assert code == 0, err
     report = json.loads(out_json.read_text())
+    assert report["pgd"]["steps"] == 5 and report["pgd"]["n"] == 50 and report["pgd"]["broken_certified"] == 0
+    assert report["certified_accuracy"] <= report["pgd"]["accuracy"] <= report["clean_accuracy"]
+    assert "PGD-5 accuracy" in out
     for key in ("dataset", "norm", "eps", "n", "clean_accuracy", "certified_accuracy", "bound", "timing", "samples"):
         assert key in report
     assert report["dataset"] == "mnist-mini" and report["norm"] == "inf" and report["n"] == 50

@@ -125,3 +125,23 @@ def test_lmi_network_bound_never_below_the_true_jacobian():
         J = torch.autograd.functional.jacobian(lambda v: model(v.view(1, 1, 6, 6))[0], u[i].flatten())
         dual = (J[:, None, :] - J[None, :, :]).norm(dim=-1)
         assert (dual <= L * (1 + 1e-9) + 1e-12).all()
+
+
+def test_pgd_check_bounds_certified_accuracy_and_catches_a_forged_certificate(tiny_trained):
+    """PGD accuracy lies between certified and clean accuracy; a report claiming radii it does not have (every
+    correct input 'certified' at a large eps) is caught: the attack breaks some of those certificates."""
+    import dataclasses
+
+    from certify.run import pgd_check
+
+    model, _ = tiny_trained
+    data = load_dataset("mnist-mini", "test", limit=60)
+    report = certify_model(model, data, eps=0.02, norm="inf", bound="auto")
+    check = pgd_check(model, data, report, steps=10)
+    assert report.certified_accuracy <= check.accuracy <= report.clean_accuracy
+    assert check.broken_certified == 0 and check.n == 60 and check.status == "not_broken"
+    correct = (report.predictions == report.labels).double()
+    forged = dataclasses.replace(report, eps=0.3, radii=correct * 0.3)
+    caught = pgd_check(model, data, forged, steps=10)
+    assert caught.broken_certified > 0 and caught.status == "unsound"
+    assert caught.accuracy < report.clean_accuracy
