@@ -247,8 +247,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         history = train(model, train_data, train_cfg, test_data=test_data, device=device, progress=not args.quiet,
                         on_epoch=_epoch_printer(train_cfg), checkpoint=args.out, resume=state)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {args.out} holds the last finished epoch (continue with --resume {args.out})",
-              file=sys.stderr)
+        done = Path(args.out).is_file() and "training_state" in load_checkpoint(args.out)
+        print(f"\ninterrupted: {args.out} holds the last finished epoch (continue with --resume {args.out})" if done
+              else "\ninterrupted before the first epoch finished: nothing saved", file=sys.stderr)
         return 130
     metrics = {**history_metrics(history, test_data), "device": str(device)}
     state = TrainingState.from_dict(load_checkpoint(args.out)["training_state"]) if train_cfg.epochs else None

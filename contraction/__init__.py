@@ -1,7 +1,7 @@
 """Contraction analysis of slope-restricted ConvNODE vector fields: log-norms, conv facts, Jacobian probes,
 weight certificates and regularizers."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 from contraction.certificates import BlockSpec, Certificate, best_certificate, block_certificates
 from contraction.errors import CNodeError

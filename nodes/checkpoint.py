@@ -75,6 +75,9 @@ def _write(path: Path, payload: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would leave the checkpoint unreadable to others
         with os.fdopen(fd, "wb") as fh:
             torch.save(payload, fh)
             fh.flush()

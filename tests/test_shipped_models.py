@@ -21,7 +21,8 @@ def test_every_shipped_checkpoint_is_in_the_manifest_and_small():
     for ds in ("mnist", "fashion-mnist"):
         assert {(ds, "nominal"), (ds, "weight-regularized"), (ds, "certified-trained")} <= kinds
     for p in MODELS.glob("*.pt"):
-        assert p.stat().st_size < 1_000_000
+        assert p.stat().st_size <= 2_000_000  # the issue's bound: 2 MB per shipped model
+        assert "training_state" not in load_checkpoint(p)  # stripped: no optimizer state shipped
 
 
 @pytest.mark.parametrize("entry", MANIFEST, ids=[m["file"] for m in MANIFEST])
@@ -40,3 +41,16 @@ def test_shipped_checkpoint_certifies_as_its_manifest_says(entry, real_data_root
         assert attacked.broken == 0
     with torch.no_grad():
         assert model(data.tensors(0, 4)[0]).shape == (4, 10)
+
+
+def test_measured_figures_of_the_frontier_models_are_consistent():
+    """The full-test-set figures recorded for the certified-trained Linf models: certified <= PGD-100 <= clean, no
+    certified input broken by PGD or the attack check, all 10,000 test images, a reproducing command."""
+    measured = [m for m in MANIFEST if "measured" in m]
+    assert {m["file"] for m in measured} >= {"mnist_linf_0.1.pt"}
+    for m in measured:
+        r = m["measured"]
+        assert r["test_images"] == 10_000
+        assert r["certified"] <= r["pgd100"] <= r["clean"]
+        assert r["pgd_broken_certified"] == 0 and r["attack_check"]["broken"] == 0 and r["certify_exit_code"] == 0
+        assert m["command"].startswith("cnode train ") and f"--certified-eps {m['check']['eps']:g}" in m["command"]

@@ -92,3 +92,17 @@ def test_a_version_1_checkpoint_loads_as_the_paper_architecture():
                                                     padding=1))
     assert model.config.padding == "zeros"
     torch.testing.assert_close(model.embedding(u), x)
+
+
+def test_atomic_writes_get_the_umasks_permissions_not_the_temp_files(tmp_path):
+    import os
+    import stat
+
+    from nodes import ConvNODE, ModelConfig, save_model
+
+    old = os.umask(0o022)
+    try:
+        path = save_model(tmp_path / "m.pt", ConvNODE(ModelConfig(channels=2, steps=1)))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

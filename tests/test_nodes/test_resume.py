@@ -117,4 +117,6 @@ def test_cnode_train_resume_strip_and_refusals(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(cli, "train", interrupted)
     assert cnode_main(argv + ["--epochs", "1", "--out", str(tmp_path / "x.pt")]) == 130
-    assert "interrupted" in capsys.readouterr().err
+    assert "interrupted before the first epoch finished: nothing saved" in capsys.readouterr().err
+    assert cnode_main(argv + ["--epochs", "3"]) == 130  # `out` holds 2 finished epochs
+    assert f"continue with --resume {out}" in capsys.readouterr().err
