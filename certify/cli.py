@@ -155,8 +155,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[
     flags default to the `--arch` preset's value (only the flags given override it)."""
     model = cls is ModelConfig
     if model:
-        parser.add_argument("--arch", choices=list(ARCHS), default=DEFAULT_ARCH,
-                            help="architecture preset; any field below overrides it (default: %(default)s)")
+        parser.add_argument("--arch", choices=list(ARCHS), default=None,
+                            help=f"architecture preset; any field below overrides it (default: {DEFAULT_ARCH})")
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -178,7 +178,8 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
     """Build a validated config dataclass from parsed flags (a ModelConfig from its `--arch` preset + overrides)."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     if cls is ModelConfig:
-        return ModelConfig.preset(getattr(args, "arch", DEFAULT_ARCH), **{k: v for k, v in given.items() if v is not None})
+        return ModelConfig.preset(getattr(args, "arch", None) or DEFAULT_ARCH,
+                                  **{k: v for k, v in given.items() if v is not None})
     return cls(**given)
 
 
@@ -221,6 +222,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CNodeError(f"{args.resume}: no training state to resume (a stripped or pre-0.4 checkpoint)")
         given = sorted(f.name for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name) and f.name != "epochs")
         given += sorted(f.name for f in dataclasses.fields(ModelConfig) if getattr(args, f.name, None) is not None)
+        given += ["arch"] if args.arch is not None else []
         if given:
             raise CNodeError(f"--resume continues the stored recipe; only --epochs may change (given: "
                              f"{', '.join(_flag(g) for g in given)})")

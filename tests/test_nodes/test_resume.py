@@ -101,7 +101,8 @@ def test_cnode_train_resume_strip_and_refusals(tmp_path, capsys, monkeypatch):
     assert load_checkpoint(out)["train_config"]["epochs"] == 2
     # refusals: a finished run, a changed recipe, a stripped file
     for extra, message in ((["--epochs", "2"], "finished 2 of 2"), (["--lr", "0.1", "--epochs", "3"], "--lr"),
-                           (["--channels", "4", "--epochs", "3"], "--channels")):
+                           (["--channels", "4", "--epochs", "3"], "--channels"),
+                           (["--arch", "paper", "--epochs", "3"], "--arch")):
         assert cnode_main(["train", "--resume", str(out), "--out", str(out), "-q", *extra]) == 2
         assert message in capsys.readouterr().err
     slim = tmp_path / "slim.pt"
