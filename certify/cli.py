@@ -253,10 +253,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"\ninterrupted: {args.out} holds the last finished epoch (continue with --resume {args.out})" if done
               else "\ninterrupted before the first epoch finished: nothing saved", file=sys.stderr)
         return 130
-    metrics = {**history_metrics(history, test_data), "device": str(device)}
-    state = TrainingState.from_dict(load_checkpoint(args.out)["training_state"]) if train_cfg.epochs else None
-    save_model(args.out, model, train_config=train_cfg, metrics=metrics,
-               training_state=state.to_dict() if state is not None else None)
+    if train_cfg.epochs == 0:  # no epoch ran, so train() wrote no checkpoint
+        save_model(args.out, model, train_config=train_cfg,
+                   metrics={**history_metrics(history, test_data), "device": str(device)})
     print(f"saved {args.out}")
     return 0
 

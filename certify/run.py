@@ -333,6 +333,12 @@ class AttackCheck:
                                                "loss": "margin"}, "square": {"queries": self.square_queries}}
 
 
+def _images(inputs: ImageData | torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+    """The float images [len(sel), C, S, S] in [0, 1] at indices `sel` of a dataset or of a float image tensor."""
+    x = inputs.images[sel].float() / 255.0 if isinstance(inputs, ImageData) else inputs[sel.to(inputs.device)]
+    return x.float()
+
+
 def attack_check(
     model: ConvNODE, inputs: ImageData | torch.Tensor, report: CertifyReport, *, limit: int = 200, restarts: int = 3,
     steps: int = 40, queries: int = 300, batch_size: int = 100,
@@ -345,8 +351,7 @@ def attack_check(
     device = module_device(model)
     for start in range(0, len(idx), batch_size):
         sel = idx[start:start + batch_size]
-        x = inputs.images[sel].float() / 255.0 if isinstance(inputs, ImageData) else inputs[sel.to(inputs.device)]
-        x, y = x.float().to(device), report.labels[sel].to(device)
+        x, y = _images(inputs, sel).to(device), report.labels[sel].to(device)
         r = report.radii[sel].to(device=device, dtype=torch.float32)
         for name, adv in (
             ("pgd", pgd(model, x, y, eps=r, norm=report.norm, steps=steps, restarts=restarts, loss="margin")),
@@ -387,8 +392,7 @@ def pgd_check(model: ConvNODE, inputs: ImageData | torch.Tensor, report: Certify
     starts = range(0, report.n, batch_size)
     for start in tqdm(starts, desc="pgd", leave=False, disable=None if progress else True):
         sel = torch.arange(start, min(start + batch_size, report.n))
-        x = inputs.images[sel].float() / 255.0 if isinstance(inputs, ImageData) else inputs[sel.to(inputs.device)]
-        x, y = x.float().to(device), report.labels[sel].to(device)
+        x, y = _images(inputs, sel).to(device), report.labels[sel].to(device)
         adv = pgd(model, x, y, eps=report.eps, norm=report.norm, steps=steps, restarts=restarts)
         wrong = is_adversarial(model, adv, y).cpu() | (report.predictions[sel] != report.labels[sel])
         robust += int((~wrong).sum())

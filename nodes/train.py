@@ -213,7 +213,7 @@ def train(
         history, first = resume.history, resume.epoch
     use_reg = regularizer is not None and config.reg_weight > 0
     use_obj = objective is not None and config.certified_eps > 0
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     was_training = model.training
     for epoch in range(first, config.epochs):
         model.train()
@@ -274,7 +274,8 @@ def train(
         if checkpoint is not None:
             state = TrainingState(epoch + 1, optimizer.state_dict(), scheduler.state_dict(),
                                   _rng_state(gen, reg_gen), history)
-            save_model(checkpoint, model, train_config=config, metrics=history_metrics(history, test_data),
+            save_model(checkpoint, model, train_config=config,
+                       metrics={**history_metrics(history, test_data), "device": str(device)},
                        training_state=state.to_dict())
         if on_epoch is not None:
             on_epoch(epoch, history)
