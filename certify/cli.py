@@ -442,11 +442,14 @@ def _add_certify(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=0, help="certify the first N test images (0: all)")
     p.add_argument("--bound", choices=list(BOUNDS), default="auto",
                    help="global = Lipschitz product with the best weight bound of the ODE block; lmi = the same with "
-                   "the S-procedure LMI (circular padding, --norm 2; about a minute); local = interval + local-slope "
-                   "boxes over the eps-ball; crown = linear bound propagation (CROWN-IBP style); auto (default) = "
-                   "global, then local and crown on the inputs still uncertified")
+                   "the S-procedure LMI (circular padding, --norm 2; about a minute); the tight stages, each run "
+                   "on the inputs the earlier ones leave unproven: local = global, then interval + local-slope boxes "
+                   "over the eps-ball; crown = ... then a linear backward pass over the boxes (CROWN-IBP style); "
+                   "linear = ... then linear intermediate bounds (about 1 s per image on the paper's model); "
+                   "auto (default) = every stage, with a PGD attack before the linear stage that skips the inputs "
+                   "it breaks (reported as falsified)")
     p.add_argument("--radius", action="store_true",
-                   help="with local/crown/auto: bisect each input's certified radius (about 12x the time)")
+                   help="with local/crown/linear/auto: bisect each input's certified radius (about 12x the time)")
     p.add_argument("--attack-check", action="store_true",
                    help="attack certified inputs inside their radius (PGD + gradient-free); any success exits 1")
     p.add_argument("--pgd", type=int, default=0, metavar="STEPS",

@@ -7,7 +7,11 @@
 - `bounds(box, interval)`: a box of the output (and of the pre-activation, for nonlinear layers) over the input box,
   keeping a centre point run through the exact layer (the mean-value enclosures of the Euler steps use it);
 - `backward(lam, const, pre, rows)`: carry a linear lower bound `lam . output + const` back to the layer's input
-  (CROWN-style), with the sound relaxation `k z + lower <= sigma(z) <= k z + upper` on each neuron's interval.
+  (CROWN-style), with the sound relaxation `k z + lower <= sigma(z) <= k z + upper` on each neuron's interval;
+- `symbolic(s, pre, concretize)`: carry a linear enclosure `x = A u + c + r * delta` (|delta| <= 1) of the layer's
+  input in terms of the network's input u forward to its output (forward linear relaxation: the intermediate
+  bounds of certify.linear), for nonlinear layers through the same relaxation on the pre-activation's interval
+  (its symbolic range over the input set, `concretize`, met with the box `pre`).
 
 Affine layers (Normalize, Conv, Flatten, Linear) share their interval and backward rules through four primitives:
 the linear part `apply`, `apply_abs` (|A| r), `adjoint` (A^T y) and the bias."""
@@ -15,17 +19,18 @@ the linear part `apply`, `apply_abs` (|A| r), `adjoint` (A^T y) and the bias."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-from contraction.convops import (apply_conv, apply_conv_adjoint, apply_conv_general, apply_conv_general_adjoint,
+from contraction.convops import (apply_conv, apply_conv_adjoint, apply_conv_columns, apply_conv_general, apply_conv_general_adjoint,
                                  centre_taps, conv_general_spectral_norm_tensor, conv_spectral_norm_tensor)
 from contraction.errors import CNodeError
 from contraction.slopes import Activation
 from contraction.weights import euler_factor_2, euler_factor_inf
 from certify.relax import relax
 
-__all__ = ["Box", "Layer", "Affine", "Normalize", "Conv", "Flatten", "Linear", "Act", "EulerStep"]
+__all__ = ["Box", "Symbolic", "columns", "Layer", "Affine", "Normalize", "Conv", "Flatten", "Linear", "Act", "EulerStep"]
 
 Pre = tuple[torch.Tensor, torch.Tensor] | None
 
@@ -42,6 +47,25 @@ class Box:
     def radius(self) -> torch.Tensor:
         """Largest deviation from the centre inside the box, per coordinate."""
         return torch.maximum(self.centre - self.lo, self.hi - self.centre).clamp_min(0.0)
+
+
+@dataclass(frozen=True)
+class Symbolic:
+    """x = A u + c + r * delta for every input u of the set, with some |delta| <= 1 (elementwise): the linear part
+    `A` [*shape, B, n] (the columns last: one per input coordinate and image), the offset `c` and the error radius
+    `r` >= 0 [B, *shape]."""
+
+    A: torch.Tensor
+    c: torch.Tensor
+    r: torch.Tensor
+
+
+def columns(t: torch.Tensor) -> torch.Tensor:
+    """A per-input tensor [B, *shape] laid out to scale the columns of a linear part: [*shape, B, 1]."""
+    return t.movedim(0, -1).unsqueeze(-1)
+
+
+Concretize = Callable[[Symbolic], tuple[torch.Tensor, torch.Tensor]]
 
 
 def meet(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,6 +97,9 @@ class Layer:
 
     def backward(self, lam: torch.Tensor, const: torch.Tensor, pre: Pre,
                  rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def symbolic(self, s: Symbolic, pre: Pre, concretize: Concretize) -> tuple[Symbolic, Pre]:
         raise NotImplementedError
 
 
@@ -124,6 +151,17 @@ class Affine(Layer):
             const = const + _sum_but_first(lam * b)
         return self.adjoint(lam), const
 
+    def apply_columns(self, A: torch.Tensor) -> torch.Tensor:
+        """The linear part applied to every column of A [*in_shape, B, n] -> [*out_shape, B, n] (generic path:
+        the columns as a batch; layers override it with a columns-last product)."""
+        B, n = A.shape[-2:]
+        out = self.apply(A.flatten(-2).movedim(-1, 0))
+        return out.movedim(0, -1).unflatten(-1, (B, n))
+
+    def symbolic(self, s: Symbolic, pre: Pre, concretize: Concretize) -> tuple[Symbolic, Pre]:
+        """Exact for the linear part; the error box through |A|."""
+        return Symbolic(self.apply_columns(s.A), self(s.c), self.apply_abs(s.r)), None
+
 
 @dataclass(frozen=True, eq=False)
 class Normalize(Affine):
@@ -140,6 +178,9 @@ class Normalize(Affine):
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return y / self.std
+
+    def apply_columns(self, A: torch.Tensor) -> torch.Tensor:
+        return A / self.std[..., None, None]
 
     def bias_map(self) -> torch.Tensor:
         return -self.mean / self.std
@@ -180,6 +221,11 @@ class Conv(Affine):
     def apply_abs(self, r: torch.Tensor) -> torch.Tensor:
         """|T(K)| r with |K| taken tap by tap (>= the true |T| r when taps wrap onto each other)."""
         return self._conv(r, self.weight.abs())
+
+    def apply_columns(self, A: torch.Tensor) -> torch.Tensor:
+        B, n = A.shape[-2:]
+        out = apply_conv_columns(A.flatten(-2), self.weight, self.stride, self.pad, self.padding)
+        return out.unflatten(-1, (B, n))
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         if self.same:
@@ -229,6 +275,9 @@ class Flatten(Affine):
 
     apply_abs = apply
 
+    def apply_columns(self, A: torch.Tensor) -> torch.Tensor:
+        return A.flatten(0, len(self.shape) - 1)
+
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return y.reshape(y.shape[0], *self.shape)
 
@@ -257,6 +306,9 @@ class Linear(Affine):
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return y @ self.weight
+
+    def apply_columns(self, A: torch.Tensor) -> torch.Tensor:
+        return (self.weight @ A.flatten(1)).unflatten(1, A.shape[1:])
 
     def bias_map(self) -> torch.Tensor:
         return self.bias
@@ -288,6 +340,19 @@ def _relaxed(act: Activation, lam: torch.Tensor, pre: Pre, rows: torch.Tensor,
     return a * slope, _sum_but_first(a.clamp_min(0) * lower + a.clamp_max(0) * upper)
 
 
+def _symbolic_box(z: Symbolic, pre: Pre, concretize: Concretize) -> tuple[torch.Tensor, torch.Tensor]:
+    """The range of z over the input set: its symbolic range, met with the box `pre` when one is given."""
+    box = concretize(z)
+    return box if pre is None else meet(box, pre)
+
+
+def _centre_line(act: Activation, box: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """(k, mid, half): sigma(z) in k z + [mid - half, mid + half] on the box (certify.relax's parallel lines)."""
+    r = relax(act, box[0], box[1])
+    dtype = box[0].dtype
+    return r.slope.to(dtype), (0.5 * (r.lower + r.upper)).to(dtype), (0.5 * (r.upper - r.lower)).to(dtype)
+
+
 @dataclass(frozen=True, eq=False)
 class Act(Layer):
     """x = sigma(z) elementwise, slopes in [a, b] (increasing)."""
@@ -313,6 +378,12 @@ class Act(Layer):
                  rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         g, c = _relaxed(self.act, lam, pre, rows)
         return g, const + c
+
+    def symbolic(self, s: Symbolic, pre: Pre, concretize: Concretize) -> tuple[Symbolic, Pre]:
+        """sigma(z) = k z + mid + half * delta on the pre-activation's interval (the relaxation's centre line)."""
+        box = _symbolic_box(s, pre, concretize)
+        k, mid, half = _centre_line(self.act, box)
+        return Symbolic(columns(k) * s.A, k * s.c + mid, k * s.r + half), box
 
 
 @dataclass(frozen=True, eq=False)
@@ -370,3 +441,15 @@ class EulerStep(Layer):
         g, c = _relaxed(self.act, lam, pre, rows, self.h)
         back, c2 = self.conv.backward(g, const + c, None, rows)
         return lam + back, c2
+
+    def symbolic(self, s: Symbolic, pre: Pre, concretize: Concretize) -> tuple[Symbolic, Pre]:
+        """x+ = (I + h diag(k) T) x + h k b + h (mid + half * delta) with sigma(z) = k z + mid + half * delta on z's
+        interval: the linear part exact, the error through |I + h diag(k) T| (the mean-value rule's centre taps)."""
+        layer, h = self.conv, self.h
+        z = Symbolic(layer.apply_columns(s.A), layer(s.c), layer.apply_abs(s.r))
+        box = _symbolic_box(z, pre, concretize)
+        k, mid, half = _centre_line(self.act, box)
+        c = layer.centre()
+        off = (z.r - c.abs() * s.r).clamp_min(0.0)
+        r = (1 + h * k * c).abs() * s.r + h * k * off + h * half
+        return Symbolic(z.A.mul_(columns(h * k)).add_(s.A), s.c + h * (k * z.c + mid), r), box

@@ -36,6 +36,12 @@ class LocalBounds:
     def lo(self) -> torch.Tensor:
         return self.boxes[-1][0]
 
+    def select(self, rows: torch.Tensor) -> "LocalBounds":
+        """The bounds of the inputs `rows` (an index or boolean mask over the batch)."""
+        pick = lambda pair: None if pair is None else (pair[0][rows], pair[1][rows])  # noqa: E731
+        return LocalBounds([pick(b) for b in self.boxes], [pick(p) for p in self.pre], self.input_lo[rows],
+                           self.input_hi[rows])
+
     @property
     def hi(self) -> torch.Tensor:
         return self.boxes[-1][1]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from contraction.certificates import Certificate
-from certify.run import CertifyReport
+from certify.run import STAGES, CertifyReport
 
 __all__ = ["format_report", "format_certificates", "write_json", "plot_curves"]
 
@@ -32,9 +32,12 @@ def format_report(report: CertifyReport, model_path: str = "") -> str:
         f"  network constant L_yj   {float(b.constants().max()):8.4g}   (largest pairwise)",
         f"  time                    {report.timing['total_seconds']:8.2f} s "
         f"(bound {report.timing['bound_seconds']:.2f} s, radii {report.timing['certify_seconds']:.2f} s"
-        + "".join(f", {m} {report.timing[m + '_seconds']:.2f} s" for m in ("local", "crown")
+        + "".join(f", {m} {report.timing[m + '_seconds']:.2f} s" for m in STAGES[1:] + ("attack", "radius")
                   if m + "_seconds" in report.timing) + ")",
     ]
+    if report.falsified is not None and report.falsified_count:
+        lines.insert(3, f"  falsified               {report.falsified_count:8d}   (PGD found an adversarial input in the "
+                        "eps-ball: no certificate exists)")
     if report.attack is not None:
         a = report.attack
         lines.append(f"  attack check            {a.broken} of {a.attacked} certified inputs broken inside "

@@ -17,7 +17,7 @@ from certify.attacks import is_adversarial, pgd, square
 from nodes.train import eval_mode
 from certify.lipschitz import NetworkBound, best_network_bound
 from certify.radius import certified_accuracy, certified_radii, roundoff_slack
-from certify.tight import certified_at, local_and_crown, tight_radii
+from certify.tight import TIGHT_STAGES, escalate, tight_radii
 from certify.unrolled import Unrolled, unroll
 from nodes.classifier import ConvNODE
 from nodes.data import ImageData, batches
@@ -33,21 +33,26 @@ ROUNDOFF_REL = 1e-4
 
 @dataclass(frozen=True)
 class BoundMethod:
-    """A `--bound` choice: the block certificates of the global stage, then the tight stages on what is left."""
+    """A `--bound` choice: the block certificates of the global stage, then the tight stages (certify.tight) in
+    order, each on the inputs still unproven; `falsify`: attack those inputs before the expensive stages."""
 
-    tight: tuple[str, ...]  # () or ("local",), ("crown",), ("local", "crown") (one shared pass)
+    tight: tuple[str, ...]
     lmi: bool = False
+    falsify: bool = False
     help: str = ""
 
 
 BOUNDS: dict[str, BoundMethod] = {
     "global": BoundMethod((), help="Lipschitz product with the best weight bound of the ODE block"),
     "lmi": BoundMethod((), lmi=True, help="the same with the S-procedure LMI block certificate (--norm 2, circular)"),
-    "local": BoundMethod(("local",), help="global, then interval + local-slope boxes over the eps-ball"),
-    "crown": BoundMethod(("crown",), help="global, then boxes + linear bound propagation (CROWN-IBP style)"),
-    "auto": BoundMethod(("local", "crown"), help="global, then boxes, then CROWN on the margins still open"),
+    "local": BoundMethod(TIGHT_STAGES[:1], help="global, then interval + local-slope boxes over the eps-ball"),
+    "crown": BoundMethod(TIGHT_STAGES[:2], help="... then a linear backward pass over the boxes (CROWN-IBP style)"),
+    "linear": BoundMethod(TIGHT_STAGES[:3], help="... then linear intermediate bounds and the backward pass over them"),
+    "auto": BoundMethod(TIGHT_STAGES, falsify=True,
+                        help="every stage, with a PGD attack dropping the inputs it breaks before the linear stage"),
 }
-STAGES = ("global", "local", "crown")
+STAGES = ("global",) + TIGHT_STAGES
+FALSIFY_STEPS = 20  # PGD steps (margin loss) of auto's attack before the expensive stages
 
 
 @dataclass
@@ -56,7 +61,9 @@ class CertifyReport:
 
     One radius convention: `radii[i]` is the radius of a closed ball around input i on which the prediction is
     proven (0 when misclassified); input i is certified at eps iff radii[i] >= eps. `certified_by[i]` names the
-    stage that proved it ('global', 'local', 'crown'), or '' when it is not certified at eps."""
+    stage that proved it ('global', 'local', 'crown', 'linear'), or '' when it is not certified at eps.
+    `falsified[i]`: an attack found an adversarial input in its eps-ball (auto's check before the expensive
+    stages; then no certificate exists)."""
 
     dataset: str
     norm: str
@@ -68,6 +75,7 @@ class CertifyReport:
     certified_by: list[str]
     timing: dict[str, float]
     roundoff: dict[str, float]
+    falsified: torch.Tensor | None = None
     attack: AttackCheck | None = None
     pgd: "PGDCheck | None" = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -93,6 +101,10 @@ class CertifyReport:
         return {m: self.certified_by.count(m) for m in STAGES if m in self.certified_by}
 
     @property
+    def falsified_count(self) -> int:
+        return int(self.falsified.sum()) if self.falsified is not None else 0
+
+    @property
     def median_radius(self) -> float:
         return float(self.radii.median()) if self.n else 0.0
 
@@ -106,6 +118,7 @@ class CertifyReport:
             "certified_accuracy": self.certified_accuracy,
             "median_radius": self.median_radius,
             "certified_by": self.certified_counts(),
+            "falsified": self.falsified_count,
             "bound": self.bound.to_dict(),
             "roundoff": self.roundoff,
             "timing": self.timing,
@@ -113,9 +126,10 @@ class CertifyReport:
             "pgd": self.pgd.to_dict() if self.pgd is not None else None,
             "samples": [
                 {"index": i, "label": int(y), "prediction": int(p), "radius": float(r), "certified": bool(c),
-                 "certified_by": by}
-                for i, (y, p, r, c, by) in enumerate(zip(self.labels, self.predictions, self.radii,
-                                                         self.certified_mask.tolist(), self.certified_by))
+                 "certified_by": by, "falsified": f}
+                for i, (y, p, r, c, by, f) in enumerate(zip(
+                    self.labels, self.predictions, self.radii, self.certified_mask.tolist(), self.certified_by,
+                    self.falsified.tolist() if self.falsified is not None else [False] * self.n))
             ],
             **self.extra,
         }
@@ -145,6 +159,7 @@ class CertifyPlan:
     norm: str
     bound: str
     tight: tuple[str, ...]
+    falsify: bool
     network: NetworkBound
     unrolled: Unrolled | None
     batch_size: int
@@ -190,7 +205,8 @@ def plan_certification(model: ConvNODE, sample: torch.Tensor, *, eps: float, nor
             raise CertificateWithheldError(f"LMI certificate not available: {lmi.status}: {lmi.condition}")
         certs = [lmi]
     network = best_network_bound(model, norm, certs)
-    return CertifyPlan(eps=eps, norm=norm, bound=bound, tight=tight, network=network,
+    return CertifyPlan(eps=eps, norm=norm, bound=bound, tight=tight, falsify=method.falsify and bool(tight),
+                       network=network,
                        unrolled=unroll(model) if tight else None,
                        batch_size=batch_size if not tight else min(batch_size, 100), radius=radius and bool(tight),
                        roundoff=measured, seconds=time.perf_counter() - t0)
@@ -198,17 +214,30 @@ def plan_certification(model: ConvNODE, sample: torch.Tensor, *, eps: float, nor
 
 @dataclass
 class BatchResult:
-    """One batch: predictions, proven radii, the stage that certified each input, seconds per stage."""
+    """One batch: predictions, proven radii, the stage that certified each input, falsified inputs, seconds per
+    stage."""
 
     labels: torch.Tensor
     predictions: torch.Tensor
     radii: torch.Tensor
     certified_by: list[str]
+    falsified: torch.Tensor
     seconds: dict[str, float]
 
 
+def _falsifier(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, norm: str):  # -> certify.tight.Falsify
+    """The escalation's attack on inputs `idx` of the batch at eps: PGD (margin loss, fixed seed) on the model as it
+    runs; True where it found an adversarial input."""
+    def falsify(idx: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+        e = eps.to(torch.float32) if isinstance(eps, torch.Tensor) else eps
+        adv = pgd(model, x[idx], y[idx], eps=e, norm=norm, steps=FALSIFY_STEPS, loss="margin")
+        return is_adversarial(model, adv, y[idx])
+    return falsify
+
+
 def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.Tensor) -> BatchResult:
-    """Global radii for every input, then the plan's tight stages on the correct inputs still uncertified."""
+    """Global radii for every input, then the plan's tight stages, escalated, on the correct inputs still
+    uncertified."""
     seconds = dict.fromkeys(STAGES, 0.0)
     ts = time.perf_counter()
     device = module_device(model)
@@ -219,28 +248,30 @@ def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.
     r = certified_radii(z, y, plan.network.constants().to(device), slack)
     ok = r >= plan.eps
     names = ["global" if c else "" for c in ok.tolist()]
+    falsified = torch.zeros(len(y), dtype=torch.bool)
     seconds["global"] += time.perf_counter() - ts
     net, tight = plan.unrolled, plan.tight
     todo = torch.nonzero(~ok & (z.argmax(1) == y)).flatten()
     if len(todo) and tight:
-        ts = time.perf_counter()
-        if tight == ("local", "crown"):  # one pass: the boxes, then CROWN on the margins they leave open
-            got_local, got = local_and_crown(net, x[todo], y[todo], plan.eps, plan.norm, slack[todo])
-        else:
-            got = certified_at(net, x[todo], y[todo], plan.eps, plan.norm, tight[0], slack[todo])
-            got_local = got if tight == ("local",) else torch.zeros_like(got)
-        seconds[tight[-1]] += time.perf_counter() - ts
-        for i, by_local in zip(todo[got].tolist(), got_local[got].tolist()):
-            names[i] = "local" if by_local else tight[-1]
-        r[todo[got]] = plan.eps  # certified at eps: the closed eps-ball is proven
+        hook = _falsifier(model, x[todo], y[todo], plan.norm) if plan.falsify else None
+        esc = escalate(net, x[todo], y[todo], plan.eps, plan.norm, tight, slack[todo], hook)
+        for i, s in zip(todo.tolist(), esc.stage.tolist()):
+            if s >= 0:
+                names[i] = tight[s]
+        r[todo[esc.certified]] = plan.eps  # certified at eps: the closed eps-ball is proven
+        falsified[todo.cpu()] = esc.falsified.cpu()
+        for k, v in esc.seconds.items():
+            seconds[k] = seconds.get(k, 0.0) + v
     if plan.radius:
         ts = time.perf_counter()
         good = torch.nonzero(z.argmax(1) == y).flatten()
         if len(good):
+            hook = _falsifier(model, x[good], y[good], plan.norm) if plan.falsify else None
             r[good] = tight_radii(net, x[good], y[good], plan.norm, tight[-1], slack[good], r[good],
-                                  RADIUS_CAP[plan.norm])
-        seconds[tight[-1]] += time.perf_counter() - ts
-    return BatchResult(y.cpu(), z.argmax(1).cpu(), r.cpu(), names, {k: v for k, v in seconds.items() if v > 0})
+                                  RADIUS_CAP[plan.norm], falsify=hook)
+        seconds["radius"] = time.perf_counter() - ts
+    return BatchResult(y.cpu(), z.argmax(1).cpu(), r.cpu(), names, falsified,
+                       {k: v for k, v in seconds.items() if v > 0})
 
 
 def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[[int], Iterable[tuple]], n: int, *,
@@ -256,7 +287,7 @@ def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[
         it = tqdm(it, total=(n + plan.batch_size - 1) // plan.batch_size, desc=f"certify ({bound})", leave=False,
                   disable=None)
     results = [certify_batch(plan, model, x, y) for x, y in it]
-    seconds = {f"{m}_seconds": sum(b.seconds.get(m, 0.0) for b in results) for m in STAGES}
+    seconds = {f"{m}_seconds": sum(b.seconds.get(m, 0.0) for b in results) for m in STAGES + ("attack", "radius")}
     return CertifyReport(
         dataset=name,
         norm=plan.norm,
@@ -266,6 +297,7 @@ def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[
         predictions=torch.cat([b.predictions for b in results]) if results else torch.zeros(0, dtype=torch.long),
         radii=torch.cat([b.radii for b in results]) if results else torch.zeros(0, dtype=torch.float64),
         certified_by=[by for b in results for by in b.certified_by],
+        falsified=torch.cat([b.falsified for b in results]) if results else torch.zeros(0, dtype=torch.bool),
         timing={"bound_seconds": plan.seconds, "certify_seconds": time.perf_counter() - t1,
                 "total_seconds": time.perf_counter() - t0, **{k: v for k, v in seconds.items() if v > 0}},
         extra={"bound_mode": bound, "radius_bisection": plan.radius},

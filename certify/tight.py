@@ -1,64 +1,156 @@
-"""Tight certificates at a given eps: local boxes or CROWN-IBP margins, a decision per input, radii by bisection.
+"""Tight certificates at a given eps: the stages, escalated per input, and radii by bisection.
 
-An input is certified at eps when every lower bound of z_y - z_j (j != y) over the closed eps-ball intersected with
-[0, 1] exceeds the float32 round-off slack. Computed in float64 on an unrolled copy of the model."""
+The stages, cheapest first (each certifies an input when every lower bound of z_y - z_j, j != y, over the closed
+eps-ball intersected with [0, 1] exceeds the float32 round-off slack; float64 on an unrolled copy of the model):
+- 'local': interval + mean-value boxes through every layer (certify.local);
+- 'crown': one linear backward pass over those boxes (CROWN-IBP style, certify.crown), for the margins the boxes
+  leave open;
+- 'linear': linear intermediate bounds (certify.linear) met with the boxes, then the backward pass over them.
+`escalate` runs them in order, each only on the inputs the earlier ones left unproven (sharing the local boxes),
+and keeps the best bound of every margin so far: a later stage never loses what an earlier one proved. A
+`falsify` hook (an attack) may drop inputs with an adversarial example before the expensive 'linear' stage: no
+bound can prove those."""
 
 from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from contraction.errors import CNodeError
-from certify.crown import box_and_crown_margins, crown_margins
-from certify.local import local_margins
+from certify.crown import backward_margins
+from certify.linear import linear_bounds
+from certify.local import LocalBounds, box_margins, local_bounds
 from certify.unrolled import Unrolled
 
-__all__ = ["TIGHT_METHODS", "margin_lower_bounds", "certified_at", "local_and_crown", "tight_radii"]
+__all__ = ["TIGHT_STAGES", "Escalation", "stage_margins", "escalate", "margin_lower_bounds", "certified_at",
+           "tight_radii"]
 
-TIGHT_METHODS = ("local", "crown")
+TIGHT_STAGES = ("local", "crown", "linear")
+EXPENSIVE = ("linear",)  # stages preceded by the falsify hook
+
+Falsify = Callable[[torch.Tensor, "float | torch.Tensor"], torch.Tensor]  # (input indices, eps) -> adversarial found
+
+
+def _rows(t: torch.Tensor | float, idx: torch.Tensor) -> torch.Tensor | float:
+    """The rows `idx` of a per-input tensor; scalars (and 0-d tensors) pass through."""
+    return t[idx] if isinstance(t, torch.Tensor) and t.dim() else t
+
+
+def _open(margins: torch.Tensor, slack: torch.Tensor | float) -> torch.Tensor:
+    return margins <= torch.as_tensor(slack, dtype=margins.dtype, device=margins.device).reshape(-1, 1)
+
+
+def stage_margins(stage: str, net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor,
+                  norm: str, slack: torch.Tensor | float = 0.0, local: LocalBounds | None = None
+                  ) -> tuple[torch.Tensor, LocalBounds]:
+    """[B, K] lower bounds of z_y - z_j (+inf at j = y) by one stage, and the local boxes it used (given or built).
+
+    'crown' and 'linear' run their backward pass only for the margins their boxes leave at or below `slack` and
+    keep the box bound for the others (and wherever it is larger)."""
+    if stage not in TIGHT_STAGES:
+        raise CNodeError(f"tight stage must be one of {list(TIGHT_STAGES)}, got {stage!r}")
+    u = u.to(net.readout_weight.dtype)
+    if local is None:
+        local = local_bounds(net, u, eps, norm)
+    bounds = linear_bounds(net, u, eps, norm, local=local) if stage == "linear" else local
+    box = box_margins(net, labels, bounds.lo, bounds.hi)
+    if stage == "local":
+        return box, local
+    back = backward_margins(net, bounds, u, labels, eps, norm, _open(box, slack))
+    return torch.maximum(back, box), local
+
+
+@dataclass
+class Escalation:
+    """Per input: `stage` = the index (in the stages run) of the stage that certified it, -1 if none; `falsified`:
+    an adversarial example was found (by the falsify hook); `margins`: the best lower bounds reached, [B, K];
+    `seconds` per stage (and 'attack')."""
+
+    stage: torch.Tensor
+    falsified: torch.Tensor
+    margins: torch.Tensor
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def certified(self) -> torch.Tensor:
+        return self.stage >= 0
+
+
+def escalate(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str,
+             stages: tuple[str, ...] = TIGHT_STAGES, slack: torch.Tensor | float = 0.0,
+             falsify: Falsify | None = None) -> Escalation:
+    """Run `stages` in order, each on the inputs still unproven (per-input `eps` and `slack` allowed)."""
+    B = u.shape[0]
+    dev = u.device
+    stage = torch.full((B,), -1, dtype=torch.long, device=dev)
+    falsified = torch.zeros(B, dtype=torch.bool, device=dev)
+    best = torch.full((B, net.readout_weight.shape[0]), -torch.inf, dtype=net.readout_weight.dtype, device=dev)
+    seconds: dict[str, float] = {}
+    todo = torch.arange(B, device=dev)
+    local: LocalBounds | None = None
+    for i, name in enumerate(stages):
+        if not len(todo):
+            break
+        if falsify is not None and name in EXPENSIVE:
+            t0 = time.perf_counter()
+            bad = falsify(todo, _rows(eps, todo)).to(dev)
+            falsified[todo[bad]] = True
+            todo, local = todo[~bad], local.select(~bad) if local is not None else None
+            seconds["attack"] = seconds.get("attack", 0.0) + time.perf_counter() - t0
+            if not len(todo):
+                break
+        t0 = time.perf_counter()
+        m, local = stage_margins(name, net, u[todo], labels[todo], _rows(eps, todo), norm, _rows(slack, todo), local)
+        m = torch.maximum(m, best[todo])
+        best[todo] = m
+        got = ~_open(m, _rows(slack, todo)).any(1)
+        stage[todo[got]] = i
+        todo, local = todo[~got], local.select(~got)
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+    return Escalation(stage, falsified, best, seconds)
+
+
+def _chain(method: str) -> tuple[str, ...]:
+    """The stages up to `method` (a stage name), in order."""
+    if method not in TIGHT_STAGES:
+        raise CNodeError(f"tight method must be one of {list(TIGHT_STAGES)}, got {method!r}")
+    return TIGHT_STAGES[:TIGHT_STAGES.index(method) + 1]
 
 
 def margin_lower_bounds(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor,
                         norm: str, method: str, slack: torch.Tensor | float = 0.0) -> torch.Tensor:
-    """[B, K] lower bounds of z_y - z_j over the input set (+inf at j = y) by `method` ('local' or 'crown')."""
-    u = u.to(net.readout_weight.dtype)
-    if method == "local":
-        return local_margins(net, u, labels, eps, norm)
-    if method == "crown":
-        return crown_margins(net, u, labels, eps, norm, slack)
-    raise CNodeError(f"tight method must be one of {list(TIGHT_METHODS)}, got {method!r}")
+    """[B, K] lower bounds of z_y - z_j over the input set (+inf at j = y): the best of the stages up to `method`."""
+    return escalate(net, u, labels, eps, norm, _chain(method), slack).margins
 
 
 def certified_at(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str,
-                 method: str, slack: torch.Tensor | float = 0.0) -> torch.Tensor:
-    """Boolean [B]: every margin's lower bound over the eps-ball exceeds `slack`."""
-    low = margin_lower_bounds(net, u, labels, eps, norm, method, slack).amin(1)
-    return low > torch.as_tensor(slack, dtype=low.dtype)
-
-
-def local_and_crown(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str,
-                    slack: torch.Tensor | float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """([B] certified by the local boxes alone, [B] certified by crown), from one shared set of local bounds."""
-    box, low = box_and_crown_margins(net, u.to(net.readout_weight.dtype), labels, eps, norm, slack)
-    s = torch.as_tensor(slack, dtype=box.dtype).reshape(-1, 1)
-    return (box > s).all(1), (low > s).all(1)
+                 method: str, slack: torch.Tensor | float = 0.0, falsify: Falsify | None = None) -> torch.Tensor:
+    """Boolean [B]: certified by one of the stages up to `method` (escalated per input)."""
+    return escalate(net, u, labels, eps, norm, _chain(method), slack, falsify).certified
 
 
 def tight_radii(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, norm: str, method: str,
-                slack: torch.Tensor | float, lo: torch.Tensor, hi: float, iters: int = 12) -> torch.Tensor:
-    """Largest eps in [lo, hi] certified by `method`, by bisection per input (lo: radii already proven, e.g. global).
+                slack: torch.Tensor | float, lo: torch.Tensor, hi: float, iters: int = 12,
+                falsify: Falsify | None = None) -> torch.Tensor:
+    """Largest eps in [lo, hi] certified by the stages up to `method`, by bisection per input (lo: radii already
+    proven, e.g. global).
 
     The certified set only grows as eps shrinks, so the invariant 'certified at lo' holds throughout."""
     lo = lo.to(torch.float64).clone()
     up = torch.full_like(lo, hi)
-    ok = certified_at(net, u, labels, up, norm, method, slack)
+    ok = certified_at(net, u, labels, up, norm, method, slack, falsify)
     lo = torch.where(ok, up, lo)
     for _ in range(iters):
         todo = ~ok & (up - lo > 1e-4 * up)
         if not bool(todo.any()):
             break
+        idx = torch.nonzero(todo).flatten()
         mid = 0.5 * (lo + up)
-        good = certified_at(net, u[todo], labels[todo], mid[todo], norm, method,
-                            slack[todo] if isinstance(slack, torch.Tensor) and slack.dim() else slack)
+        sub = None if falsify is None else (lambda i, e, idx=idx: falsify(idx[i], e))
+        good = certified_at(net, u[todo], labels[todo], mid[todo], norm, method, _rows(slack, idx), sub)
         sub_lo, sub_up = lo[todo], up[todo]
         lo[todo] = torch.where(good, mid[todo], sub_lo)
         up[todo] = torch.where(good, sub_up, mid[todo])

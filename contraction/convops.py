@@ -30,6 +30,7 @@ __all__ = [
     "conv_inf_norm",
     "apply_conv_general",
     "apply_conv_general_adjoint",
+    "apply_conv_columns",
     "conv_output_size",
     "conv_general_spectral_norm_tensor",
 ]
@@ -187,6 +188,38 @@ def apply_conv_general(x: torch.Tensor, K: torch.Tensor, stride: int, pad: int, 
     if padding == "circular" and pad > 0:
         return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="circular"), K, stride=stride)
     return F.conv2d(x, K, stride=stride, padding=pad)
+
+
+def apply_conv_columns(x: torch.Tensor, K: torch.Tensor, stride: int, pad: int, padding: str) -> torch.Tensor:
+    """`apply_conv_general` on G columns stored last: x [C_in, H, W, G] -> [C_out, H_out, W_out, G].
+
+    The layout of linear bounds (certify.linear: one column per input coordinate and image). One matrix product
+    per output row and tap, each over W_out x G contiguous values: several times faster than conv2d on the
+    columns as a batch in float64 (whose CPU path is an im2col loop), and no padded copy for zero padding."""
+    _check_padding(padding)
+    C_in, H, W, G = x.shape
+    k = K.shape[-1]
+    if padding == "circular" and pad > 0:  # materialise the wrapped border, then read it unpadded
+        rows = torch.arange(-pad, H + pad, device=x.device) % H
+        cols = torch.arange(-pad, W + pad, device=x.device) % W
+        x = x.index_select(1, rows).index_select(2, cols)
+        H, W, pad = H + 2 * pad, W + 2 * pad, 0
+    H_out, W_out = (H + 2 * pad - k) // stride + 1, (W + 2 * pad - k) // stride + 1
+    out = torch.zeros(K.shape[0], H_out, W_out, G, dtype=x.dtype, device=x.device)
+    for v in range(k):  # output columns whose input column w * stride + v - pad lies inside
+        w_lo = max(0, -(-(pad - v) // stride))
+        w_hi = min(W_out - 1, (W - 1 - v + pad) // stride)
+        if w_hi < w_lo:
+            continue
+        c0 = w_lo * stride + v - pad
+        for u in range(k):
+            tap = K[:, :, u, v]
+            for h in range(H_out):
+                r = h * stride + u - pad
+                if 0 <= r < H:
+                    src = x[:, r, c0:c0 + (w_hi - w_lo) * stride + 1:stride].reshape(C_in, -1)
+                    out[:, h, w_lo:w_hi + 1].view(K.shape[0], -1).addmm_(tap, src)
+    return out
 
 
 def apply_conv_general_adjoint(y: torch.Tensor, K: torch.Tensor, stride: int, pad: int, padding: str,

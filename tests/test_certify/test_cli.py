@@ -35,7 +35,10 @@ def test_certify_json_schema(tiny_trained, tmp_path, capsys):
         assert key in report["bound"]
     s = report["samples"]
     assert [x["index"] for x in s] == list(range(50))
-    assert all(set(x) == {"index", "label", "prediction", "radius", "certified", "certified_by"} for x in s)
+    assert all(set(x) == {"index", "label", "prediction", "radius", "certified", "certified_by", "falsified"}
+               for x in s)
+    assert report["falsified"] == sum(x["falsified"] for x in s)
+    assert not any(x["falsified"] and x["certified"] for x in s)  # an adversarial input rules a certificate out
     assert report["certified_accuracy"] == pytest.approx(sum(x["certified"] for x in s) / 50)
     for x in s:  # one convention: the radius is a proven closed ball; certified at eps iff radius >= eps
         assert x["certified"] == (x["certified_by"] != "") == (x["radius"] >= 0.001)

@@ -133,10 +133,11 @@ def test_tighter_methods_certify_supersets(tiny_batch, norm, eps_list):
 def test_attacks_never_break_a_tight_certificate(tiny_trained):
     model, _ = tiny_trained
     data = load_dataset("mnist-mini", "test", limit=150)
-    for norm, eps in (("inf", 0.03), ("2", 0.4)):
-        report = certify_model(model, data, eps=eps, norm=norm, bound="crown")
+    for norm, eps, bound in (("inf", 0.03, "crown"), ("2", 0.4, "crown"), ("inf", 0.04, "linear")):
+        report = certify_model(model, data, eps=eps, norm=norm, bound=bound)
         assert report.certified_accuracy > 0, "the tiny model should certify something here"
-        assert set(report.certified_counts()) <= {"global", "crown"}
+        assert set(report.certified_counts()) <= {"global", "local", "crown", "linear"}
+        assert bound == "linear" or "linear" not in report.certified_counts()
         check = attack_check(model, data, report, limit=80, restarts=2, steps=30, queries=200)
         assert check.attacked > 0 and check.broken == 0, check
 
