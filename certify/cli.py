@@ -20,17 +20,19 @@ from contraction import __version__
 from contraction.certificates import block_certificates
 from contraction.errors import CNodeError
 from certify.attacks import pgd
+from certify.merge import format_merged, load_parts, merge_reports
 from certify.report import format_certificates, format_report, plot_curves, write_json
 from certify.robustness import ATTACK_EPS, format_robustness, robustness
 from certify.run import BOUNDS, attack_check, certify_model, check_eps, pgd_check
 from certify.study import METHODS, QUICK, StudyConfig, run_study
-from nodes.checkpoint import (load_checkpoint, load_model, model_from_checkpoint, save_model, strip_training_state,
+from nodes.checkpoint import (file_sha256, load_checkpoint, load_model, model_from_checkpoint, save_model, strip_training_state,
                               trained_dataset)
 from nodes.classifier import ConvNODE
 from nodes.config import (ARCHS, CERTIFIED_METHODS, DATASETS, DEFAULT_ARCH, EPS_RAMPS, DEFAULT_REG_WEIGHT, HINGES, INITS, NORMS, PADDINGS,
                           READOUTS, REGULARIZERS, SOLVERS, ModelConfig, TrainConfig)
 from nodes.data import EMBEDDED_NOTE, ImageData, load_dataset, resolve_data_root
 from nodes.device import DEVICES, module_device, resolve_device
+from nodes.distributed import SINGLE, Dist, close_distributed, init_distributed, parse_shard
 from nodes.train import TrainingState, evaluate, fit, history_metrics, train
 
 __all__ = ["main", "certify_main", "build_parser"]
@@ -200,21 +202,34 @@ def announce_data(data: ImageData) -> None:
         print(f"using the {EMBEDDED_NOTE}")
 
 
-def load_run(args: argparse.Namespace) -> tuple[ConvNODE, ImageData]:
-    """The checkpoint `args.model` and the test split of its dataset (or `--dataset`), first `--limit` images."""
+def load_run(args: argparse.Namespace, dist: Dist = SINGLE) -> tuple[ConvNODE, ImageData]:
+    """The checkpoint `args.model` and the test split of its dataset (or `--dataset`), first `--limit` images (on
+    this rank's device under torchrun)."""
     if args.limit < 0:
         raise CNodeError("--limit must be >= 0")
     payload = load_checkpoint(args.model)
-    model = model_from_checkpoint(payload, args.model).to(resolve_device(args.device))
+    model = model_from_checkpoint(payload, args.model).to(dist.device or resolve_device(args.device))
     dataset = args.dataset or trained_dataset(payload)
-    data = load_dataset(dataset, "test", data_root=args.data_root, download=args.download, limit=args.limit or None)
-    announce_data(data)
+    data = load_dataset(dataset, "test", data_root=args.data_root, download=args.download and dist.main,
+                        limit=args.limit or None)
+    if dist.main:
+        announce_data(data)
     return model, data
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train from the flags, or continue the run stored at --resume; the checkpoint at --out is rewritten after
-    every epoch (with its training state), so Ctrl-C or a crash keeps the last finished epoch."""
+    every epoch (with its training state), so Ctrl-C or a crash keeps the last finished epoch. Under torchrun
+    (WORLD_SIZE > 1) every rank trains its part of each batch (DistributedDataParallel); rank 0 prints and writes."""
+    dist = init_distributed(args.device)
+    try:
+        return _train(args, dist)
+    finally:
+        close_distributed(dist)
+
+
+def _train(args: argparse.Namespace, dist: Dist) -> int:
+    say = print if dist.main else (lambda *a, **k: None)
     state = None
     if args.resume:
         payload = load_checkpoint(args.resume)
@@ -233,30 +248,37 @@ def cmd_train(args: argparse.Namespace) -> int:
         if state.epoch >= train_cfg.epochs:
             raise CNodeError(f"{args.resume} has finished {state.epoch} of {train_cfg.epochs} epochs; give a larger "
                              "--epochs to train on")
-        print(f"resuming {args.resume} after epoch {state.epoch} of {train_cfg.epochs}", flush=True)
+        say(f"resuming {args.resume} after epoch {state.epoch} of {train_cfg.epochs}", flush=True)
     else:
         train_cfg = config_from_args(TrainConfig, args)
         torch.manual_seed(train_cfg.seed)
         model = ConvNODE(config_from_args(ModelConfig, args))
-    train_data = load_dataset(train_cfg.dataset, "train", data_root=args.data_root, download=args.download,
+    train_data = load_dataset(train_cfg.dataset, "train", data_root=args.data_root, download=args.download and dist.main,
                               limit=train_cfg.train_limit or None)
-    test_data = load_dataset(train_cfg.dataset, "test", data_root=args.data_root, download=args.download,
+    test_data = load_dataset(train_cfg.dataset, "test", data_root=args.data_root, download=args.download and dist.main,
                              limit=args.test_limit or None)
-    announce_data(train_data)
-    device = resolve_device(args.device)
+    if dist.main:
+        announce_data(train_data)
+    device = dist.device if dist.distributed else resolve_device(args.device)
+    if dist.distributed:
+        say(f"training on {dist.world} processes ({device.type}; batch {train_cfg.batch_size} split over the ranks)",
+            flush=True)
     logging.getLogger(__name__).info("training on %s", device)
     try:
-        history = train(model, train_data, train_cfg, test_data=test_data, device=device, progress=not args.quiet,
-                        on_epoch=_epoch_printer(train_cfg), checkpoint=args.out, resume=state)
+        history = train(model, train_data, train_cfg, test_data=test_data, device=device,
+                        progress=not args.quiet, on_epoch=_epoch_printer(train_cfg), checkpoint=args.out,
+                        resume=state, dist=dist)
     except KeyboardInterrupt:
+        if not dist.main:
+            return 130
         done = Path(args.out).is_file() and "training_state" in load_checkpoint(args.out)
         print(f"\ninterrupted: {args.out} holds the last finished epoch (continue with --resume {args.out})" if done
               else "\ninterrupted before the first epoch finished: nothing saved", file=sys.stderr)
         return 130
-    if train_cfg.epochs == 0:  # no epoch ran, so train() wrote no checkpoint
+    if train_cfg.epochs == 0 and dist.main:  # no epoch ran, so train() wrote no checkpoint
         save_model(args.out, model, train_config=train_cfg,
                    metrics={**history_metrics(history, test_data), "device": str(device)})
-    print(f"saved {args.out}")
+    say(f"saved {args.out}")
     return 0
 
 
@@ -301,6 +323,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    """One report from the shards' JSON parts; exits 1 like certify when a part's attack broke a certificate."""
+    merged = merge_reports(load_parts(args.parts))
+    Path(args.json).write_text(json.dumps(merged, indent=2))
+    print(format_merged(merged))
+    print(f"  wrote                   {args.json}")
+    broken = (merged["pgd"] or {}).get("broken_certified", 0) + (merged["attack_check"] or {}).get("broken", 0)
+    if broken:
+        print(f"cnode: error: {broken} certified inputs were broken by an attack: the certificate is unsound",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def _eps(text: str) -> float:
     try:
         value = float(text)
@@ -312,16 +348,30 @@ def _eps(text: str) -> float:
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
+    """Certify (a shard of) the test set; under torchrun the ranks split the inputs and rank 0 reports."""
     check_eps(args.eps)
     if args.limit < 0 or args.batch_size < 1 or args.pgd < 0:
         raise CNodeError("--limit and --pgd must be >= 0 and --batch-size >= 1")
-    model, data = load_run(args)
+    shard = parse_shard(args.shard) if args.shard else None
+    dist = init_distributed(args.device)
+    try:
+        return _certify_cmd(args, shard, dist)
+    finally:
+        close_distributed(dist)
+
+
+def _certify_cmd(args: argparse.Namespace, shard: tuple[int, int] | None, dist: Dist) -> int:
+    if dist.distributed and (args.plot or args.radius):
+        raise CNodeError("--plot and --radius run in one process (without torchrun)")
+    model, data = load_run(args, dist)
     report = certify_model(model, data, eps=args.eps, norm=args.norm, bound=args.bound, batch_size=args.batch_size,
-                           progress=not args.quiet, radius=args.radius)
+                           progress=not args.quiet, radius=args.radius, shard=shard, dist=dist)
+    if args.pgd:
+        report.pgd = pgd_check(model, data, report, steps=args.pgd, progress=not args.quiet, dist=dist)
+    if not dist.main:
+        return 0
     if args.attack_check:
         report.attack = attack_check(model, data, report)
-    if args.pgd:
-        report.pgd = pgd_check(model, data, report, steps=args.pgd, progress=not args.quiet)
     print(format_report(report, args.model))
     pgd_points = []
     if args.plot:
@@ -333,7 +383,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
         plot_curves(report, args.plot, pgd_points)
         print(f"  plot                    {args.plot}")
     if args.json:
-        write_json(report, args.json, model=str(args.model))
+        write_json(report, args.json, model=str(args.model), model_sha256=file_sha256(args.model))
     broken = (report.attack.broken if report.attack is not None else 0) + (
         report.pgd.broken_certified if report.pgd is not None else 0)
     if broken:
@@ -424,6 +474,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         if given is not None and given is not False:
             values[f.name] = tuple(given) if isinstance(given, list) else given
     values["device"] = str(resolve_device(args.device))
+    values["shard"] = parse_shard(args.shard) if args.shard else None
     cfg = StudyConfig(**values)  # validated there
     run_study(cfg, log=lambda line: print(line, flush=True))
     return 0
@@ -440,6 +491,10 @@ def _add_certify(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps", type=_eps, required=True, help="perturbation budget (on [0,1] pixels)")
     p.add_argument("--norm", choices=["inf", "2"], default="inf", help="threat model (default: %(default)s)")
     p.add_argument("--limit", type=int, default=0, help="certify the first N test images (0: all)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="certify only shard I of N (from 0) of the selected images, contiguous whole batches, for job "
+                   "arrays; join the --json parts with `cnode merge` (under torchrun the ranks split the images "
+                   "themselves)")
     p.add_argument("--bound", choices=list(BOUNDS), default="auto",
                    help="global = Lipschitz product with the best weight bound of the ODE block; lmi = the same with "
                    "the S-procedure LMI (circular padding, --norm 2; about a minute); the tight stages, each run "
@@ -496,6 +551,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("certify", help="certified robustness at eps (radii per input)",
                        description="Certified robustness radii of a ConvNODE checkpoint.")
     _add_certify(p)
+
+    p = sub.add_parser("merge", help="join the --json parts of `certify --shard I/N` into one report",
+                       description="Join the JSON reports of `cnode certify --shard I/N --json PART` (same checkpoint, "
+                       "eps, norm, bound and selection; every shard once) into one report, every figure recomputed "
+                       "from the per-input results.")
+    p.add_argument("parts", nargs="+", help="the shards' JSON reports")
+    p.add_argument("--json", required=True, help="the merged report to write")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("robustness", help="noise, attacks and certified accuracy of a checkpoint (our protocol)",
                        description="The evaluation protocol on one checkpoint.")
@@ -554,7 +617,12 @@ def build_parser() -> argparse.ArgumentParser:
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
         p.add_argument(flag, default=None, help=f"{help_} (default: {shown or 'none'})", **kwargs)
     p.add_argument("--report-only", action="store_true",
-                   help="train and evaluate nothing: tables and plots from the results already in --out")
+                   help="train and evaluate nothing: tables and plots from the results already in --out (joins the "
+                   "results of --shard jobs)")
+    p.add_argument("--jobs", type=int, default=None, help="models trained and evaluated in parallel local processes, "
+                   "each with its share of the cores (default: 1)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="only models I, I+N, I+2N, ... of the sweep (a job array's task; from 0); then --report-only")
     p.add_argument("--quick", action="store_true", help="smoke-test defaults: " + ", ".join(
         f"{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in QUICK.items())
         + " (flags given explicitly still win)")

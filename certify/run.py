@@ -22,6 +22,7 @@ from certify.unrolled import Unrolled, unroll
 from nodes.classifier import ConvNODE
 from nodes.data import ImageData, batches
 from nodes.device import module_device, place
+from nodes.distributed import SINGLE, Dist, batch_shard
 
 __all__ = ["CertifyReport", "CertifyPlan", "BatchResult", "AttackCheck", "PGDCheck", "plan_certification",
            "certify_batch", "certify_model", "certify_tensors", "attack_check", "pgd_check", "check_eps", "BOUNDS",
@@ -79,6 +80,11 @@ class CertifyReport:
     attack: AttackCheck | None = None
     pgd: "PGDCheck | None" = None
     extra: dict[str, Any] = field(default_factory=dict)
+    indices: torch.Tensor | None = None  # each input's index in the selected inputs (default 0..n-1; a shard's)
+    shard: tuple[int, int, int] | None = None  # (i, n, inputs selected) of a `--shard i/n` report
+
+    def index(self) -> torch.Tensor:
+        return self.indices if self.indices is not None else torch.arange(self.n)
 
     @property
     def n(self) -> int:
@@ -124,12 +130,15 @@ class CertifyReport:
             "timing": self.timing,
             "attack_check": self.attack.to_dict() if self.attack is not None else None,
             "pgd": self.pgd.to_dict() if self.pgd is not None else None,
+            "shard": None if self.shard is None else dict(zip(("index", "count", "inputs"), self.shard)),
             "samples": [
-                {"index": i, "label": int(y), "prediction": int(p), "radius": float(r), "certified": bool(c),
-                 "certified_by": by, "falsified": f}
-                for i, (y, p, r, c, by, f) in enumerate(zip(
-                    self.labels, self.predictions, self.radii, self.certified_mask.tolist(), self.certified_by,
-                    self.falsified.tolist() if self.falsified is not None else [False] * self.n))
+                {"index": int(i), "label": int(y), "prediction": int(p), "radius": float(r), "certified": bool(c),
+                 "certified_by": by, "falsified": f, **({"pgd_robust": g} if g is not None else {})}
+                for i, y, p, r, c, by, f, g in zip(
+                    self.index().tolist(), self.labels, self.predictions, self.radii, self.certified_mask.tolist(),
+                    self.certified_by, self.falsified.tolist() if self.falsified is not None else [False] * self.n,
+                    self.pgd.robust.tolist() if self.pgd is not None and self.pgd.robust is not None
+                    else [None] * self.n)
             ],
             **self.extra,
         }
@@ -274,19 +283,30 @@ def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.
                        {k: v for k, v in seconds.items() if v > 0})
 
 
-def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[[int], Iterable[tuple]], n: int, *,
-             eps: float, norm: str, bound: str, batch_size: int, progress: bool, radius: bool,
-             device: str | torch.device | None) -> CertifyReport:
-    """plan (validation, round-off check on `sample`, network bound) -> batches from `chunks(size)` -> report."""
+def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[[range, int], Iterable[tuple]],
+             n: int, *, eps: float, norm: str, bound: str, batch_size: int, progress: bool, radius: bool,
+             device: str | torch.device | None, shard: tuple[int, int] | None = None, dist: Dist = SINGLE
+             ) -> CertifyReport:
+    """plan (validation, round-off check on `sample`, network bound) -> batches from `chunks(indices, size)` ->
+    report. `shard` (i, n): only shard i of n of the inputs (contiguous whole batches); `dist`: the ranks split the
+    inputs the same way and every rank gets the gathered report. Batches are those of the one-process run, so every
+    per-input result is identical to it."""
     t0 = time.perf_counter()
-    sample = sample.to(place(model, device))
+    sample = sample.to(dist.device if dist.distributed and dist.device is not None else place(model, device))
+    if dist.distributed:
+        model.to(sample.device)
     plan = plan_certification(model, sample, eps=eps, norm=norm, bound=bound, batch_size=batch_size, radius=radius)
     t1 = time.perf_counter()
-    it: Iterable[tuple] = chunks(plan.batch_size)
-    if progress:  # a live bar on a terminal, nothing in a log file (tqdm's disable=None)
-        it = tqdm(it, total=(n + plan.batch_size - 1) // plan.batch_size, desc=f"certify ({bound})", leave=False,
-                  disable=None)
+    span = range(n) if shard is None else batch_shard(n, plan.batch_size, *shard)
+    part = batch_shard(len(span), plan.batch_size, dist.rank, dist.world)
+    mine = span[part.start:part.stop]
+    it: Iterable[tuple] = chunks(mine, plan.batch_size)
+    if progress and dist.main:  # a live bar on a terminal, nothing in a log file (tqdm's disable=None)
+        it = tqdm(it, total=(len(mine) + plan.batch_size - 1) // plan.batch_size, desc=f"certify ({bound})",
+                  leave=False, disable=None)
     results = [certify_batch(plan, model, x, y) for x, y in it]
+    if dist.distributed:
+        results = [b for part in dist.all_gather(results) for b in part]
     seconds = {f"{m}_seconds": sum(b.seconds.get(m, 0.0) for b in results) for m in STAGES + ("attack", "radius")}
     return CertifyReport(
         dataset=name,
@@ -300,24 +320,34 @@ def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[
         falsified=torch.cat([b.falsified for b in results]) if results else torch.zeros(0, dtype=torch.bool),
         timing={"bound_seconds": plan.seconds, "certify_seconds": time.perf_counter() - t1,
                 "total_seconds": time.perf_counter() - t0, **{k: v for k, v in seconds.items() if v > 0}},
-        extra={"bound_mode": bound, "radius_bisection": plan.radius},
+        extra={"bound_mode": bound, "radius_bisection": plan.radius, "processes": dist.world},
         roundoff={"relative_slack": ROUNDOFF_REL, "measured_relative_float32_error": plan.roundoff,
                   "note": "each margin is reduced by 4e-4 * (1 + max|z|) before dividing by L_yj"},
+        indices=torch.arange(span.start, span.stop),
+        shard=None if shard is None else (shard[0], shard[1], n),
     )
 
 
 def certify_model(model: ConvNODE, data: ImageData, *, eps: float, norm: str = "inf", bound: str = "auto",
                   batch_size: int = 1000, progress: bool = False, radius: bool = False,
-                  device: str | torch.device | None = None) -> CertifyReport:
+                  device: str | torch.device | None = None, shard: tuple[int, int] | None = None,
+                  dist: Dist = SINGLE) -> CertifyReport:
     """Certify every input of a dataset at eps (see `certify_tensors`; images are converted batch by batch).
 
     bound (`BOUNDS`): 'global' (weight bounds) or 'lmi' (LMI block) -> Lipschitz radii; 'local' / 'crown' /
     'auto' -> the global radii, then the tight certificates over the eps-ball on the inputs still uncertified
     (Euler models). `radius=True` bisects the tight radius of every correct input. `device`: None certifies where
-    the model is; 'auto' / 'cpu' / 'cuda' moves the model there first. The report's tensors are on the CPU."""
-    return _certify(model, data.name, data.tensors(0, min(len(data), 64))[0], lambda size: batches(data, size),
-                    len(data), eps=eps, norm=norm, bound=bound, batch_size=batch_size, progress=progress,
-                    radius=radius, device=device)
+    the model is; 'auto' / 'cpu' / 'cuda' moves the model there first. The report's tensors are on the CPU.
+    `shard=(i, n)`: certify only shard i of n of the inputs (contiguous whole batches; `certify.merge` joins the
+    parts); `dist` (nodes.distributed, e.g. under torchrun): the ranks split the inputs and all get the gathered
+    report. Either way each input's result is identical to the one-process report's."""
+    def chunks(r: range, size: int) -> Iterable[tuple]:
+        return batches(ImageData(data.images[r.start:r.stop], data.labels[r.start:r.stop], data.name, data.split,
+                                 data.source), size)
+
+    return _certify(model, data.name, data.tensors(0, min(len(data), 64))[0], chunks, len(data), eps=eps, norm=norm,
+                    bound=bound, batch_size=batch_size, progress=progress, radius=radius, device=device, shard=shard,
+                    dist=dist)
 
 
 def certify_tensors(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "inf",
@@ -336,7 +366,8 @@ def certify_tensors(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, *, eps: f
     if y.dtype not in (torch.int64, torch.int32) or bool((y < 0).any() | (y >= model.config.num_classes).any()):
         raise DataError(f"labels must be integers in [0, {model.config.num_classes - 1}]")
     x, y = x.float(), y.long()
-    return _certify(model, name, x[:64], lambda size: ((x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)),
+    return _certify(model, name, x[:64], lambda r, size: ((x[i:min(i + size, r.stop)], y[i:min(i + size, r.stop)])
+                                                          for i in range(r.start, r.stop, size)),
                     len(y), eps=eps, norm=norm, bound=bound, batch_size=batch_size, progress=progress, radius=radius,
                     device=device)
 
@@ -381,9 +412,10 @@ def attack_check(
     idx = torch.nonzero(report.radii > 0).flatten()[:limit]
     broken = {"pgd": 0, "square": 0}
     device = module_device(model)
+    index = report.index()
     for start in range(0, len(idx), batch_size):
         sel = idx[start:start + batch_size]
-        x, y = _images(inputs, sel).to(device), report.labels[sel].to(device)
+        x, y = _images(inputs, index[sel]).to(device), report.labels[sel].to(device)
         r = report.radii[sel].to(device=device, dtype=torch.float32)
         for name, adv in (
             ("pgd", pgd(model, x, y, eps=r, norm=report.norm, steps=steps, restarts=restarts, loss="margin")),
@@ -403,6 +435,7 @@ class PGDCheck:
     broken_certified: int
     steps: int
     restarts: int
+    robust: torch.Tensor | None = None  # per input: PGD did not change a correct prediction
 
     @property
     def status(self) -> str:
@@ -414,19 +447,24 @@ class PGDCheck:
 
 
 def pgd_check(model: ConvNODE, inputs: ImageData | torch.Tensor, report: CertifyReport, *, steps: int = 100,
-              restarts: int = 1, batch_size: int = 500, progress: bool = False) -> PGDCheck:
+              restarts: int = 1, batch_size: int = 500, progress: bool = False, dist: Dist = SINGLE) -> PGDCheck:
     """PGD-`steps` (cross-entropy, random start) at the report's eps on every input the report covers, in order:
-    the empirical robust accuracy beside the certified one, and a soundness check of every certificate at eps."""
+    the empirical robust accuracy beside the certified one, and a soundness check of every certificate at eps.
+    `inputs` holds the report's inputs at the report's indices. With several processes (`dist`) the ranks take
+    contiguous whole batches and gather: the same per-input result as one process."""
     if steps < 1 or restarts < 1:
         raise CNodeError("PGD needs steps >= 1 and restarts >= 1")
     device = module_device(model)
-    robust, broken = 0, 0
-    starts = range(0, report.n, batch_size)
-    for start in tqdm(starts, desc="pgd", leave=False, disable=None if progress else True):
-        sel = torch.arange(start, min(start + batch_size, report.n))
-        x, y = _images(inputs, sel).to(device), report.labels[sel].to(device)
+    index = report.index()
+    mine = batch_shard(report.n, batch_size, dist.rank, dist.world)
+    parts = []
+    starts = range(mine.start, mine.stop, batch_size)
+    for start in tqdm(starts, desc="pgd", leave=False, disable=None if progress and dist.main else True):
+        sel = torch.arange(start, min(start + batch_size, mine.stop))
+        x, y = _images(inputs, index[sel]).to(device), report.labels[sel].to(device)
         adv = pgd(model, x, y, eps=report.eps, norm=report.norm, steps=steps, restarts=restarts)
         wrong = is_adversarial(model, adv, y).cpu() | (report.predictions[sel] != report.labels[sel])
-        robust += int((~wrong).sum())
-        broken += int((wrong & report.certified_mask[sel]).sum())
-    return PGDCheck(report.n, robust / max(report.n, 1), broken, steps, restarts)
+        parts.append(~wrong)
+    robust = torch.cat([p for part in dist.all_gather(parts) for p in part]) if report.n else torch.zeros(0, dtype=torch.bool)
+    broken = int((~robust & report.certified_mask).sum())
+    return PGDCheck(report.n, float(robust.double().mean()) if report.n else 0.0, broken, steps, restarts, robust)

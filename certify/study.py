@@ -20,7 +20,8 @@ from nodes.train import fit
 
 METHODS = ("nominal", "jacobian", "weight")
 
-__all__ = ["StudyConfig", "METHODS", "QUICK", "PAPER_RECIPE", "REG_WEIGHT", "run_study", "tables", "aggregate"]
+__all__ = ["StudyConfig", "METHODS", "QUICK", "PAPER_RECIPE", "REG_WEIGHT", "run_study", "study_items", "study_one",
+           "tables", "aggregate"]
 
 # The paper's recipe, every field explicit (the library's defaults may change; the study does not): the paper's
 # architecture, Adam, readout at a tenth of the lr, no certified loss, PyTorch's initialisation (+ the negative
@@ -49,8 +50,14 @@ class StudyConfig:
     data_root: str | None = None
     report_only: bool = False
     device: str = "auto"
+    jobs: int = 1
+    shard: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.jobs, int) or self.jobs < 1:
+            raise CNodeError(f"study: jobs must be an integer >= 1, got {self.jobs!r}")
+        if self.shard is not None and not (len(self.shard) == 2 and 0 <= self.shard[0] < self.shard[1]):
+            raise CNodeError(f"study: shard must be (i, n) with 0 <= i < n, got {self.shard!r}")
         if self.seeds < 1 or self.epochs < 1 or self.train_limit < 0 or self.test_limit < 1 or self.draws < 1 \
                 or self.square_queries < 1 or any(not e > 0 for e in self.certify_eps) or any(r < 0 for r in self.rhos):
             raise CNodeError("study: seeds, epochs, test images, draws and queries must be >= 1, rhos >= 0, eps > 0")
@@ -195,47 +202,102 @@ def tables(results: list[dict]) -> str:
 
 
 
-def run_study(args: StudyConfig, *, log: Callable[[str], None] = print) -> list[dict]:
-    """Train (or reuse) every model of the sweep, run the protocol on each, write results.json, results.md and
-    study.png into `args.out`. Resumable: a checkpoint or result already in `out` is reused."""
+Item = tuple[str, str, float, int, str, Path]  # dataset, method, rho, seed, label, checkpoint
+
+
+def study_items(args: StudyConfig) -> list[Item]:
+    """Every model of the sweep (seed-major), then the --extra checkpoints, as (dataset, method, rho, seed, label,
+    checkpoint path)."""
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    todo = [(ds, m, rho, seed, model_label(m, rho) + (f" seed={seed}" if args.seeds > 1 else ""),
-             out / f"{ds}_{m}_rho{rho:g}_s{seed}.pt") for ds, m, rho, seed in runs(args)]
+    todo: list[Item] = [(ds, m, rho, seed, model_label(m, rho) + (f" seed={seed}" if args.seeds > 1 else ""),
+                         out / f"{ds}_{m}_rho{rho:g}_s{seed}.pt") for ds, m, rho, seed in runs(args)]
     for spec in args.extra:
         ds, sep, rest = spec.partition(":")
         label, sep2, path = rest.partition("=")
         if not (sep and sep2 and ds and label and path):
             raise CNodeError(f"--extra takes DATASET:LABEL=PATH, got {spec!r}")
         todo.append((ds, label, 0.0, 0, label, Path(path)))
-    results = []
-    for ds, method, rho, seed, label, path in todo:
-        res_path = path.with_suffix(".json") if path.parent == out else out / f"{ds}_{label}.json"
-        if res_path.exists():
-            results.append(json.loads(res_path.read_text()))
-            continue
-        if args.report_only:
-            continue
-        if not path.exists():
-            train_one(ds, method, rho, seed, args, path)
-        ckpt = load_checkpoint(path)
-        if path.parent == out:
-            check_reused(ckpt.get("train_config") or {}, method, rho, seed, args, path)
-        metrics = ckpt.get("metrics") or {}
-        t_train = metrics.get("train_seconds") or sum(metrics.get("seconds_per_epoch") or [])
-        data = load_dataset(ds, "test", data_root=args.data_root, limit=args.test_limit)
-        rob = robustness(model_from_checkpoint(ckpt, path), data, draws=args.draws, square_queries=args.square_queries,
-                         gaussian=GAUSSIAN, salt_pepper=SALT_PEPPER, attack_eps=ATTACK_EPS,
-                         certify_eps=args.certify_eps, progress=False, device=args.device)
-        entry = {"dataset": ds, "method": method, "rho": rho, "seed": seed, "label": label, "checkpoint": str(path),
-                 "train_seconds": t_train, "robustness": rob}
-        res_path.write_text(json.dumps(entry, indent=2))
-        results.append(entry)
-        r = rob
-        log(f"{ds:14s} {label:22s} clean {r['clean']:.3f}  gauss.3 {r['gaussian']['0.3']:.3f}  "
-            f"pgd.1 {r['pgd']['0.1']:.3f}  cert.{args.certify_eps[-1]:g} {r['certified'][str(args.certify_eps[-1])]:.3f}  "
-            f"(train {t_train:.0f} s, eval {r['seconds']:.0f} s)")
+    return todo
+
+
+def result_path(item: Item, args: StudyConfig) -> Path:
+    """Where an item's protocol results live (beside its checkpoint in --out; by label for an --extra one)."""
+    ds, _, _, _, label, path = item
+    out = Path(args.out)
+    return path.with_suffix(".json") if path.parent == out else out / f"{ds}_{label}.json"
+
+
+def study_one(item: Item, args: StudyConfig) -> dict:
+    """Train the item's model unless its checkpoint exists (refusing one of another recipe), run the protocol on it,
+    write its results JSON. One job of the sweep: independent of every other item (a process of --jobs, an array
+    task of --shard)."""
+    ds, method, rho, seed, label, path = item
+    out = Path(args.out)
+    if not path.exists():
+        train_one(ds, method, rho, seed, args, path)
+    ckpt = load_checkpoint(path)
+    if path.parent == out:
+        check_reused(ckpt.get("train_config") or {}, method, rho, seed, args, path)
+    metrics = ckpt.get("metrics") or {}
+    t_train = metrics.get("train_seconds") or sum(metrics.get("seconds_per_epoch") or [])
+    data = load_dataset(ds, "test", data_root=args.data_root, limit=args.test_limit)
+    rob = robustness(model_from_checkpoint(ckpt, path), data, draws=args.draws, square_queries=args.square_queries,
+                     gaussian=GAUSSIAN, salt_pepper=SALT_PEPPER, attack_eps=ATTACK_EPS,
+                     certify_eps=args.certify_eps, progress=False, device=args.device)
+    entry = {"dataset": ds, "method": method, "rho": rho, "seed": seed, "label": label, "checkpoint": str(path),
+             "train_seconds": t_train, "robustness": rob}
+    result_path(item, args).write_text(json.dumps(entry, indent=2))
+    return entry
+
+
+def _job_threads(threads: int) -> None:  # a --jobs worker's share of the cores
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _summary(entry: dict, args: StudyConfig) -> str:
+    r = entry["robustness"]
+    return (f"{entry['dataset']:14s} {entry['label']:22s} clean {r['clean']:.3f}  gauss.3 {r['gaussian']['0.3']:.3f}  "
+            f"pgd.1 {r['pgd']['0.1']:.3f}  cert.{args.certify_eps[-1]:g} "
+            f"{r['certified'][str(args.certify_eps[-1])]:.3f}  (train {entry['train_seconds']:.0f} s, "
+            f"eval {r['seconds']:.0f} s)")
+
+
+def run_study(args: StudyConfig, *, log: Callable[[str], None] = print) -> list[dict]:
+    """Train (or reuse) every model of the sweep, run the protocol on each, write results.json, results.md and
+    study.png into `args.out`. Resumable: a checkpoint or result already in `out` is reused.
+
+    `jobs` > 1: the models go to that many local processes (each with its share of the cores). `shard=(i, n)`: only
+    the models i, i + n, i + 2n, ... of the sweep (a job array's task); the tables are then left to
+    `report_only`, which writes them from every result in `out` once all shards have finished."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    todo = study_items(args)
+    mine = todo if args.shard is None else todo[args.shard[0]::args.shard[1]]
+    pending = [] if args.report_only else [item for item in mine if not result_path(item, args).exists()]
+    if args.jobs > 1 and len(pending) > 1:
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        with ProcessPoolExecutor(max_workers=min(args.jobs, len(pending)), mp_context=multiprocessing.get_context(
+                "spawn"), initializer=_job_threads, initargs=(threads,)) as pool:
+            futures = [pool.submit(study_one, item, args) for item in pending]
+            for done in as_completed(futures):
+                log(_summary(done.result(), args))
+    else:
+        for item in pending:
+            log(_summary(study_one(item, args), args))
+    if args.shard is not None:
+        finished = sum(result_path(item, args).exists() for item in mine)
+        log(f"shard {args.shard[0]}/{args.shard[1]}: {finished} of its {len(mine)} models done "
+            f"({time.perf_counter() - start:.0f} s); `cnode study --report-only --out {out}` writes the tables once "
+            "every shard has finished")
+        return [json.loads(result_path(item, args).read_text()) for item in mine if result_path(item, args).exists()]
+    results = [json.loads(result_path(item, args).read_text()) for item in todo if result_path(item, args).exists()]
     if not results:
         raise CNodeError(f"no results in {out} to report")
     (out / "results.json").write_text(json.dumps(results, indent=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -14,12 +15,22 @@ from contraction.errors import CNodeError, CheckpointError
 from nodes.classifier import ConvNODE
 from nodes.config import ModelConfig, TrainConfig
 
-__all__ = ["save_model", "strip_training_state", "load_model", "load_checkpoint", "model_from_checkpoint", "trained_dataset", "FORMAT", "FORMAT_VERSION", "library_version"]
+__all__ = ["save_model", "strip_training_state", "load_model", "load_checkpoint", "model_from_checkpoint", "trained_dataset", "FORMAT", "FORMAT_VERSION", "library_version",
+           "file_sha256"]
 
 FORMAT = "contractive-nodes/convnode"
 FORMAT_VERSION = 2
 # version 1: one embedding conv (`embed.*`) and one linear readout (`readout.*`); version 2: `stem.0.*`, `head.0.*`
 _V1_KEYS = {"embed.": "stem.0.", "readout.": "head.0."}
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes (a checkpoint's identity in reports)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def library_version() -> str:

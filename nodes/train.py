@@ -22,6 +22,7 @@ from nodes.classifier import ConvNODE
 from nodes.config import ModelConfig, TrainConfig
 from nodes.data import ImageData, batches
 from nodes.device import module_device, place
+from nodes.distributed import SINGLE, Dist
 from nodes.init import initialise_
 from nodes.objectives import Objective, make_objective
 from nodes.regularize import Regularizer, make_regularizer
@@ -93,17 +94,23 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @torch.no_grad()
-def evaluate(model: ConvNODE, data: ImageData, *, batch_size: int = 500, progress: bool = False) -> float:
-    """Clean accuracy of `model` on `data`, batches on the model's device (its train/eval mode is restored)."""
+def evaluate(model: ConvNODE, data: ImageData, *, batch_size: int = 500, progress: bool = False,
+             dist: Dist = SINGLE) -> float:
+    """Clean accuracy of `model` on `data`, batches on the model's device (its train/eval mode is restored). With
+    several processes (`dist`), each counts its contiguous share of the images and the counts are summed."""
     device = module_device(model)
     with eval_mode(model):
         correct = 0
-        it = batches(data, batch_size)
+        share = range(len(data) * dist.rank // dist.world, len(data) * (dist.rank + 1) // dist.world)
+        part = data if not dist.distributed else ImageData(data.images[share.start:share.stop],
+                                                           data.labels[share.start:share.stop], data.name, data.split,
+                                                           data.source)
+        it = batches(part, batch_size)
         if progress:
             it = tqdm(it, total=(len(data) + batch_size - 1) // batch_size, desc="evaluate", leave=False, disable=None)
         for x, y in it:
             correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
-        return correct / max(len(data), 1)
+        return dist.all_sum([correct])[0] / max(len(data), 1)
 
 
 @dataclass
@@ -166,6 +173,46 @@ def _optimizer(model: ConvNODE, config: TrainConfig) -> tuple[torch.optim.Optimi
     return optimizer, scheduler
 
 
+class _Step(nn.Module):
+    """One batch's training loss as a module, so that DistributedDataParallel can wrap everything that touches the
+    weights (the trajectory, the certified objective, the regularizer) and average the gradients over the ranks.
+    Returns (loss, regularizer value, inputs the training bound proved, inputs it bounded)."""
+
+    def __init__(self, model: ConvNODE, config: TrainConfig, regularizer: Regularizer | None,
+                 objective: Objective | None) -> None:
+        super().__init__()
+        self.model = model
+        self.config, self.regularizer, self.objective = config, regularizer, objective
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
+        config = self.config
+        logits, states = self.model.trajectory(x)
+        loss = F.cross_entropy(logits, y)
+        zero = torch.zeros((), device=x.device)
+        reg, proven, bounded = zero, zero, zero
+        if eps > 0 and self.objective is not None:
+            robust = self.objective(self.model, x, y, logits, eps)
+            loss = config.certified_mix * loss + (1 - config.certified_mix) * robust.loss
+            if robust.certified is not None:
+                proven, bounded = robust.certified.sum().float(), torch.tensor(float(len(y)), device=x.device)
+        if self.regularizer is not None:
+            value = self.regularizer(self.model, states)
+            loss = loss + config.reg_weight * value
+            reg = value.detach()
+        return loss, reg, proven, bounded
+
+
+def _rank_batches(data: ImageData, config: TrainConfig, gen: torch.Generator, dist: Dist):
+    """This rank's part of every batch of the epoch's permutation (one permutation, the same on every rank): batch
+    k of the one-process run, split into `world` near-equal contiguous parts. A last batch with fewer images than
+    ranks is dropped (on every rank alike)."""
+    for x, y in batches(data, config.batch_size, shuffle=True, generator=gen):
+        if not dist.distributed:
+            yield x, y
+        elif len(y) >= dist.world:
+            yield torch.tensor_split(x, dist.world)[dist.rank], torch.tensor_split(y, dist.world)[dist.rank]
+
+
 def train(
     model: ConvNODE,
     train_data: ImageData,
@@ -180,6 +227,7 @@ def train(
     on_epoch: Callable[[int, History], None] | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     resume: TrainingState | None = None,
+    dist: Dist = SINGLE,
 ) -> History:
     """Train in place with loss = CE(model(u), y) + reg_weight * R(model, states); with certified_eps > 0:
     mix * CE + (1 - mix) * objective(model, u, y, logits, eps(t)).loss (eps scheduled by `eps_schedule`).
@@ -193,7 +241,13 @@ def train(
 
     `checkpoint`: after every epoch the model, configs, metrics and the `TrainingState` are written there atomically
     (an interrupted run keeps its last finished epoch). `resume`: a state read from such a checkpoint (the model
-    holding its weights): training continues at the next epoch, bit-for-bit as if never stopped (same device)."""
+    holding its weights): training continues at the next epoch, bit-for-bit as if never stopped (same device).
+
+    `dist` (nodes.distributed, e.g. under torchrun): the batch loss runs wrapped in DistributedDataParallel, each
+    rank on its part of every batch of one shared permutation (the global batch stays `batch_size`, so the recipe
+    means the same at any world size), gradients averaged over the ranks; the epoch's figures are summed over the
+    ranks, the test accuracy is counted in shares, and only rank 0 writes the checkpoint and calls `on_epoch`.
+    Every rank keeps the same random streams, so rank 0's training state resumes every rank."""
     gen = seed_everything(config.seed)
     reg_gen = torch.Generator().manual_seed(config.seed)
     device = place(model, device)
@@ -214,6 +268,12 @@ def train(
     use_reg = regularizer is not None and config.reg_weight > 0
     use_obj = objective is not None and config.certified_eps > 0
     params = list(model.parameters())
+    step = _Step(model, config, regularizer if use_reg else None, objective if use_obj else None)
+    runner: nn.Module = step
+    if dist.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        runner = DistributedDataParallel(step, device_ids=[device] if device.type == "cuda" else None)
     was_training = model.training
     for epoch in range(first, config.epochs):
         model.train()
@@ -222,39 +282,30 @@ def train(
         eps = 0.0
         nb = (len(train_data) + config.batch_size - 1) // config.batch_size
         bar = tqdm(
-            batches(train_data, config.batch_size, shuffle=True, generator=gen),
+            _rank_batches(train_data, config, gen, dist),
             total=nb,
             desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=None if progress else True,  # None: a live bar on a terminal, nothing in a log file
+            disable=None if progress and dist.main else True,  # None: a live bar on a terminal, nothing in a log
             leave=False,
         )
         for i, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits, states = model.trajectory(x)
-            loss = F.cross_entropy(logits, y)
-            if use_obj:
-                eps = eps_schedule(config, epoch, i, nb)
-                if eps > 0:
-                    robust = objective(model, x, y, logits, eps)  # type: ignore[misc]
-                    loss = config.certified_mix * loss + (1 - config.certified_mix) * robust.loss
-                    if robust.certified is not None:
-                        proven += int(robust.certified.sum())
-                        bounded += len(y)
-            if use_reg:
-                reg = regularizer(model, states)  # type: ignore[misc]
-                reg_total += float(reg.detach()) * len(y)
-                loss = loss + config.reg_weight * reg
+            eps = eps_schedule(config, epoch, i, nb) if use_obj else 0.0
+            loss, reg, got, tried = runner(x, y, eps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             total += float(loss.detach()) * len(y)
+            reg_total += float(reg) * len(y)
+            proven, bounded = proven + int(got), bounded + int(tried)
             seen += len(y)
             post = {"loss": f"{total / seen:.4f}"}
             if use_obj:
                 post.update(eps=f"{eps:.4g}", cert=f"{proven / bounded:.1%}" if bounded else "-")
             bar.set_postfix(post, refresh=False)
+        total, reg_total, seen, proven, bounded = dist.all_sum([total, reg_total, seen, proven, bounded])
         scheduler.step()
         history.epoch_seconds.append(time.perf_counter() - start)
         history.train_loss.append(total / max(seen, 1))
@@ -262,7 +313,7 @@ def train(
         history.certified.append(proven / bounded if bounded else float("nan"))
         history.eps.append(eps)
         if test_data is not None:
-            history.test_accuracy.append(evaluate(model, test_data))
+            history.test_accuracy.append(evaluate(model, test_data, dist=dist))
         log.info(
             "epoch %d: loss %.4f, reg %.4f, test acc %s, %.1f s",
             epoch + 1,
@@ -271,13 +322,13 @@ def train(
             f"{history.test_accuracy[-1]:.4f}" if history.test_accuracy else "-",
             history.epoch_seconds[-1],
         )
-        if checkpoint is not None:
+        if checkpoint is not None and dist.main:
             state = TrainingState(epoch + 1, optimizer.state_dict(), scheduler.state_dict(),
                                   _rng_state(gen, reg_gen), history)
             save_model(checkpoint, model, train_config=config,
                        metrics={**history_metrics(history, test_data), "device": str(device)},
                        training_state=state.to_dict())
-        if on_epoch is not None:
+        if on_epoch is not None and dist.main:
             on_epoch(epoch, history)
     model.train(was_training)  # the caller's mode, as it was
     return history

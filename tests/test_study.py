@@ -46,3 +46,30 @@ def test_resuming_refuses_a_checkpoint_of_another_recipe(tmp_path):
         with pytest.raises(CNodeError, match="another recipe"):
             study.check_reused({**tcfg, **change}, "weight", 0.5, 1, args, tmp_path / "m.pt")
     study.check_reused({**tcfg, "reg": "none", "rho": 0.0}, "nominal", 0.0, 1, args, tmp_path / "m.pt")
+
+
+def _strip(results: list[dict]) -> list[dict]:
+    """Results without their wall-clock figures."""
+    return [{**{k: v for k, v in r.items() if k not in ("train_seconds", "checkpoint")},
+             "robustness": {k: v for k, v in r["robustness"].items() if k != "seconds"}} for r in results]
+
+
+@pytest.mark.slow
+def test_parallel_jobs_and_shards_give_the_one_process_study(tmp_path):
+    """--jobs 2 (local processes) and two --shard jobs + --report-only reproduce the sequential study's results."""
+    tiny = dict(datasets=("mnist-mini",), methods=("nominal", "weight"), rhos=(0.5,), epochs=1, train_limit=300,
+                test_limit=20, draws=1, square_queries=10, certify_eps=(0.1,), device="cpu")
+    logs: list[str] = []
+    seq = study.run_study(study.StudyConfig(out=str(tmp_path / "seq"), **tiny), log=logs.append)
+    par = study.run_study(study.StudyConfig(out=str(tmp_path / "par"), jobs=2, **tiny), log=logs.append)
+    for i in range(2):
+        part = study.run_study(study.StudyConfig(out=str(tmp_path / "sh"), shard=(i, 2), **tiny), log=logs.append)
+        assert len(part) == 1
+    assert not (tmp_path / "sh" / "results.json").exists()  # shards leave the tables to --report-only
+    sh = study.run_study(study.StudyConfig(out=str(tmp_path / "sh"), report_only=True, **tiny), log=logs.append)
+    assert len(seq) == 2 and _strip(par) == _strip(seq) == _strip(sh)
+    assert any("shard 1/2: 1 of its 1 models done" in line for line in logs)
+    with pytest.raises(CNodeError, match="jobs"):
+        study.StudyConfig(jobs=0)
+    with pytest.raises(CNodeError, match="shard"):
+        study.StudyConfig(shard=(2, 2))
