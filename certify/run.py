@@ -21,7 +21,7 @@ from certify.tight import TIGHT_STAGES, escalate, tight_radii
 from certify.unrolled import Unrolled, unroll
 from nodes.classifier import ConvNODE
 from nodes.data import ImageData, batches
-from nodes.device import module_device, place
+from nodes.device import exact_float32, module_device, place
 from nodes.distributed import SINGLE, Dist, batch_shard
 
 __all__ = ["CertifyReport", "CertifyPlan", "BatchResult", "AttackCheck", "PGDCheck", "plan_certification",
@@ -290,7 +290,16 @@ def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[
     """plan (validation, round-off check on `sample`, network bound) -> batches from `chunks(indices, size)` ->
     report. `shard` (i, n): only shard i of n of the inputs (contiguous whole batches); `dist`: the ranks split the
     inputs the same way and every rank gets the gathered report. Batches are those of the one-process run, so every
-    per-input result is identical to it."""
+    per-input result is identical to it. On CUDA everything runs in IEEE float32 (TF32 off, `exact_float32`): the
+    arithmetic the round-off check measures and the certificate is for."""
+    with exact_float32():
+        return _certify_exact(model, name, sample, chunks, n, eps=eps, norm=norm, bound=bound, batch_size=batch_size,
+                              progress=progress, radius=radius, device=device, shard=shard, dist=dist)
+
+
+def _certify_exact(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[[range, int], Iterable[tuple]],
+                   n: int, *, eps: float, norm: str, bound: str, batch_size: int, progress: bool, radius: bool,
+                   device: str | torch.device | None, shard: tuple[int, int] | None, dist: Dist) -> CertifyReport:
     t0 = time.perf_counter()
     sample = sample.to(dist.device if dist.distributed and dist.device is not None else place(model, device))
     if dist.distributed:
@@ -409,6 +418,12 @@ def attack_check(
     """Attack the certified inputs inside their certified radius (PGD with restarts and the gradient-free search).
 
     `inputs`: the dataset or the float images [N, C, S, S] the report was computed on, in the same order."""
+    with exact_float32():  # the arithmetic the certificate is for
+        return _attack_check(model, inputs, report, limit, restarts, steps, queries, batch_size)
+
+
+def _attack_check(model: ConvNODE, inputs: ImageData | torch.Tensor, report: CertifyReport, limit: int, restarts: int,
+                  steps: int, queries: int, batch_size: int) -> AttackCheck:
     idx = torch.nonzero(report.radii > 0).flatten()[:limit]
     broken = {"pgd": 0, "square": 0}
     device = module_device(model)
@@ -454,6 +469,12 @@ def pgd_check(model: ConvNODE, inputs: ImageData | torch.Tensor, report: Certify
     contiguous whole batches and gather: the same per-input result as one process."""
     if steps < 1 or restarts < 1:
         raise CNodeError("PGD needs steps >= 1 and restarts >= 1")
+    with exact_float32():  # the arithmetic the certificate is for
+        return _pgd_check(model, inputs, report, steps, restarts, batch_size, progress, dist)
+
+
+def _pgd_check(model: ConvNODE, inputs: ImageData | torch.Tensor, report: CertifyReport, steps: int, restarts: int,
+               batch_size: int, progress: bool, dist: Dist) -> PGDCheck:
     device = module_device(model)
     index = report.index()
     mine = batch_shard(report.n, batch_size, dist.rank, dist.world)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 from contraction.errors import CNodeError
 
-__all__ = ["DEVICES", "resolve_device", "module_device", "place"]
+__all__ = ["DEVICES", "resolve_device", "module_device", "place", "exact_float32"]
 
 DEVICES = ("auto", "cpu", "cuda")
 """The choices of `--device` (`cuda:N` is accepted too)."""
@@ -46,3 +49,19 @@ def place(module: torch.nn.Module, device: str | torch.device | None) -> torch.d
     if device is not None:
         module.to(resolve_device(device))
     return module_device(module)
+
+
+@contextlib.contextmanager
+def exact_float32() -> Iterator[None]:
+    """IEEE float32 arithmetic on CUDA inside the block: TF32 off for cuDNN convolutions and matmuls (PyTorch's
+    default lets cuDNN convolutions round float32 inputs to TF32's 10-bit mantissa, which moves a ConvNODE's logits by
+    ~2e-4 relative, more than the certificates' round-off slack), the previous settings restored after. A no-op for
+    the CPU's arithmetic."""
+    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = conv
+        torch.backends.cuda.matmul.allow_tf32 = mm

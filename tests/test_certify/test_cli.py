@@ -35,8 +35,11 @@ def test_certify_json_schema(tiny_trained, tmp_path, capsys):
         assert key in report["bound"]
     s = report["samples"]
     assert [x["index"] for x in s] == list(range(50))
-    assert all(set(x) == {"index", "label", "prediction", "radius", "certified", "certified_by", "falsified"}
-               for x in s)
+    assert all(set(x) == {"index", "label", "prediction", "radius", "certified", "certified_by", "falsified",
+                          "pgd_robust"} for x in s)  # pgd_robust: --pgd ran
+    assert sum(x["pgd_robust"] for x in s) / 50 == pytest.approx(report["pgd"]["accuracy"])
+    assert not any(x["certified"] and not x["pgd_robust"] for x in s)
+    assert report["shard"] is None and len(report["model_sha256"]) == 64
     assert report["falsified"] == sum(x["falsified"] for x in s)
     assert not any(x["falsified"] and x["certified"] for x in s)  # an adversarial input rules a certificate out
     assert report["certified_accuracy"] == pytest.approx(sum(x["certified"] for x in s) / 50)

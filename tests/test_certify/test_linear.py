@@ -187,3 +187,17 @@ def test_linear_stage_certifies_an_ordinarily_trained_model_where_crown_cannot_a
     assert auto.timing["linear_seconds"] > 0
     check = attack_check(plain_paper, data, auto, restarts=2, steps=40, queries=300)
     assert check.attacked >= 4 and check.broken == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_linear_bounds_on_cuda_equal_the_cpu(plain_paper):
+    net_cpu = unroll(plain_paper)
+    net_gpu = unroll(plain_paper.cuda())
+    plain_paper.cpu()
+    u = load_dataset("mnist-mini", "test", limit=3).tensors(0, 3)[0].double()
+    a = linear_bounds(net_cpu, u, 0.005, "inf")
+    b = linear_bounds(net_gpu, u.cuda(), 0.005, "inf")
+    for (lo_a, hi_a), (lo_b, hi_b) in zip([p for p in a.pre if p is not None] + [a.boxes[-1]],
+                                          [p for p in b.pre if p is not None] + [b.boxes[-1]]):
+        torch.testing.assert_close(lo_b.cpu(), lo_a, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(hi_b.cpu(), hi_a, rtol=1e-9, atol=1e-9)
