@@ -100,38 +100,62 @@ def _subset(blocks: np.ndarray, limit: int) -> np.ndarray:
     return blocks[np.unique(np.concatenate([top, grid]))]
 
 
-def _feasible(cp, layers: list[np.ndarray], a: float, b: float, h: float, c: float, solver: str, eps: float):
-    n = layers[0].shape[-1]
-    P = cp.Variable((n, n), symmetric=True)
-    ls = [cp.Variable(n, nonneg=True) for _ in layers]
-    cons = [P >> np.eye(n)]
-    for blocks, l in zip(layers, ls):
-        Ld = cp.diag(l)
-        M22 = h * h * P - 2 * Ld
-        for T in blocks:
-            Tr, Ti = T.real, T.imag
-            THLT_re = Tr.T @ Ld @ Tr + Ti.T @ Ld @ Ti
-            THLT_im = Tr.T @ Ld @ Ti - Ti.T @ Ld @ Tr
-            M11r = (1 - c * c) * P - 2 * a * b * THLT_re
-            M11i = -2 * a * b * THLT_im
-            M12r = h * P + (a + b) * (Tr.T @ Ld)
-            M12i = -(a + b) * (Ti.T @ Ld)
-            Mr = cp.bmat([[M11r, M12r], [M12r.T, M22]])
-            if not np.any(Ti):  # a real block (dense layers, zero and Nyquist frequencies): no complex embedding
-                cons.append(0.5 * (Mr + Mr.T) << 0)
-                continue
-            Mi = cp.bmat([[M11i, M12i], [-M12i.T, np.zeros((n, n))]])
-            emb = cp.bmat([[Mr, -Mi], [Mi, Mr]])
-            cons.append(0.5 * (emb + emb.T) << 0)
-    prob = cp.Problem(cp.Minimize(0), cons)
-    kwargs = {"eps": eps, "max_iters": 20000} if solver == "SCS" else {}
-    try:
-        prob.solve(solver=solver, **kwargs)
-    except Exception as exc:  # solver errors come in many types
-        return "error", None, None, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-    if P.value is None or prob.status not in ("optimal", "optimal_inaccurate"):
-        return prob.status, None, None, prob.status
-    return prob.status, np.array(P.value), [np.array(l.value) for l in ls], prob.status
+def spectral_floor(layers: list[np.ndarray], a: float, b: float, h: float) -> float:
+    """A lower bound of every layer's step factor in any P-norm: the induced norm of I + h d T (the step at the
+    admissible D = d I, d in {a, b}) is at least its spectral radius, max over the frequency blocks T(w). Bisection
+    starts there instead of at 0."""
+    floor = 0.0
+    for blocks in layers:
+        eye = np.eye(blocks.shape[-1])
+        for d in (a, b):
+            floor = max(floor, float(np.abs(np.linalg.eigvals(eye + h * d * blocks)).max()))
+    return floor
+
+
+class _StepProblem:
+    """The feasibility LMI of a common step factor c for several layers, built once: c enters only through the
+    parameter s = 1 - c^2 (in s P, DPP-compliant), so bisection re-solves the same canonicalised problem instead of
+    rebuilding it for every c."""
+
+    def __init__(self, cp, layers: list[np.ndarray], a: float, b: float, h: float) -> None:
+        n = layers[0].shape[-1]
+        self.s = cp.Parameter()
+        self.P = cp.Variable((n, n), symmetric=True)
+        self.ls = [cp.Variable(n, nonneg=True) for _ in layers]
+        P = self.P
+        cons = [P >> np.eye(n)]
+        for blocks, l in zip(layers, self.ls):
+            Ld = cp.diag(l)
+            M22 = h * h * P - 2 * Ld
+            for T in blocks:
+                Tr, Ti = T.real, T.imag
+                THLT_re = Tr.T @ Ld @ Tr + Ti.T @ Ld @ Ti
+                THLT_im = Tr.T @ Ld @ Ti - Ti.T @ Ld @ Tr
+                M11r = self.s * P - 2 * a * b * THLT_re
+                M11i = -2 * a * b * THLT_im
+                M12r = h * P + (a + b) * (Tr.T @ Ld)
+                M12i = -(a + b) * (Ti.T @ Ld)
+                Mr = cp.bmat([[M11r, M12r], [M12r.T, M22]])
+                if not np.any(Ti):  # a real block (dense layers, zero and Nyquist frequencies): no complex embedding
+                    cons.append(0.5 * (Mr + Mr.T) << 0)
+                    continue
+                Mi = cp.bmat([[M11i, M12i], [-M12i.T, np.zeros((n, n))]])
+                emb = cp.bmat([[Mr, -Mi], [Mi, Mr]])
+                cons.append(0.5 * (emb + emb.T) << 0)
+        self.prob = cp.Problem(cp.Minimize(0), cons)
+
+    def solve(self, c: float, solver: str, eps: float):
+        """(status, P, [L per layer], message) at step factor c; P None when infeasible or failed."""
+        self.s.value = 1.0 - c * c
+        kwargs = {"eps": eps, "max_iters": 20000} if solver == "SCS" else {}
+        try:
+            self.prob.solve(solver=solver, **kwargs)
+        except Exception as exc:  # solver errors come in many types
+            return "error", None, None, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        status = self.prob.status
+        if self.P.value is None or status not in ("optimal", "optimal_inaccurate"):
+            return status, None, None, status
+        return status, np.array(self.P.value), [np.array(l.value) for l in self.ls], status
 
 
 def solve_step_lmi(
@@ -147,7 +171,8 @@ def solve_step_lmi(
     iters: int = 10,
     eps: float = 1e-6,
 ) -> StepLMI:
-    """Bisection on the common step factor c of several layers (one metric P, multipliers per layer).
+    """Bisection on the common step factor c of several layers (one metric P, multipliers per layer), from the
+    spectral floor (`spectral_floor`, probed first) up to `c_high`, on one problem built once (`_StepProblem`).
 
     `layers`: per layer, its complex blocks (conv_blocks / dense_blocks). Every candidate (P, L) is re-verified on
     all blocks; the best verified product of factors is returned. Status `certified`, `infeasible` (no c <= c_high
@@ -159,14 +184,16 @@ def solve_step_lmi(
     if any(not np.all(np.isfinite(bl)) for bl in layers):
         return StepLMI(NOT_CERTIFIED, None, (), (), "non-finite weights", 0.0)
     small = [_subset(bl, max_blocks) for bl in layers]
-    lo, hi = 0.0, c_high
+    problem = _StepProblem(cp, small, a, b, h)  # built once; each bisection step only re-solves
+    lo, hi = min(spectral_floor(layers, a, b, h) * (1 - 1e-9), c_high), c_high
     best: tuple[float, np.ndarray, list[np.ndarray], list[float]] | None = None
     statuses = []
-    for _ in range(iters):
+    for it in range(iters):
         if hi - lo <= tol * max(hi, 1e-12):
             break
-        mid = 0.5 * (lo + hi)
-        status, P, Ls, msg = _feasible(cp, small, a, b, h, mid, solver, eps)
+        # first probe just above the spectral floor (where the LMI's optimum often sits), then bisect
+        mid = lo * (1 + 0.5 * tol) if it == 0 and 0 < lo * (1 + 0.5 * tol) < hi else 0.5 * (lo + hi)
+        status, P, Ls, msg = problem.solve(mid, solver, eps)
         statuses.append(msg)
         if P is None:
             lo = mid

@@ -106,3 +106,25 @@ def test_expanding_system_is_not_certified_below_one_and_bad_inputs_have_status(
     assert not zeros.certified and "circular" in zeros.condition and zeros.factor is None
     rk4 = lmi_block_certificate(BlockSpec((K,), A, B, H_STEP, "rk4", "circular", 4, 4))
     assert not rk4.certified
+
+
+def test_the_step_problem_is_built_once_and_bisects_a_dpp_parameter():
+    """The LMI is canonicalised once (DPP: c enters only as the parameter 1 - c^2) and re-solved at every c; a
+    feasible c stays feasible above it, its verified factor is at most c, and a problem rebuilt at that c agrees."""
+    import cvxpy as cp
+
+    from contraction.lmi import _StepProblem
+
+    blocks = [conv_blocks(_kernel(1), 4, 4)]
+    problem = _StepProblem(cp, blocks, A, B, H_STEP)
+    assert problem.prob.is_dpp()
+    solver = "CLARABEL" if "CLARABEL" in cp.installed_solvers() else "SCS"
+    found = []
+    for c in (2.0, 1.5, 1.2):
+        status, P, L, _ = problem.solve(c, solver, 1e-7)
+        found.append(P is not None)
+        if P is not None:
+            f = verify_step_factor(P, L[0], blocks[0], A, B, H_STEP)
+            fresh = _StepProblem(cp, blocks, A, B, H_STEP).solve(c, solver, 1e-7)
+            assert fresh[1] is not None and f <= c * (1 + 1e-3)
+    assert found[0] and found == sorted(found, reverse=True)  # feasibility only shrinks as c falls
