@@ -1,4 +1,4 @@
-"""The command line: `cnode {train,evaluate,certify,robustness,demo,study}` and `certify` (= `cnode certify`).
+"""The command line: `cnode {train,strip,evaluate,certify,merge,robustness,demo,study}` and `certify` (= `cnode certify`).
 
 The one CLI module, at the top of the import graph: it parses flags into configs and calls the library."""
 
