@@ -8,9 +8,9 @@ the parallel-line relaxation k z + mid +- half of the pre-activation's interval,
 pre-activation's interval is the symbolic range over the input set (concretised exactly: the box for Linf, and
 for L2 also the ball, A u0 +- eps ||A_i||) met with the local box of certify.local, and so is the box of the last
 layer's input (the other output boxes stay the local ones: nothing downstream reads them): never looser than the
-local boxes. Where the interval and mean-value boxes lose the correlation
-between layers (ordinarily trained models, whose Euler steps amplify a box by up to 1e7), the linear part keeps
-it: the error r only carries the relaxations' second-order widths.
+local boxes. Where the interval and mean-value boxes lose the correlation between layers (ordinarily trained
+models, whose Euler steps amplify a box by up to 1e7), the linear part keeps it: the error r carries only the
+relaxations' half-widths (second order in the interval's width for a smooth sigma).
 
 Cost: one pass of the network on n x B generator columns (conv layers as convs of the coefficient batch, never a
 dense matrix), so the inputs are processed in chunks holding at most `budget` coefficients each."""
@@ -22,7 +22,7 @@ import torch
 from contraction.errors import CNodeError
 from certify.attacks import per_input_eps
 from certify.layers import Symbolic, meet
-from certify.local import LocalBounds, input_box, local_bounds
+from certify.local import LocalBounds, local_bounds
 from certify.unrolled import Unrolled
 
 __all__ = ["DEFAULT_BUDGET", "symbolic_range", "linear_bounds"]
