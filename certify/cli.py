@@ -32,7 +32,7 @@ from nodes.config import (ARCHS, CERTIFIED_METHODS, DATASETS, DEFAULT_ARCH, EPS_
                           READOUTS, REGULARIZERS, SOLVERS, ModelConfig, TrainConfig)
 from nodes.data import EMBEDDED_NOTE, ImageData, load_dataset, resolve_data_root
 from nodes.device import DEVICES, module_device, resolve_device
-from nodes.distributed import SINGLE, Dist, close_distributed, init_distributed, parse_shard
+from nodes.distributed import SINGLE, Dist, parse_shard, process_group
 from nodes.train import TrainingState, evaluate, fit, history_metrics, train
 
 __all__ = ["main", "certify_main", "build_parser"]
@@ -221,11 +221,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train from the flags, or continue the run stored at --resume; the checkpoint at --out is rewritten after
     every epoch (with its training state), so Ctrl-C or a crash keeps the last finished epoch. Under torchrun
     (WORLD_SIZE > 1) every rank trains its part of each batch (DistributedDataParallel); rank 0 prints and writes."""
-    dist = init_distributed(args.device)
-    try:
+    with process_group(args.device) as dist:
         return _train(args, dist)
-    finally:
-        close_distributed(dist)
 
 
 def _train(args: argparse.Namespace, dist: Dist) -> int:
@@ -353,11 +350,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
     if args.limit < 0 or args.batch_size < 1 or args.pgd < 0:
         raise CNodeError("--limit and --pgd must be >= 0 and --batch-size >= 1")
     shard = parse_shard(args.shard) if args.shard else None
-    dist = init_distributed(args.device)
-    try:
+    with process_group(args.device) as dist:
         return _certify_cmd(args, shard, dist)
-    finally:
-        close_distributed(dist)
 
 
 def _certify_cmd(args: argparse.Namespace, shard: tuple[int, int] | None, dist: Dist) -> int:
