@@ -51,14 +51,17 @@ def backward_margins(net: Unrolled, bounds: LocalBounds, u: torch.Tensor, labels
 
 
 def box_and_crown_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor,
-                          norm: str, slack: torch.Tensor | float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(local-box margins, crown margins) over the input set, [B, K] each, from one set of local bounds.
+                          norm: str, slack: torch.Tensor | float = 0.0, bounds: LocalBounds | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(box margins, crown margins) over the input set, [B, K] each, from one set of intermediate bounds (`bounds`,
+    the local boxes when not given).
 
     Crown is the larger of the CROWN-IBP and the box bound; the backward pass runs only for the margins the
     boxes leave at or below `slack` (the others are already proven, and keep their box bound)."""
-    bounds = local_bounds(net, u, eps, norm)
+    if bounds is None:
+        bounds = local_bounds(net, u, eps, norm)
     box = box_margins(net, labels, bounds.lo, bounds.hi)
-    todo = box <= torch.as_tensor(slack, dtype=box.dtype).reshape(-1, 1)
+    todo = box <= torch.as_tensor(slack, dtype=box.dtype, device=box.device).reshape(-1, 1)
     return box, torch.maximum(backward_margins(net, bounds, u, labels, eps, norm, todo), box)
 
 

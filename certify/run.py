@@ -284,6 +284,7 @@ def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.
                        {k: v for k, v in seconds.items() if v > 0})
 
 
+@exact_float32()
 def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[[range, int], Iterable[tuple]],
              n: int, *, eps: float, norm: str, bound: str, batch_size: int, progress: bool, radius: bool,
              device: str | torch.device | None, shard: tuple[int, int] | None = None, dist: Dist = SINGLE
@@ -293,18 +294,8 @@ def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[
     inputs the same way and every rank gets the gathered report. Batches are those of the one-process run, so every
     per-input result is identical to it. On CUDA everything runs in IEEE float32 (TF32 off, `exact_float32`): the
     arithmetic the round-off check measures and the certificate is for."""
-    with exact_float32():
-        return _certify_exact(model, name, sample, chunks, n, eps=eps, norm=norm, bound=bound, batch_size=batch_size,
-                              progress=progress, radius=radius, device=device, shard=shard, dist=dist)
-
-
-def _certify_exact(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[[range, int], Iterable[tuple]],
-                   n: int, *, eps: float, norm: str, bound: str, batch_size: int, progress: bool, radius: bool,
-                   device: str | torch.device | None, shard: tuple[int, int] | None, dist: Dist) -> CertifyReport:
     t0 = time.perf_counter()
-    sample = sample.to(dist.device if dist.distributed and dist.device is not None else place(model, device))
-    if dist.distributed:
-        model.to(sample.device)
+    sample = sample.to(place(model, dist.device if dist.distributed else device))
     plan = plan_certification(model, sample, eps=eps, norm=norm, bound=bound, batch_size=batch_size, radius=radius)
     t1 = time.perf_counter()
     span = range(n) if shard is None else batch_shard(n, plan.batch_size, *shard)
@@ -351,11 +342,8 @@ def certify_model(model: ConvNODE, data: ImageData, *, eps: float, norm: str = "
     `shard=(i, n)`: certify only shard i of n of the inputs (contiguous whole batches; `certify.merge` joins the
     parts); `dist` (nodes.distributed, e.g. under torchrun): the ranks split the inputs and all get the gathered
     report. Either way each input's result is identical to the one-process report's."""
-    def chunks(r: range, size: int) -> Iterable[tuple]:
-        return batches(ImageData(data.images[r.start:r.stop], data.labels[r.start:r.stop], data.name, data.split,
-                                 data.source), size)
-
-    return _certify(model, data.name, data.tensors(0, min(len(data), 64))[0], chunks, len(data), eps=eps, norm=norm,
+    return _certify(model, data.name, data.tensors(0, min(len(data), 64))[0],
+                    lambda r, size: batches(data.slice(r.start, r.stop), size), len(data), eps=eps, norm=norm,
                     bound=bound, batch_size=batch_size, progress=progress, radius=radius, device=device, shard=shard,
                     dist=dist)
 
@@ -412,6 +400,7 @@ def _images(inputs: ImageData | torch.Tensor, sel: torch.Tensor) -> torch.Tensor
     return x.float()
 
 
+@exact_float32()  # the arithmetic the certificate is for
 def attack_check(
     model: ConvNODE, inputs: ImageData | torch.Tensor, report: CertifyReport, *, limit: int = 200, restarts: int = 3,
     steps: int = 40, queries: int = 300, batch_size: int = 100,
@@ -419,12 +408,6 @@ def attack_check(
     """Attack the certified inputs inside their certified radius (PGD with restarts and the gradient-free search).
 
     `inputs`: the dataset or the float images [N, C, S, S] the report was computed on, in the same order."""
-    with exact_float32():  # the arithmetic the certificate is for
-        return _attack_check(model, inputs, report, limit, restarts, steps, queries, batch_size)
-
-
-def _attack_check(model: ConvNODE, inputs: ImageData | torch.Tensor, report: CertifyReport, limit: int, restarts: int,
-                  steps: int, queries: int, batch_size: int) -> AttackCheck:
     idx = torch.nonzero(report.radii > 0).flatten()[:limit]
     broken = {"pgd": 0, "square": 0}
     device = module_device(model)
@@ -462,6 +445,7 @@ class PGDCheck:
                 "status": self.status, "steps": self.steps, "restarts": self.restarts, "loss": "ce"}
 
 
+@exact_float32()  # the arithmetic the certificate is for
 def pgd_check(model: ConvNODE, inputs: ImageData | torch.Tensor, report: CertifyReport, *, steps: int = 100,
               restarts: int = 1, batch_size: int = 500, progress: bool = False, dist: Dist = SINGLE) -> PGDCheck:
     """PGD-`steps` (cross-entropy, random start) at the report's eps on every input the report covers, in order:
@@ -470,12 +454,6 @@ def pgd_check(model: ConvNODE, inputs: ImageData | torch.Tensor, report: Certify
     contiguous whole batches and gather: the same per-input result as one process."""
     if steps < 1 or restarts < 1:
         raise CNodeError("PGD needs steps >= 1 and restarts >= 1")
-    with exact_float32():  # the arithmetic the certificate is for
-        return _pgd_check(model, inputs, report, steps, restarts, batch_size, progress, dist)
-
-
-def _pgd_check(model: ConvNODE, inputs: ImageData | torch.Tensor, report: CertifyReport, steps: int, restarts: int,
-               batch_size: int, progress: bool, dist: Dist) -> PGDCheck:
     device = module_device(model)
     index = report.index()
     mine = batch_shard(report.n, batch_size, dist.rank, dist.world)

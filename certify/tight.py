@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from contraction.errors import CNodeError
-from certify.crown import backward_margins
+from certify.crown import box_and_crown_margins
 from certify.linear import linear_bounds
 from certify.local import LocalBounds, box_margins, local_bounds
 from certify.unrolled import Unrolled
@@ -55,12 +55,10 @@ def stage_margins(stage: str, net: Unrolled, u: torch.Tensor, labels: torch.Tens
     u = u.to(net.readout_weight.dtype)
     if local is None:
         local = local_bounds(net, u, eps, norm)
-    bounds = linear_bounds(net, u, eps, norm, local=local) if stage == "linear" else local
-    box = box_margins(net, labels, bounds.lo, bounds.hi)
     if stage == "local":
-        return box, local
-    back = backward_margins(net, bounds, u, labels, eps, norm, _open(box, slack))
-    return torch.maximum(back, box), local
+        return box_margins(net, labels, local.lo, local.hi), local
+    bounds = linear_bounds(net, u, eps, norm, local=local) if stage == "linear" else local
+    return box_and_crown_margins(net, u, labels, eps, norm, slack, bounds)[1], local
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import dataclasses
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -46,6 +47,10 @@ class ImageData:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def slice(self, start: int = 0, stop: int | None = None) -> "ImageData":
+        """The images [start:stop] as a dataset of their own (views, no copy)."""
+        return dataclasses.replace(self, images=self.images[start:stop], labels=self.labels[start:stop])
 
     def tensors(self, start: int = 0, stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Float images in [0, 1] and labels of the slice [start:stop]."""
@@ -147,7 +152,7 @@ def load_dataset(
     if limit:
         if limit < 0:
             raise DataError(f"limit must be >= 0, got {limit}")
-        data = ImageData(data.images[:limit], data.labels[:limit], data.name, data.split, data.source)
+        data = data.slice(0, limit)
     return data
 
 

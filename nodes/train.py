@@ -101,13 +101,10 @@ def evaluate(model: ConvNODE, data: ImageData, *, batch_size: int = 500, progres
     device = module_device(model)
     with eval_mode(model):
         correct = 0
-        share = range(len(data) * dist.rank // dist.world, len(data) * (dist.rank + 1) // dist.world)
-        part = data if not dist.distributed else ImageData(data.images[share.start:share.stop],
-                                                           data.labels[share.start:share.stop], data.name, data.split,
-                                                           data.source)
+        part = data.slice(len(data) * dist.rank // dist.world, len(data) * (dist.rank + 1) // dist.world)
         it = batches(part, batch_size)
         if progress:
-            it = tqdm(it, total=(len(data) + batch_size - 1) // batch_size, desc="evaluate", leave=False, disable=None)
+            it = tqdm(it, total=(len(part) + batch_size - 1) // batch_size, desc="evaluate", leave=False, disable=None)
         for x, y in it:
             correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
         return dist.all_sum([correct])[0] / max(len(data), 1)

@@ -59,3 +59,16 @@ def model_configs(draw: st.DrawFn, image: int = 8):
         readout=draw(st.sampled_from(["linear", "avgpool"])), shared_weights=draw(st.booleans()),
         stem=tuple(stem), head=tuple(draw(st.lists(st.integers(2, 5), max_size=1))),
         mean=tuple([0.3] * in_ch) if norm else (), std=tuple([0.7] * in_ch) if norm else ())
+
+
+def random_model(cfg, seed: int, scale: float = 1.0):
+    """A ConvNODE of `cfg` with weights drawn from `seed`, in float64 and eval mode, its block's convs scaled by
+    `scale` (above 1: the ill-conditioned blocks of ordinarily trained models)."""
+    from nodes import ConvNODE
+
+    torch.manual_seed(seed)
+    model = ConvNODE(cfg).double().eval()
+    with torch.no_grad():
+        for f in model.block.fields:
+            f.conv.weight.mul_(scale)
+    return model

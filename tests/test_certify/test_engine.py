@@ -18,16 +18,7 @@ from nodes.data import ImageData
 from certify.unrolled import unroll
 from contraction.measures import norm_2, norm_inf
 from nodes import ConvNODE, ModelConfig
-from tests.strategies import model_configs, seeds
-
-
-def _model(cfg, seed, scale=1.0):
-    torch.manual_seed(seed)
-    model = ConvNODE(cfg).double().eval()
-    with torch.no_grad():
-        for f in model.block.fields:
-            f.conv.weight.mul_(scale)
-    return model
+from tests.strategies import model_configs, random_model, seeds
 
 
 def _jacobian(fn, x):
@@ -37,7 +28,7 @@ def _jacobian(fn, x):
 @settings(max_examples=budget(30), deadline=None)
 @given(model_configs(), seeds)
 def test_every_layer_factor_bounds_its_dense_jacobian_and_adjoints_are_transposes(cfg, seed):
-    model = _model(cfg, seed)
+    model = random_model(cfg, seed)
     net = unroll(model)
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(1, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen, dtype=torch.float64)
@@ -56,7 +47,7 @@ def test_every_layer_factor_bounds_its_dense_jacobian_and_adjoints_are_transpose
 @settings(max_examples=budget(20), deadline=None)
 @given(model_configs(), seeds, st.sampled_from(["inf", "2"]))
 def test_network_constants_bound_the_dense_jacobian_of_the_network(cfg, seed, norm):
-    model = _model(cfg, seed, scale=0.5)
+    model = random_model(cfg, seed, scale=0.5)
     gen = torch.Generator().manual_seed(seed)
     u = torch.rand(2, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen, dtype=torch.float64)
     bounds = network_bounds(model, norm)
@@ -165,7 +156,7 @@ def test_ibp_boxes_contain_every_layer_output_over_the_input_set(cfg, seed, norm
     """Every layer's `interval` rule, chained by ibp_bounds: each layer's output (and each pre-activation) at
     sampled points and at the box's vertices of the eps-set lies in its box; IBP margins never beat the local ones
     by more than round-off (both are sound, local is the tighter) and never exceed the true margins."""
-    model = _model(cfg, seed)
+    model = random_model(cfg, seed)
     net = unroll(model)
     gen = torch.Generator().manual_seed(seed)
     size, cin = cfg.image_size, cfg.in_channels

@@ -16,9 +16,9 @@ from certify.run import attack_check, certify_model
 from certify.tight import TIGHT_STAGES, certified_at, escalate, stage_margins
 from certify.unrolled import unroll
 from contraction.convops import apply_conv_columns, apply_conv_general
-from nodes import ConvNODE, ModelConfig, load_dataset
+from nodes import ModelConfig, load_dataset
 from tests.profiles import budget
-from tests.strategies import model_configs, seeds
+from tests.strategies import model_configs, random_model, seeds
 
 EXAMPLES = "examples/models"
 
@@ -35,15 +35,6 @@ def test_columns_last_conv_is_conv2d(k, stride, pad, padding, size, c_in, c_out,
     ref = apply_conv_general(x, K, stride, pad, padding)
     got = apply_conv_columns(x.permute(1, 2, 3, 0).contiguous(), K, stride, pad, padding).permute(3, 0, 1, 2)
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
-
-
-def _model(cfg, seed, scale):
-    torch.manual_seed(seed)
-    model = ConvNODE(cfg).double().eval()
-    with torch.no_grad():
-        for f in model.block.fields:
-            f.conv.weight.mul_(scale)
-    return model
 
 
 def _points(u, eps, norm, gen, model, y):
@@ -75,7 +66,7 @@ def _points(u, eps, norm, gen, model, y):
 def test_every_layer_symbolic_enclosure_contains_the_exact_outputs(cfg, seed, norm, scale, eps):
     """x = A u + c +- r at every layer, pre-activations inside their boxes, for points of the set (vertices, ball
     directions, PGD), and every box of linear_bounds inside the local one's."""
-    model = _model(cfg, seed, scale)
+    model = random_model(cfg, seed, scale)
     net = unroll(model)
     gen = torch.Generator().manual_seed(seed)
     u = torch.rand(3, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen, dtype=torch.float64)
@@ -111,7 +102,7 @@ def test_every_layer_symbolic_enclosure_contains_the_exact_outputs(cfg, seed, no
 @settings(max_examples=budget(10), deadline=None)
 @given(model_configs(), seeds, st.sampled_from(["inf", "2"]))
 def test_chunking_the_inputs_changes_nothing(cfg, seed, norm):
-    model = _model(cfg, seed, 1.0)
+    model = random_model(cfg, seed, 1.0)
     net = unroll(model)
     u = torch.rand(5, cfg.in_channels, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(seed),
                    dtype=torch.float64)
@@ -125,7 +116,7 @@ def test_chunking_the_inputs_changes_nothing(cfg, seed, norm):
 @settings(max_examples=budget(15), deadline=None)
 @given(model_configs(), seeds, st.sampled_from(["inf", "2"]), st.sampled_from([0.5, 1.5, 3.0]))
 def test_escalation_keeps_every_input_a_cheaper_stage_proves_and_its_margins_are_sound(cfg, seed, norm, scale):
-    model = _model(cfg, seed, scale)
+    model = random_model(cfg, seed, scale)
     net = unroll(model)
     gen = torch.Generator().manual_seed(seed)
     u = torch.rand(12, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen, dtype=torch.float64)
@@ -153,7 +144,7 @@ def test_escalation_keeps_every_input_a_cheaper_stage_proves_and_its_margins_are
 
 
 def test_falsified_inputs_are_never_certified_and_skip_the_expensive_stage():
-    model = _model(ModelConfig(channels=2, steps=2, image_size=6, num_classes=3), 0, 2.0)
+    model = random_model(ModelConfig(channels=2, steps=2, image_size=6, num_classes=3), 0, 2.0)
     net = unroll(model)
     u = torch.rand(6, 1, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     y = model(u).argmax(1)
