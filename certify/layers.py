@@ -24,13 +24,15 @@ from typing import Callable
 import torch
 
 from contraction.convops import (apply_conv, apply_conv_adjoint, apply_conv_columns, apply_conv_general, apply_conv_general_adjoint,
-                                 centre_taps, conv_general_spectral_norm_tensor, conv_spectral_norm_tensor)
+                                 centre_taps, conv_general_spectral_norm_tensor, conv_singular_range, largest_singular_value,
+                                 conv_spectral_norm_tensor)
 from contraction.errors import CNodeError
 from contraction.slopes import Activation
 from contraction.weights import euler_factor_2, euler_factor_inf
 from certify.relax import relax
 
-__all__ = ["Box", "Symbolic", "columns", "Layer", "Affine", "Normalize", "Conv", "Flatten", "Linear", "Act", "EulerStep"]
+__all__ = ["Box", "Symbolic", "columns", "Layer", "Affine", "Normalize", "Conv", "Flatten", "Linear", "Act", "EulerStep",
+           "GradientStep", "STEP_LAYERS"]
 
 Pre = tuple[torch.Tensor, torch.Tensor] | None
 
@@ -254,6 +256,13 @@ class Conv(Affine):
             return conv_general_spectral_norm_tensor(self.weight, self.size, self.stride, self.pad, self.padding)
         raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
 
+    def transposed(self) -> "Conv":
+        """T(K)^T as a conv without bias (square stride-1 same convs: the flipped, transposed kernel, same padding)."""
+        if not self.same:
+            raise CNodeError("only stride-1 same-size convs have a same-size transposed conv")
+        K = self.weight.flip(-1, -2).transpose(0, 1)
+        return Conv(K, torch.zeros(K.shape[0], dtype=K.dtype, device=K.device), 1, self.pad, self.padding, self.size)
+
     def mix(self, out: torch.Tensor | None = None, inp: torch.Tensor | None = None) -> "Conv":
         """The conv G_out T(K) (G_in (x) I) for channel matrices G_out [C_out, C_out], G_in [C_in, C_in]."""
         K, b = self.weight, self.bias
@@ -321,7 +330,7 @@ class Linear(Affine):
         if norm == "inf":
             return self.weight.abs().sum(1).amax()
         if norm == "2":
-            return torch.linalg.matrix_norm(self.weight, ord=2)
+            return largest_singular_value(self.weight)
         raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
 
     def mix(self, inp: torch.Tensor, channels: int) -> "Linear":
@@ -398,6 +407,9 @@ class EulerStep(Layer):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.h * self.act(self.conv(x))
 
+    def preactivation(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
     def lipschitz(self, norm: str) -> torch.Tensor:
         """Bounds of ||I + h D T(K)|| over every admissible D (contraction.weights, the block certificates' rules)."""
         a, b, K = self.act.a, self.act.b, self.conv.weight
@@ -453,3 +465,109 @@ class EulerStep(Layer):
         off = (z.r - c.abs() * s.r).clamp_min(0.0)
         r = (1 + h * k * c).abs() * s.r + h * k * off + h * half
         return Symbolic(z.A.mul_(columns(h * k)).add_(s.A), s.c + h * (k * z.c + mid), r), box
+
+
+@dataclass(frozen=True, eq=False)
+class GradientStep(Layer):
+    """x+ = x - h T^T sigma(T x + b), one Euler step of the gradient field (T = T(K) a square stride-1 same conv, K the
+    kernel as run). Its Jacobian I - h T^T D T is symmetric for every slope matrix D."""
+
+    conv: Conv
+    h: float
+    act: Activation
+    smax: torch.Tensor | None = None  # a known bound of ||T||_2 (training reuses the field's); None: the DFT bound
+    nonlinear = True
+
+    @property
+    def adj(self) -> Conv:
+        """T^T (no bias)."""
+        return self.conv.transposed()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.h * self.adj.apply(self.act(self.conv(x)))
+
+    def preactivation(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+    def lipschitz(self, norm: str) -> torch.Tensor:
+        """L2: max(h b s_max^2 - 1, 1 - h a s_min^2) (the symmetric step's spectrum; s_min only for circular padding,
+        where the DFT gives it exactly; differentiable through s_max); Linf: the row sums of
+        contraction.certificates.gradient_step_factors."""
+        a, b, h, conv = self.act.a, self.act.b, self.h, self.conv
+        if norm == "2":
+            smax = conv.lipschitz("2") if self.smax is None else self.smax
+            smin = 0.0
+            if conv.padding == "circular":
+                smin = conv_singular_range(conv.weight, conv.size, conv.size, conv.padding)[0]
+            return torch.maximum(h * b * smax.square() - 1.0, torch.as_tensor(1.0 - h * a * smin**2, dtype=smax.dtype))
+        if norm == "inf":
+            ones = torch.ones(1, *self._shape(), dtype=conv.weight.dtype, device=conv.weight.device)
+            return self._gain(a * ones, b * ones, ones, conv.apply_abs(ones)).amax()
+        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+
+    def _shape(self) -> tuple[int, int, int]:
+        return (self.conv.weight.shape[1], self.conv.size, self.conv.size)
+
+    def _diag(self, d: torch.Tensor) -> torch.Tensor:
+        """The diagonal of T^T diag(d) T: sum_q T_qp^2 d_q (T^T with squared taps, on d; exact while no two taps wrap
+        onto the same pixel, which the config ensures: circular padding needs a side >= the kernel)."""
+        K2 = Conv(self.conv.weight.square(), self.conv.bias, 1, self.conv.pad, self.conv.padding, self.conv.size)
+        return K2.transposed().apply(d)
+
+    def _gain(self, dl: torch.Tensor, du: torch.Tensor, r: torch.Tensor, abs_r: torch.Tensor) -> torch.Tensor:
+        """A bound of |(I - h T^T D T) e| for |e| <= r and dl <= D <= du (0 <= dl): the diagonal 1 - h g, g between
+        the diagonals at dl and du, and the off-diagonal mass h |T|^T du |T| r less its diagonal part."""
+        h = self.h
+        gl, gu = self._diag(dl), self._diag(du)
+        off = (self.adj.apply_abs(du * abs_r) - gu * r).clamp_min(0.0)
+        return torch.maximum((1 - h * gl).abs(), (1 - h * gu).abs()) * r + h * off
+
+    def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], Pre]:
+        """Interval arithmetic: z over the box, sigma(z) in [sigma(z_lo), sigma(z_hi)], T^T of that box, then
+        x+ in [lo - h (T^T s)_hi, hi - h (T^T s)_lo] (sound, loose: x and the step are bounded apart)."""
+        (zl, zh), _ = self.conv.interval(lo, hi)
+        (yl, yh), _ = self.adj.interval(self.act(zl), self.act(zh))
+        return (lo - self.h * yh, hi - self.h * yl), (zl, zh)
+
+    def bounds(self, box: Box, interval: bool = True) -> tuple[Box, Pre]:
+        """Mean-value enclosure around the centre: x+ - xc+ = (I - h T^T D T)(x - xc) with D the chord slopes in
+        [dl, du] on z's interval, bounded by `_gain`; met with interval arithmetic (unless `interval=False`)."""
+        act, h, conv = self.act, self.h, self.conv
+        r, xc = box.radius, box.centre
+        zc = conv(xc)
+        abs_r = conv.apply_abs(r)
+        zl, zh = zc - abs_r, zc + abs_r
+        if interval:
+            zl, zh = meet((zl, zh), conv.interval(box.lo, box.hi)[0])
+        dl, du = act.slope_range(zl, zh)
+        gain = self._gain(dl, du, r, abs_r)
+        xc = xc - h * self.adj.apply(act(zc))
+        lo, hi = xc - gain, xc + gain
+        if interval:
+            (il, ih), _ = self.interval(box.lo, box.hi)
+            lo, hi = meet((lo, hi), (il, ih))
+        return Box(lo, hi, xc), (zl, zh)
+
+    def backward(self, lam: torch.Tensor, const: torch.Tensor, pre: Pre,
+                 rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """lam . x+ = lam . x + mu . sigma(z) with mu = -h T lam; mu . sigma(z) >= (mu k) . z + const on z's box, and
+        z = T x + b: lam . x+ >= (lam + T^T (mu k)) . x + (mu k) . b + const."""
+        mu = -self.h * self.conv.apply(lam)
+        g, c = _relaxed(self.act, mu, pre, rows)
+        back, c2 = self.conv.backward(g, const + c, None, rows)
+        return lam + back, c2
+
+    def symbolic(self, s: Symbolic, pre: Pre, concretize: Concretize) -> tuple[Symbolic, Pre]:
+        """x+ = (I - h T^T diag(k) T) x - h T^T (k b + mid + half * delta) with sigma(z) = k z + mid + half * delta on
+        z's interval: the linear part exact; the error through `_gain` at D = diag(k), plus h |T^T| half."""
+        conv, adj, h = self.conv, self.adj, self.h
+        z = Symbolic(conv.apply_columns(s.A), conv(s.c), conv.apply_abs(s.r))
+        box = _symbolic_box(z, pre, concretize)
+        k, mid, half = _centre_line(self.act, box)
+        r = self._gain(k, k, s.r, z.r) + h * adj.apply_abs(half)
+        A = s.A - h * adj.apply_columns(z.A.mul_(columns(k)))
+        return Symbolic(A, s.c - h * adj.apply(k * z.c + mid), r), box
+
+
+STEP_LAYERS: dict[str, type[Layer]] = {"paper": EulerStep, "gradient": GradientStep}
+"""The Euler step's layer type of each field (`ModelConfig.field`)."""

@@ -1,5 +1,5 @@
 """The classifier as it runs, unrolled into the bound engine's layer sequence: [normalise], stem (conv, sigma)...,
-one Euler residual step x+ = x + h sigma(K_k x + b_k) per interval, flatten, head (linear, sigma)..., linear.
+one Euler residual step per interval (x+ = x + h sigma(K_k x + b_k); gradient field: x+ = x - h K_k^T sigma(K_k x + b_k)), flatten, head (linear, sigma)..., linear.
 Euler only: other solvers have no such form. Pixel averaging (`readout='avgpool'`) is folded into the first head
 layer (its weights divided by H W and repeated over the pixels)."""
 
@@ -13,7 +13,7 @@ from torch import nn
 from contraction.convops import conv_output_size
 from contraction.errors import CNodeError
 from contraction.slopes import Activation
-from certify.layers import Act, Conv, EulerStep, Flatten, Layer, Linear, Normalize
+from certify.layers import STEP_LAYERS, Act, Conv, Flatten, Layer, Linear, Normalize
 from nodes.classifier import ConvNODE
 
 __all__ = ["Unrolled", "unroll"]
@@ -45,7 +45,7 @@ class Unrolled:
         return self.final.bias
 
     @property
-    def steps(self) -> tuple[EulerStep, ...]:
+    def steps(self) -> tuple[Layer, ...]:
         return self.layers[self.block[0]:self.block[1]]  # type: ignore[return-value]
 
     def outputs(self, u: torch.Tensor) -> list[torch.Tensor]:
@@ -62,8 +62,8 @@ class Unrolled:
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Act):
                 pre[i] = outs[i]
-            elif isinstance(layer, EulerStep):
-                pre[i] = layer.conv(outs[i])
+            elif layer.nonlinear:
+                pre[i] = layer.preactivation(outs[i])  # type: ignore[attr-defined]
         return pre
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
@@ -75,8 +75,9 @@ def _cast(t: torch.Tensor, dtype: torch.dtype | None, detach: bool) -> torch.Ten
     return t.to(dtype) if dtype is not None else t
 
 
-def _conv(conv: nn.Conv2d, size: int, dtype: torch.dtype | None, detach: bool) -> Conv:
-    w, b = conv.weight, conv.bias
+def _conv(conv: nn.Conv2d, size: int, dtype: torch.dtype | None, detach: bool,
+          weight: torch.Tensor | None = None) -> Conv:
+    w, b = conv.weight if weight is None else weight, conv.bias
     if b is None:
         b = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
     if conv.dilation != (1, 1) or conv.groups != 1 or len(set(conv.stride)) != 1 or len(set(conv.padding)) != 1:
@@ -106,8 +107,14 @@ def unroll(model: ConvNODE, *, dtype: torch.dtype | None = torch.float64, detach
         layers += [_conv(conv, size, dtype, detach), Act(act)]
         size = conv_output_size(size, conv.kernel_size[0], conv.stride[0], conv.padding[0])
     start = len(layers)
+    step = STEP_LAYERS[cfg.field]
+    kernels = [field.kernel_and_bound() for field in model.block.fields]  # as run (the gradient field: rescaled)
     for k in range(cfg.steps):
-        layers.append(EulerStep(_conv(model.block.field_at_step(k).conv, size, dtype, detach), cfg.h, act))
+        field = model.block.field_at_step(k)
+        kernel, bound = kernels[0 if cfg.shared_weights else k]
+        # a live (training) unroll reuses the field's spectral bound; a certificate's copy recomputes it in float64
+        extra = {"smax": bound} if bound is not None and not detach else {}
+        layers.append(step(_conv(field.conv, size, dtype, detach, kernel), cfg.h, act, **extra))  # type: ignore[call-arg]
     block = (start, len(layers))
     layers.append(Flatten((cfg.channels, size, size)))
     for i, lin in enumerate(model.head):

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from contraction.convops import centre_taps, conv_spectral_norm
+from contraction.convops import apply_conv, apply_conv_adjoint, centre_taps, conv_singular_range, conv_spectral_norm
 from contraction.errors import CNodeError
 from contraction.weights import (
     check_slopes,
@@ -27,11 +27,14 @@ from contraction.weights import (
     perron_weights,
 )
 
-__all__ = ["Certificate", "BlockSpec", "block_certificates", "best_certificate", "NORMS", "CERTIFIED", "NOT_CERTIFIED"]
+__all__ = ["Certificate", "BlockSpec", "block_certificates", "best_certificate", "gradient_step_factors", "NORMS",
+           "FIELDS", "CERTIFIED", "NOT_CERTIFIED"]
 
 CERTIFIED = "certified"
 NOT_CERTIFIED = "not_certified"
 NORMS = ("inf", "inf_weighted", "1", "2", "2_P")
+FIELDS = ("paper", "gradient")
+"""The block's vector field: 'paper' x' = sigma(K*x + b), 'gradient' x' = -K^T sigma(K*x + b)."""
 
 
 @dataclass(frozen=True)
@@ -83,9 +86,12 @@ class BlockSpec:
     padding: str
     height: int
     width: int
+    field: str = "paper"
 
     def __post_init__(self) -> None:
         check_slopes(self.a, self.b)
+        if self.field not in FIELDS:
+            raise CNodeError(f"field must be one of {list(FIELDS)}, got {self.field!r}")
         if not self.kernels:
             raise CNodeError("a block needs at least one kernel")
         if not (math.isfinite(self.h) and self.h > 0):
@@ -146,6 +152,51 @@ def _euler(spec: BlockSpec, norm: str) -> Certificate:
     )
 
 
+def gradient_step_factors(K: torch.Tensor, a: float, b: float, h: float, H: int, W: int,
+                          padding: str) -> dict[str, float]:
+    """Bounds for one Euler step I - h T^T D T of the gradient field (D diagonal in [a, b], T = T(K) square):
+
+    - L2 (exact spectrum): T^T D T is symmetric with a T^T T <= T^T D T <= b T^T T, so its eigenvalues lie in
+      [a s_min^2, b s_max^2] and ||I - h T^T D T||_2 <= max(h b s_max^2 - 1, 1 - h a s_min^2); the field's mu_2 is
+      at most -a s_min^2 (rate a s_min^2; s_min exact by the DFT for circular padding, 0 for zero padding);
+    - Linf (= L1, the matrix is symmetric): row p has diagonal 1 - h g_p with g_p = sum_q d_q T_qp^2 in
+      [a n_p, b n_p] (n_p the squared column norm) and off-diagonal mass <= h b ((|T|^T |T| 1)_p - n_p)."""
+    K = K.detach().to(torch.float64)
+    smin, smax = conv_singular_range(K, H, W, padding)
+    ones = torch.ones(1, K.shape[1], H, W, dtype=K.dtype)
+    n = apply_conv_adjoint(torch.ones(1, K.shape[0], H, W, dtype=K.dtype), K.square(), padding)[0]
+    mass = apply_conv_adjoint(apply_conv(ones, K.abs(), padding), K.abs(), padding)[0]
+    off = h * b * (mass - n).clamp_min(0.0)
+    inf = torch.maximum((1 - h * a * n).abs(), (1 - h * b * n).abs()).add(off).amax()
+    mu_inf = (-a * n + b * (mass - n).clamp_min(0.0)).amax()
+    return {"2": max(h * b * smax**2 - 1.0, 1.0 - h * a * smin**2), "rate_2": a * smin**2, "inf": float(inf),
+            "mu_inf": float(mu_inf), "s_min": smin, "s_max": smax}
+
+
+def _gradient(spec: BlockSpec, norm: str) -> Certificate:
+    if norm == "inf_weighted":
+        return Certificate("channel-weighted mu_inf", norm, NOT_CERTIFIED, None, None,
+                           "not implemented for the gradient field (its L2 certificate is exact)")
+    a, b, h = spec.a, spec.b, spec.h
+    per = [gradient_step_factors(K, a, b, h, spec.height, spec.width, spec.padding) for K in spec.kernels]
+    key, mu_key = ("2", "rate_2") if norm == "2" else ("inf", "mu_inf")
+    steps = tuple(p[key] for p in per)
+    rate = min(p["rate_2"] for p in per) if norm == "2" else -max(p["mu_inf"] for p in per)
+    hbs = max(h * b * p["s_max"] ** 2 for p in per)
+    if norm == "2":
+        how = ("DFT spectrum of T (exact, circular padding)" if spec.padding == "circular" else
+               "torus bound of ||T||_2 (zero padding; s_min taken as 0)")
+        method, cond = "gradient flow: spectral", f"||I - h T^T D T||_2 <= max(h b s_max^2 - 1, 1 - h a s_min^2); {how}"
+    else:
+        method, cond = f"gradient flow: mu_{'inf' if norm == 'inf' else '1'} row sums", \
+            "row sums of I - h T^T D T (symmetric: the same in the 1-norm)"
+    return Certificate(method=method, norm=norm, status=CERTIFIED, rate=rate, factor=math.prod(steps),
+                       condition=f"gradient field, Euler h={h:g}; max h*b*||T||^2 = {hbs:.4g}; {cond}; slopes in "
+                                 f"[{a:g}, {b:g}]; {spec.steps} steps",
+                       step_factors=steps, extra={"s_min": min(p["s_min"] for p in per),
+                                                  "s_max": max(p["s_max"] for p in per)})
+
+
 def block_certificates(spec: BlockSpec, norms: Sequence[str] = ("inf", "inf_weighted", "1", "2")) -> list[Certificate]:
     """Weight-only certificates of the block in each norm, for the solver actually run.
 
@@ -164,7 +215,7 @@ def block_certificates(spec: BlockSpec, norms: Sequence[str] = ("inf", "inf_weig
             for n in norms
         ]
     with torch.no_grad():
-        return [_euler(spec, n) for n in norms]
+        return [(_gradient if spec.field == "gradient" else _euler)(spec, n) for n in norms]
 
 
 def best_certificate(certs: Sequence[Certificate], norm_family: str) -> Certificate | None:

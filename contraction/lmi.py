@@ -1,12 +1,13 @@
 """LMI certificates of the Euler step of a slope-restricted conv/dense layer (S-procedure), cvxpy + SCS.
 
-With v = T dx, w = D v (d in [a, b]) and dx+ = dx + h w, the step contracts by c in ||x||_P = sqrt(x^T P x) if
+For the field x' = A sigma(T x + b) (the paper's: A = I; the gradient field: A = -T^T), with v = T dx, w = D v
+(d in [a, b]) and dx+ = dx + h A w, the step contracts by c in ||x||_P = sqrt(x^T P x) if
 
-    M(P, L, c) = [[(1 - c^2) P - 2ab T^T L T,  h P + (a+b) T^T L],
-                  [h P + (a+b) L T,            h^2 P - 2 L      ]]  <= 0
+    M(P, L, c) = [[(1 - c^2) P - 2ab T^T L T,  h P A + (a+b) T^T L   ],
+                  [h A^T P + (a+b) L T,        h^2 A^T P A - 2 L     ]]  <= 0
 
 for some P > 0 and diagonal L >= 0, since 2 (w - a v)^T L (b v - w) >= 0 for every admissible D.
-Circular padding with P = P_c (x) I, L = L_c (x) I makes M block circulant: the 2-D DFT splits it into one
+Circular padding with P = P_c (x) I, L = L_c (x) I makes M block circulant (A's blocks: -T(w)^H): the 2-D DFT splits it into one
 Hermitian 2C x 2C block per frequency (conjugate frequencies are redundant), sharing P_c and L_c.
 
 Soundness does not rest on the solver: for the returned (P, L) the smallest valid c is recomputed in float64
@@ -63,83 +64,102 @@ def dense_blocks(T: torch.Tensor) -> np.ndarray:
     return T.detach().to(torch.float64).numpy()[None].astype(np.complex128)
 
 
-def verify_step_factor(P: np.ndarray, L: np.ndarray, blocks: np.ndarray, a: float, b: float, h: float) -> float:
-    """Smallest c with M(P, L, c) <= 0 on every block, in float64; inf when no c works (M22 not negative definite)."""
+def verify_step_factor(P: np.ndarray, L: np.ndarray, blocks: np.ndarray, a: float, b: float, h: float,
+                       outs: np.ndarray | None = None) -> float:
+    """Smallest c with M(P, L, c) <= 0 on every block, in float64; inf when no c works (M22 not negative definite).
+    `outs`: the blocks of A for the field x' = A sigma(T x + b) (None: A = I)."""
     P = 0.5 * (P + P.T)
     n = P.shape[0]
     Ld = np.diag(np.maximum(L, 0.0))
-    M22 = h * h * P - 2 * Ld
     if not np.all(np.isfinite(P)) or not np.all(np.isfinite(L)):
-        return math.inf
-    if np.linalg.eigvalsh(M22).max() >= -1e-12 * max(1.0, np.abs(M22).max()):
         return math.inf
     try:
         R = np.linalg.cholesky(P)  # P = R R^T
     except np.linalg.LinAlgError:
         return math.inf
     Rinv = np.linalg.inv(R)
-    M22inv = np.linalg.inv(M22)
     worst = -math.inf
-    for T in blocks:
+    for j, T in enumerate(blocks):
+        A = np.eye(n) if outs is None else outs[j]
+        M22 = h * h * (A.conj().T @ P @ A) - 2 * Ld
+        M22 = 0.5 * (M22 + M22.conj().T)
+        if np.linalg.eigvalsh(M22).max() >= -1e-12 * max(1.0, np.abs(M22).max()):
+            return math.inf
         TH = T.conj().T
         M11 = P - 2 * a * b * TH @ Ld @ T
-        M12 = h * P + (a + b) * TH @ Ld
-        S = M11 - M12 @ M22inv @ M12.conj().T
+        M12 = h * P @ A + (a + b) * TH @ Ld
+        S = M11 - M12 @ np.linalg.inv(M22) @ M12.conj().T
         G = Rinv @ S @ Rinv.conj().T
         worst = max(worst, float(np.linalg.eigvalsh(0.5 * (G + G.conj().T)).max()))
     c2 = max(worst, 0.0)
     return math.sqrt(c2) * (1 + 1e-9) + 1e-12 * n
 
 
-def _subset(blocks: np.ndarray, limit: int) -> np.ndarray:
+def _subset(index: np.ndarray, blocks: np.ndarray, limit: int) -> np.ndarray:
+    """The indices of the blocks the solver sees: the largest-norm half and a grid."""
     if len(blocks) <= limit:
-        return blocks
+        return index
     norms = np.linalg.norm(blocks, ord=2, axis=(1, 2))
     top = np.argsort(-norms)[: limit // 2]
     grid = np.linspace(0, len(blocks) - 1, limit - len(top)).round().astype(int)
-    return blocks[np.unique(np.concatenate([top, grid]))]
+    return index[np.unique(np.concatenate([top, grid]))]
 
 
-def spectral_floor(layers: list[np.ndarray], a: float, b: float, h: float) -> float:
-    """A lower bound of every layer's step factor in any P-norm: the induced norm of I + h d T (the step at the
-    admissible D = d I, d in {a, b}) is at least its spectral radius, max over the frequency blocks T(w). Bisection
+def spectral_floor(layers: list[np.ndarray], a: float, b: float, h: float,
+                   outs: list[np.ndarray | None] | None = None) -> float:
+    """A lower bound of every layer's step factor in any P-norm: the induced norm of I + h d A T (the step at the
+    admissible D = d I, d in {a, b}) is at least its spectral radius, max over the frequency blocks. Bisection
     starts there instead of at 0."""
     floor = 0.0
-    for blocks in layers:
+    for i, blocks in enumerate(layers):
         eye = np.eye(blocks.shape[-1])
+        out = None if outs is None else outs[i]
+        AT = blocks if out is None else out @ blocks
         for d in (a, b):
-            floor = max(floor, float(np.abs(np.linalg.eigvals(eye + h * d * blocks)).max()))
+            floor = max(floor, float(np.abs(np.linalg.eigvals(eye + h * d * AT)).max()))
     return floor
 
 
 class _StepProblem:
     """The feasibility LMI of a common step factor c for several layers, built once: c enters only through the
     parameter s = 1 - c^2 (in s P, DPP-compliant), so bisection re-solves the same canonicalised problem instead of
-    rebuilding it for every c."""
+    rebuilding it for every c. Each layer's field is x' = A sigma(T x + b) (`outs`: A's blocks, None for A = I)."""
 
-    def __init__(self, cp, layers: list[np.ndarray], a: float, b: float, h: float) -> None:
+    def __init__(self, cp, layers: list[np.ndarray], a: float, b: float, h: float,
+                 outs: list[np.ndarray | None] | None = None) -> None:
         n = layers[0].shape[-1]
         self.s = cp.Parameter()
         self.P = cp.Variable((n, n), symmetric=True)
-        self.ls = [cp.Variable(n, nonneg=True) for _ in layers]
+        self.ls = [cp.Variable(bl.shape[-2], nonneg=True) for bl in layers]
         P = self.P
         cons = [P >> np.eye(n)]
-        for blocks, l in zip(layers, self.ls):
+        for i, (blocks, l) in enumerate(zip(layers, self.ls)):
             Ld = cp.diag(l)
-            M22 = h * h * P - 2 * Ld
-            for T in blocks:
+            m = blocks.shape[-2]
+            out = None if outs is None else outs[i]
+            for j, T in enumerate(blocks):
                 Tr, Ti = T.real, T.imag
                 THLT_re = Tr.T @ Ld @ Tr + Ti.T @ Ld @ Ti
                 THLT_im = Tr.T @ Ld @ Ti - Ti.T @ Ld @ Tr
                 M11r = self.s * P - 2 * a * b * THLT_re
                 M11i = -2 * a * b * THLT_im
-                M12r = h * P + (a + b) * (Tr.T @ Ld)
-                M12i = -(a + b) * (Ti.T @ Ld)
-                Mr = cp.bmat([[M11r, M12r], [M12r.T, M22]])
-                if not np.any(Ti):  # a real block (dense layers, zero and Nyquist frequencies): no complex embedding
+                if out is None:  # A = I
+                    M12r = h * P + (a + b) * (Tr.T @ Ld)
+                    M12i = -(a + b) * (Ti.T @ Ld)
+                    M22r, M22i = h * h * P - 2 * Ld, np.zeros((m, m))
+                    real = not np.any(Ti)
+                else:  # P A, A^H P A with A = Ar + i Ai
+                    Ar, Ai = out[j].real, out[j].imag
+                    M12r = h * (P @ Ar) + (a + b) * (Tr.T @ Ld)
+                    M12i = h * (P @ Ai) - (a + b) * (Ti.T @ Ld)
+                    M22r = h * h * (Ar.T @ P @ Ar + Ai.T @ P @ Ai) - 2 * Ld
+                    M22i = h * h * (Ar.T @ P @ Ai - Ai.T @ P @ Ar)
+                    real = not np.any(Ti) and not np.any(Ai)
+                Mr = cp.bmat([[M11r, M12r], [M12r.T, M22r]])
+                if real:  # a real block (dense layers, zero and Nyquist frequencies): no complex embedding
                     cons.append(0.5 * (Mr + Mr.T) << 0)
                     continue
-                Mi = cp.bmat([[M11i, M12i], [-M12i.T, np.zeros((n, n))]])
+                Mi = cp.bmat([[M11i, M12i], [-M12i.T, M22i]])
                 emb = cp.bmat([[Mr, -Mi], [Mi, Mr]])
                 cons.append(0.5 * (emb + emb.T) << 0)
         self.prob = cp.Problem(cp.Minimize(0), cons)
@@ -170,11 +190,13 @@ def solve_step_lmi(
     max_blocks: int = 48,
     iters: int = 10,
     eps: float = 1e-6,
+    outs: list[np.ndarray | None] | None = None,
 ) -> StepLMI:
     """Bisection on the common step factor c of several layers (one metric P, multipliers per layer), from the
     spectral floor (`spectral_floor`, probed first) up to `c_high`, on one problem built once (`_StepProblem`).
 
-    `layers`: per layer, its complex blocks (conv_blocks / dense_blocks). Every candidate (P, L) is re-verified on
+    `layers`: per layer, its complex blocks (conv_blocks / dense_blocks) of T; `outs`: per layer the blocks of A for
+    the field x' = A sigma(T x + b) (None, or a None entry: A = I, the paper's field). Every candidate (P, L) is re-verified on
     all blocks; the best verified product of factors is returned. Status `certified`, `infeasible` (no c <= c_high
     found) or `inaccurate` (the solver returned points that do not verify)."""
     import cvxpy as cp
@@ -183,9 +205,12 @@ def solve_step_lmi(
     solver = solver or ("CLARABEL" if "CLARABEL" in cp.installed_solvers() else "SCS")
     if any(not np.all(np.isfinite(bl)) for bl in layers):
         return StepLMI(NOT_CERTIFIED, None, (), (), "non-finite weights", 0.0)
-    small = [_subset(bl, max_blocks) for bl in layers]
-    problem = _StepProblem(cp, small, a, b, h)  # built once; each bisection step only re-solves
-    lo, hi = min(spectral_floor(layers, a, b, h) * (1 - 1e-9), c_high), c_high
+    outs = outs if outs is not None and any(o is not None for o in outs) else None
+    picks = [_subset(np.arange(len(bl)), bl, max_blocks) for bl in layers]
+    small = [bl[idx] for bl, idx in zip(layers, picks)]
+    small_outs = None if outs is None else [None if o is None else o[idx] for o, idx in zip(outs, picks)]
+    problem = _StepProblem(cp, small, a, b, h, small_outs)  # built once; each bisection step only re-solves
+    lo, hi = min(spectral_floor(layers, a, b, h, outs) * (1 - 1e-9), c_high), c_high
     best: tuple[float, np.ndarray, list[np.ndarray], list[float]] | None = None
     statuses = []
     for it in range(iters):
@@ -198,7 +223,8 @@ def solve_step_lmi(
         if P is None:
             lo = mid
             continue
-        factors = [verify_step_factor(P, L, bl, a, b, h) for L, bl in zip(Ls, layers)]
+        factors = [verify_step_factor(P, L, bl, a, b, h, None if outs is None else outs[i])
+                   for i, (L, bl) in enumerate(zip(Ls, layers))]
         total = math.prod(factors)
         if math.isfinite(total) and (best is None or total < best[0]):
             best = (total, P, Ls, factors)
@@ -235,10 +261,15 @@ def lmi_block_certificate(spec: BlockSpec, *, solver: str | None = None, max_blo
                            "or the weight bounds")
     layers = [conv_blocks(K, spec.height, spec.width) for K in distinct]
     how = f"circular padding: {len(layers[0])} DFT blocks per layer"
-    c_high = 1.0 + spec.h * spec.b * max(float(np.linalg.norm(bl, ord=2, axis=(1, 2)).max()) for bl in layers)
+    outs = None
+    if spec.field == "gradient":  # x' = -T^T sigma(T x + b): A(w) = -T(w)^H
+        outs = [-np.conj(np.swapaxes(bl, -1, -2)) for bl in layers]
+        how += "; gradient field A = -T^T"
+    snorm = max(float(np.linalg.norm(bl, ord=2, axis=(1, 2)).max()) for bl in layers)
+    c_high = 1.0 + spec.h * spec.b * (snorm if outs is None else snorm**2)
     per_layer = max(8, max_blocks // len(layers))  # the solver sees a subset; verification sees every block
     res = solve_step_lmi(layers, spec.a, spec.b, spec.h, c_high=c_high * 1.01, solver=solver, tol=tol,
-                         max_blocks=per_layer)
+                         max_blocks=per_layer, outs=outs)
     if res.status != CERTIFIED:
         return Certificate("lmi", "2_P", res.status, None, None, res.message, extra={"seconds": res.seconds})
     by_id = {id(K): f for K, f in zip(distinct, res.factors)}

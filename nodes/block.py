@@ -1,4 +1,5 @@
-"""The ODE block: x' = sigma(K(t)*x + b(t)) on [0, T], integrated with torchdiffeq on a grid of `steps` intervals."""
+"""The ODE block: x' = f_t(x) on [0, T] (the config's field: sigma(K(t)*x + b(t)), or the gradient field
+-K(t)^T sigma(K(t)*x + b(t))), integrated with torchdiffeq on a grid of `steps` intervals."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from torchdiffeq import odeint
 from contraction.certificates import BlockSpec
 
 from nodes.config import ModelConfig
-from nodes.field import ConvField, make_conv
+from nodes.field import FIELD_TYPES, ConvField, make_conv
 
 __all__ = ["ODEBlock"]
 
@@ -17,15 +18,16 @@ __all__ = ["ODEBlock"]
 class ODEBlock(nn.Module):
     """Shared weights: one conv on [0, T]; otherwise conv k acts on [t_k, t_{k+1}], t_k = k T / steps.
 
-    Fixed-step solvers (euler, rk4) take exactly one step per interval, so euler runs x+ = x + h sigma(K_k x + b_k).
+    Fixed-step solvers (euler, rk4) take exactly one step per interval, so euler runs x+ = x + h f_k(x).
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        act = config.act
+        act, field = config.act, FIELD_TYPES[config.field]
         self.fields = nn.ModuleList(
-            ConvField(make_conv(config.channels, config.channels, config.kernel_size, config.padding), act)
+            field(make_conv(config.channels, config.channels, config.kernel_size, config.padding), act, config.h,
+                  config.block_size)
             for _ in range(config.num_convs)
         )
 
@@ -51,12 +53,15 @@ class ODEBlock(nn.Module):
         return states
 
     def spec(self) -> BlockSpec:
-        """The block as run, for certificates: one kernel per step, slopes, solver, step size, padding."""
+        """The block as run, for certificates: one kernel per step (as run: the gradient field's rescaled one), slopes,
+        solver, step size, padding, field."""
         cfg = self.config
         act = cfg.act
-        distinct = [f.conv.weight.detach().cpu() for f in self.fields]  # CPU copies; shared: one tensor, repeated
+        with torch.no_grad():  # CPU copies; shared: one tensor, repeated
+            distinct = [f.kernel().detach().cpu() for f in self.fields]
         kernels = tuple(distinct[0 if cfg.shared_weights else k] for k in range(cfg.steps))
-        return BlockSpec(kernels, act.a, act.b, cfg.h, cfg.solver, cfg.padding, cfg.block_size, cfg.block_size)
+        return BlockSpec(kernels, act.a, act.b, cfg.h, cfg.solver, cfg.padding, cfg.block_size, cfg.block_size,
+                         cfg.field)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trajectory(x)[-1]

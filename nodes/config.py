@@ -6,11 +6,12 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from contraction.certificates import FIELDS
 from contraction.convops import conv_output_size
 from contraction.errors import CNodeError
 from contraction.slopes import ACTIVATIONS, Activation, get_activation
 
-__all__ = ["ModelConfig", "TrainConfig", "ARCHS", "DEFAULT_ARCH", "INITS", "PADDINGS", "SOLVERS", "READOUTS", "DATASETS",
+__all__ = ["ModelConfig", "TrainConfig", "FIELDS", "ARCHS", "DEFAULT_ARCH", "INITS", "PADDINGS", "SOLVERS", "READOUTS", "DATASETS",
            "REGULARIZERS", "HINGES", "NORMS", "DEFAULT_REG_WEIGHT", "CERTIFIED_METHODS", "EPS_RAMPS"]
 
 PADDINGS = ("zeros", "circular")
@@ -70,7 +71,8 @@ StemConv = tuple[int, int, int, int]
 @dataclass(frozen=True)
 class ModelConfig(_Config):
     """ConvNODE: u -> normalise -> stem (convs, each + sigma) -> ODE block x' = sigma(K(t)*x + b(t)) on [0, T]
-    -> head (flatten or pixel average, hidden linear layers + sigma, then the classes).
+    (`field='gradient'`: x' = -K(t)^T sigma(K(t)*x + b(t))) -> head (flatten or pixel average, hidden linear layers
+    + sigma, then the classes).
 
     `stem=None` is the paper's embedding: one `kernel_size` conv to `channels`, stride 1, same size. Named
     presets: `ModelConfig.preset("paper" | "mini", **overrides)`."""
@@ -94,9 +96,11 @@ class ModelConfig(_Config):
     head: tuple[int, ...] = ()
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    field: str = "paper"
 
     def __post_init__(self) -> None:
         _check_int("channels", self.channels, 1, 512)
+        _check_choice("field", self.field, FIELDS)
         _check_choice("activation", self.activation, tuple(ACTIVATIONS))
         _check_float("slope", self.slope, 0.0, high=0.999)
         _check_choice("padding", self.padding, PADDINGS)
@@ -128,6 +132,9 @@ class ModelConfig(_Config):
             object.__setattr__(self, name, tuple(float(v) for v in values))
         if bool(self.mean) != bool(self.std):
             raise CNodeError("normalisation needs both mean and std (or neither)")
+        if self.field == "gradient" and self.padding == "circular" and self.block_size < self.kernel_size:
+            raise CNodeError(f"the gradient field with circular padding needs a block side >= the kernel "
+                             f"({self.block_size} < {self.kernel_size}: taps would wrap onto each other)")
 
     def _check_stem(self) -> None:
         if self.stem is None:

@@ -1,13 +1,27 @@
-"""The ConvNODE vector field f(x) = sigma(K*x + b) with a slope-restricted activation."""
+"""The ConvNODE vector fields, keyed by `ModelConfig.field` in `FIELD_TYPES`:
+
+- 'paper': f(x) = sigma(K*x + b), the paper's field (Jacobian D T(K));
+- 'gradient': f(x) = -K^T sigma(K*x + b), a gradient flow (Jacobian -T^T D T, symmetric negative semidefinite for
+  every slope matrix D in [a, b]: non-expansive in L2 at every state). Its Euler step I - h T^T D T is non-expansive
+  when h b ||T||_2^2 <= 2; the field enforces this by construction: every forward pass runs the kernel rescaled by
+  min(1, sqrt(STEP_BUDGET / (h b)) / s(K)), s(K) the DFT bound of ||T(K)||_2 (exact for circular padding, a proven
+  upper bound for zero padding), so the condition holds for every weight an optimiser reaches."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
+from contraction.convops import apply_conv, apply_conv_adjoint, conv_spectral_norm_tensor
 from contraction.slopes import Activation
 
-__all__ = ["ConvField", "make_conv"]
+__all__ = ["ConvField", "GradientField", "FIELD_TYPES", "STEP_BUDGET", "make_conv"]
+
+STEP_BUDGET = 2.0 * (1.0 - 1e-3)
+"""The gradient field's enforced h b ||T||_2^2 (below the non-expansive limit 2, so that float32 round-off in the
+rescaling cannot cross it: the certificate recomputes the factor from the kernel as run, in float64)."""
 
 
 def make_conv(in_channels: int, out_channels: int, kernel_size: int, padding: str) -> nn.Conv2d:
@@ -18,10 +32,18 @@ def make_conv(in_channels: int, out_channels: int, kernel_size: int, padding: st
 class ConvField(nn.Module):
     """Autonomous vector field x' = sigma(conv(x)); `conv` keeps its kernel, bias and padding mode."""
 
-    def __init__(self, conv: nn.Conv2d, activation: Activation) -> None:
+    def __init__(self, conv: nn.Conv2d, activation: Activation, h: float, size: int) -> None:  # noqa: ARG002
         super().__init__()
         self.conv = conv
         self.activation = activation
+
+    def kernel(self) -> torch.Tensor:
+        """The kernel as run (the certificates read this one)."""
+        return self.conv.weight
+
+    def kernel_and_bound(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The kernel as run and, where the field computes one anyway, its spectral bound (None here)."""
+        return self.kernel(), None
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # noqa: ARG002 - torchdiffeq signature
         return self.activation(self.conv(x))
@@ -29,3 +51,46 @@ class ConvField(nn.Module):
     def slopes(self, x: torch.Tensor) -> torch.Tensor:
         """sigma'(K*x + b): the diagonal D of the Jacobian J = D T(K) at state x."""
         return self.activation.deriv(self.conv(x))
+
+
+class GradientField(ConvField):
+    """x' = -T(K)^T sigma(T(K) x + b) with K rescaled in every forward pass so that h b ||T(K)||_2^2 <= STEP_BUDGET
+    (the module's `h` and state side `size` are the block's)."""
+
+    def __init__(self, conv: nn.Conv2d, activation: Activation, h: float, size: int) -> None:
+        super().__init__(conv, activation, h, size)
+        self.h, self.size = h, size
+        self.limit = math.sqrt(STEP_BUDGET / (h * activation.b))  # the largest spectral norm the step allows
+
+    @property
+    def padding(self) -> str:
+        return self.conv.padding_mode
+
+    def spectral_bound(self, K: torch.Tensor | None = None) -> torch.Tensor:
+        """The DFT bound s(K) >= ||T(K)||_2 on the block's state (differentiable)."""
+        return conv_spectral_norm_tensor(self.conv.weight if K is None else K, self.size, self.size, self.padding)
+
+    def kernel_and_bound(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rescaled kernel K min(1, limit / s(K)) and its DFT bound min(s(K), limit) (the bound is homogeneous),
+        both differentiable: certified training reuses the bound instead of a second spectral computation."""
+        K = self.conv.weight
+        s = self.spectral_bound(K)
+        scale = (self.limit / s).clamp(max=1.0)
+        return K * scale, s * scale
+
+    def kernel(self) -> torch.Tensor:
+        return self.kernel_and_bound()[0]
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # noqa: ARG002
+        K = self.kernel()
+        z = apply_conv(x, K, self.padding) + self.conv.bias[:, None, None]
+        return -apply_conv_adjoint(self.activation(z), K, self.padding)
+
+    def slopes(self, x: torch.Tensor) -> torch.Tensor:
+        """sigma'(K*x + b) with the kernel as run: the D of the Jacobian -T^T D T at state x."""
+        z = apply_conv(x, self.kernel(), self.padding) + self.conv.bias[:, None, None]
+        return self.activation.deriv(z)
+
+
+FIELD_TYPES: dict[str, type[ConvField]] = {"paper": ConvField, "gradient": GradientField}
+"""Vector-field modules keyed by `ModelConfig.field` (its FIELDS names)."""

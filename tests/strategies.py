@@ -38,7 +38,8 @@ def kernels(draw: st.DrawFn, channels: tuple[int, int] = (1, 4), sizes: tuple[in
 @st.composite
 def model_configs(draw: st.DrawFn, image: int = 8):
     """A small ModelConfig with every layer type in play: normalisation or not, a stem of 0-2 convs (strides 1-2,
-    even and odd kernels, any padding width), the Euler block, a head of 0-1 hidden layers, either readout."""
+    even and odd kernels, any padding width), the Euler block of either field, a head of 0-1 hidden layers, either
+    readout."""
     from nodes.config import ModelConfig
 
     in_ch = draw(st.integers(1, 2))
@@ -52,9 +53,13 @@ def model_configs(draw: st.DrawFn, image: int = 8):
     if not stem and in_ch != channels:
         stem.append((channels, 3, 1, 1))
     norm = draw(st.booleans())
+    field = draw(st.sampled_from(["paper", "gradient"]))
+    padding = draw(st.sampled_from(["zeros", "circular"]))
+    if field == "gradient" and size < 3:  # circular taps of the gradient field may not wrap onto each other
+        padding = "zeros"
     return ModelConfig(
         channels=channels, in_channels=in_ch, image_size=image, num_classes=3, steps=draw(st.integers(1, 3)),
-        padding=draw(st.sampled_from(["zeros", "circular"])),
+        padding=padding, field=field,
         activation=draw(st.sampled_from(["smooth_leaky_relu", "leaky_relu", "tanh"])),
         readout=draw(st.sampled_from(["linear", "avgpool"])), shared_weights=draw(st.booleans()),
         stem=tuple(stem), head=tuple(draw(st.lists(st.integers(2, 5), max_size=1))),

@@ -173,7 +173,7 @@ def test_ibp_boxes_contain_every_layer_output_over_the_input_set(cfg, seed, norm
         x = (u + d).clamp(0, 1)
         for i, layer in enumerate(net.layers[:-1]):
             if b.pre[i] is not None:
-                z = layer.conv(x) if isinstance(layer, EulerStep) else x
+                z = layer.preactivation(x) if layer.nonlinear and not isinstance(layer, Act) else x
                 assert (b.pre[i][0] <= z + 1e-9).all() and (z <= b.pre[i][1] + 1e-9).all(), i
             x = layer(x)
             assert (b.boxes[i][0] <= x + 1e-9).all() and (x <= b.boxes[i][1] + 1e-9).all(), i
