@@ -28,17 +28,18 @@ from certify.study import METHODS, QUICK, StudyConfig, run_study
 from nodes.checkpoint import (file_sha256, load_checkpoint, load_model, model_from_checkpoint, save_model, strip_training_state,
                               trained_dataset)
 from nodes.classifier import ConvNODE
-from nodes.config import (ARCHS, CERTIFIED_METHODS, DATASETS, DEFAULT_ARCH, EPS_RAMPS, DEFAULT_REG_WEIGHT, HINGES, INITS, NORMS, PADDINGS,
+from nodes.config import (ARCHS, CERTIFIED_METHODS, DATASETS, DEFAULT_ARCH, EPS_RAMPS, DEFAULT_REG_WEIGHT, FIELDS, HINGES, INITS, NORMS, PADDINGS,
                           READOUTS, REGULARIZERS, SOLVERS, ModelConfig, TrainConfig)
 from nodes.data import EMBEDDED_NOTE, ImageData, load_dataset, resolve_data_root
 from nodes.device import DEVICES, module_device, resolve_device
 from nodes.distributed import SINGLE, Dist, parse_shard, process_group
-from nodes.train import TrainingState, evaluate, fit, history_metrics, train
+from nodes.train import TrainingState, check_combination, evaluate, fit, history_metrics, train
 
 __all__ = ["main", "certify_main", "build_parser"]
 
 _CHOICES: dict[str, Sequence[str]] = {
     "padding": PADDINGS,
+    "field": FIELDS,
     "solver": SOLVERS,
     "readout": READOUTS,
     "dataset": DATASETS,
@@ -60,6 +61,8 @@ _HELP = {
     "activation": "slope-restricted activation (smooth_leaky_relu, leaky_relu, tanh)",
     "slope": "lower slope a of the leaky activations",
     "padding": "padding of every convolution",
+    "field": "ODE field: 'paper' x' = sigma(K*x + b), or 'gradient' x' = -K^T sigma(K*x + b) (non-expansive in L2 "
+             "by construction: the kernel is rescaled so that h b ||K||^2 <= 2)",
     "solver": "torchdiffeq solver of the ODE block",
     "T": "integration horizon",
     "steps": "solver steps (one conv per step unless --shared-weights)",
@@ -250,6 +253,7 @@ def _train(args: argparse.Namespace, dist: Dist) -> int:
         train_cfg = config_from_args(TrainConfig, args)
         torch.manual_seed(train_cfg.seed)
         model = ConvNODE(config_from_args(ModelConfig, args))
+    check_combination(model.config, train_cfg)  # before the data loads (train() checks it again)
     train_data = load_dataset(train_cfg.dataset, "train", data_root=args.data_root, download=args.download and dist.main,
                               limit=train_cfg.train_limit or None)
     test_data = load_dataset(train_cfg.dataset, "test", data_root=args.data_root, download=args.download and dist.main,

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from contraction.errors import CNodeError
 from nodes.checkpoint import save_model
 from nodes.classifier import ConvNODE
 from nodes.config import ModelConfig, TrainConfig
@@ -210,6 +211,15 @@ def _rank_batches(data: ImageData, config: TrainConfig, gen: torch.Generator, di
             yield torch.tensor_split(x, dist.world)[dist.rank], torch.tensor_split(y, dist.world)[dist.rank]
 
 
+def check_combination(model_config: ModelConfig, config: TrainConfig) -> None:
+    """Refuse a recipe that names something the model's field has no use for: the contraction regularizers and the
+    contractive initialisation act on the paper's field x' = sigma(K*x + b); the gradient field is non-expansive by
+    construction (its certificate needs no regularizer)."""
+    if model_config.field == "gradient" and (config.reg != "none" or config.init == "contractive" or config.neg_init):
+        raise CNodeError("the gradient field is contractive by construction: the contraction regularizers, "
+                         "--init contractive and --neg-init act on the paper's field (use --field paper)")
+
+
 def train(
     model: ConvNODE,
     train_data: ImageData,
@@ -245,6 +255,7 @@ def train(
     means the same at any world size), gradients averaged over the ranks; the epoch's figures are summed over the
     ranks, the test accuracy is counted in shares, and only rank 0 writes the checkpoint and calls `on_epoch`.
     Every rank keeps the same random streams, so rank 0's training state resumes every rank."""
+    check_combination(model.config, config)
     gen = seed_everything(config.seed)
     reg_gen = torch.Generator().manual_seed(config.seed)
     device = place(model, device)
