@@ -491,13 +491,13 @@ class GradientStep(Layer):
 
     def lipschitz(self, norm: str) -> torch.Tensor:
         """L2: max(h b s_max^2 - 1, 1 - h a s_min^2) (the symmetric step's spectrum; s_min only for circular padding,
-        where the DFT gives it exactly; differentiable through s_max); Linf: the row sums of
+        where the DFT gives it exactly, and only without a given `smax`; differentiable through s_max); Linf: the row sums of
         contraction.certificates.gradient_step_factors."""
         a, b, h, conv = self.act.a, self.act.b, self.h, self.conv
         if norm == "2":
             smax = conv.lipschitz("2") if self.smax is None else self.smax
-            smin = 0.0
-            if conv.padding == "circular":
+            smin = 0.0  # training (a live bound given): s_min taken as 0, the non-expansive factor; it has no gradient
+            if conv.padding == "circular" and self.smax is None:
                 smin = conv_singular_range(conv.weight, conv.size, conv.size, conv.padding)[0]
             return torch.maximum(h * b * smax.square() - 1.0, torch.as_tensor(1.0 - h * a * smin**2, dtype=smax.dtype))
         if norm == "inf":
