@@ -28,7 +28,8 @@ from certify.study import METHODS, QUICK, StudyConfig, run_study
 from nodes.checkpoint import (file_sha256, load_checkpoint, load_model, model_from_checkpoint, save_model, strip_training_state,
                               trained_dataset)
 from nodes.classifier import ConvNODE
-from nodes.config import (ARCHS, CERTIFIED_METHODS, DATASETS, DEFAULT_ARCH, EPS_RAMPS, DEFAULT_REG_WEIGHT, FIELDS, HINGES, INITS, NORMS, PADDINGS,
+from nodes.config import (ARCHS, CERTIFIED_METHODS, DATASETS, DEFAULT_ARCH, EPS_RAMPS, DEFAULT_REG_WEIGHT, FIELDS,
+                          HINGES, INITS, NORMS, PADDINGS,
                           READOUTS, REGULARIZERS, SOLVERS, ModelConfig, TrainConfig)
 from nodes.data import EMBEDDED_NOTE, ImageData, load_dataset, resolve_data_root
 from nodes.device import DEVICES, module_device, resolve_device

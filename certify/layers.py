@@ -24,8 +24,8 @@ from typing import Callable
 import torch
 
 from contraction.convops import (apply_conv, apply_conv_adjoint, apply_conv_columns, apply_conv_general, apply_conv_general_adjoint,
-                                 centre_taps, conv_general_spectral_norm_tensor, conv_singular_range, largest_singular_value,
-                                 conv_spectral_norm_tensor)
+                                 centre_taps, conv_general_spectral_norm_tensor, conv_singular_range,
+                                 conv_spectral_norm_tensor, largest_singular_value)
 from contraction.errors import CNodeError
 from contraction.slopes import Activation
 from contraction.weights import euler_factor_2, euler_factor_inf
@@ -491,8 +491,8 @@ class GradientStep(Layer):
 
     def lipschitz(self, norm: str) -> torch.Tensor:
         """L2: max(h b s_max^2 - 1, 1 - h a s_min^2) (the symmetric step's spectrum; s_min only for circular padding,
-        where the DFT gives it exactly, and only without a given `smax`; differentiable through s_max); Linf: the row sums of
-        contraction.certificates.gradient_step_factors."""
+        where the DFT gives it exactly, and only without a given `smax`; differentiable through s_max); Linf: the row
+        sums of contraction.certificates.gradient_step_factors."""
         a, b, h, conv = self.act.a, self.act.b, self.h, self.conv
         if norm == "2":
             smax = conv.lipschitz("2") if self.smax is None else self.smax

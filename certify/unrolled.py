@@ -1,5 +1,6 @@
 """The classifier as it runs, unrolled into the bound engine's layer sequence: [normalise], stem (conv, sigma)...,
-one Euler residual step per interval (x+ = x + h sigma(K_k x + b_k); gradient field: x+ = x - h K_k^T sigma(K_k x + b_k)), flatten, head (linear, sigma)..., linear.
+one Euler residual step per interval (x+ = x + h sigma(K_k x + b_k); gradient field: x+ = x - h K_k^T sigma(K_k x +
+b_k)), flatten, head (linear, sigma)..., linear.
 Euler only: other solvers have no such form. Pixel averaging (`readout='avgpool'`) is folded into the first head
 layer (its weights divided by H W and repeated over the pixels)."""
 
@@ -114,7 +115,8 @@ def unroll(model: ConvNODE, *, dtype: torch.dtype | None = torch.float64, detach
         kernel, bound = kernels[0 if cfg.shared_weights else k]
         # a live (training) unroll reuses the field's spectral bound; a certificate's copy recomputes it in float64
         extra = {"smax": bound} if bound is not None and not detach else {}
-        layers.append(step(_conv(field.conv, size, dtype, detach, kernel), cfg.h, act, **extra))  # type: ignore[call-arg]
+        conv = _conv(field.conv, size, dtype, detach, kernel)
+        layers.append(step(conv, cfg.h, act, **extra))  # type: ignore[call-arg]
     block = (start, len(layers))
     layers.append(Flatten((cfg.channels, size, size)))
     for i, lin in enumerate(model.head):

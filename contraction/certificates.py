@@ -179,8 +179,7 @@ def _gradient(spec: BlockSpec, norm: str) -> Certificate:
                            "not implemented for the gradient field (its L2 certificate is exact)")
     a, b, h = spec.a, spec.b, spec.h
     per = [gradient_step_factors(K, a, b, h, spec.height, spec.width, spec.padding) for K in spec.kernels]
-    key, mu_key = ("2", "rate_2") if norm == "2" else ("inf", "mu_inf")
-    steps = tuple(p[key] for p in per)
+    steps = tuple(p["2" if norm == "2" else "inf"] for p in per)
     rate = min(p["rate_2"] for p in per) if norm == "2" else -max(p["mu_inf"] for p in per)
     hbs = max(h * b * p["s_max"] ** 2 for p in per)
     if norm == "2":

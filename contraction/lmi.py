@@ -7,8 +7,8 @@ For the field x' = A sigma(T x + b) (the paper's: A = I; the gradient field: A =
                   [h A^T P + (a+b) L T,        h^2 A^T P A - 2 L     ]]  <= 0
 
 for some P > 0 and diagonal L >= 0, since 2 (w - a v)^T L (b v - w) >= 0 for every admissible D.
-Circular padding with P = P_c (x) I, L = L_c (x) I makes M block circulant (A's blocks: -T(w)^H): the 2-D DFT splits it into one
-Hermitian 2C x 2C block per frequency (conjugate frequencies are redundant), sharing P_c and L_c.
+Circular padding with P = P_c (x) I, L = L_c (x) I makes M block circulant (A's blocks: -T(w)^H): the 2-D DFT
+splits it into one Hermitian 2C x 2C block per frequency (conjugate frequencies are redundant), sharing P_c and L_c.
 
 Soundness does not rest on the solver: for the returned (P, L) the smallest valid c is recomputed in float64
 over *every* frequency from the Schur complement, c^2 = max_w lambda_max(P^-1/2 S(w) P^-1/2),
@@ -196,8 +196,8 @@ def solve_step_lmi(
     spectral floor (`spectral_floor`, probed first) up to `c_high`, on one problem built once (`_StepProblem`).
 
     `layers`: per layer, its complex blocks (conv_blocks / dense_blocks) of T; `outs`: per layer the blocks of A for
-    the field x' = A sigma(T x + b) (None, or a None entry: A = I, the paper's field). Every candidate (P, L) is re-verified on
-    all blocks; the best verified product of factors is returned. Status `certified`, `infeasible` (no c <= c_high
+    the field x' = A sigma(T x + b) (None, or a None entry: A = I, the paper's field). Every candidate (P, L) is
+    re-verified on all blocks; the best verified product of factors is returned. Status `certified`, `infeasible` (no c <= c_high
     found) or `inaccurate` (the solver returned points that do not verify)."""
     import cvxpy as cp
 

@@ -11,8 +11,8 @@ from contraction.convops import conv_output_size
 from contraction.errors import CNodeError
 from contraction.slopes import ACTIVATIONS, Activation, get_activation
 
-__all__ = ["ModelConfig", "TrainConfig", "FIELDS", "ARCHS", "DEFAULT_ARCH", "INITS", "PADDINGS", "SOLVERS", "READOUTS", "DATASETS",
-           "REGULARIZERS", "HINGES", "NORMS", "DEFAULT_REG_WEIGHT", "CERTIFIED_METHODS", "EPS_RAMPS"]
+__all__ = ["ModelConfig", "TrainConfig", "FIELDS", "ARCHS", "DEFAULT_ARCH", "INITS", "PADDINGS", "SOLVERS", "READOUTS",
+           "DATASETS", "REGULARIZERS", "HINGES", "NORMS", "DEFAULT_REG_WEIGHT", "CERTIFIED_METHODS", "EPS_RAMPS"]
 
 PADDINGS = ("zeros", "circular")
 SOLVERS = ("euler", "rk4", "dopri5")

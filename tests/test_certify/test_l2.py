@@ -52,3 +52,27 @@ def test_lipschitz_margin_training_certifies_and_l2_attacks_break_nothing(l2_tra
         assert check.attacked > 0 and check.broken == 0, check
         pgd = pgd_check(model, data, report, steps=30)
         assert pgd.broken_certified == 0 and pgd.accuracy >= report.certified_accuracy
+
+
+def test_radius_curves_plots_reports_side_by_side_and_refuses_mixed_norms(l2_trained, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from certify.report import write_json
+
+    model, data = l2_trained
+    paths = {}
+    for name, norm, bound in (("a", "2", "global"), ("b", "2", "lmi"), ("c", "inf", "global"), ("d", "2", "auto")):
+        paths[name] = tmp_path / f"{name}.json"
+        write_json(certify_model(model, data, eps=0.5 if norm == "2" else 0.01, norm=norm, bound=bound), paths[name])
+    script = Path(__file__).resolve().parents[2] / "examples" / "radius_curves.py"
+    run = lambda *args: subprocess.run([sys.executable, str(script), *map(str, args)],  # noqa: E731
+                                       capture_output=True, text=True, timeout=120)
+    ok = run(tmp_path / "curve.png", f"{paths['a']}:global", f"{paths['b']}:lmi")
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+    mixed = run(tmp_path / "x.png", paths["a"], paths["c"])
+    assert mixed.returncode != 0 and "mix norms" in mixed.stderr
+    capped = run(tmp_path / "y.png", paths["d"])  # auto's radii stop at eps without --radius
+    assert capped.returncode != 0 and "--radius" in capped.stderr
