@@ -107,3 +107,18 @@ def test_generalised_lmi_on_a_dense_layer_matches_a_dense_check():
     f1 = verify_step_factor(np.eye(3) * 2, np.ones(3), Tsq, a, b, h)
     f2 = verify_step_factor(np.eye(3) * 2, np.ones(3), Tsq, a, b, h, eye[:, :3, :3])
     assert f1 == f2
+
+
+def test_largest_singular_value_and_its_gradient_match_the_decomposition():
+    from contraction.convops import largest_singular_value
+
+    g = torch.Generator().manual_seed(5)
+    M = torch.randn(6, 4, 7, dtype=torch.complex128, generator=g).requires_grad_()
+    value = largest_singular_value(M)
+    ref = torch.linalg.svdvals(M)[..., 0]
+    torch.testing.assert_close(value, ref)
+    (grad,) = torch.autograd.grad(value.sum(), M)
+    (ref_grad,) = torch.autograd.grad(torch.linalg.svdvals(M)[..., 0].sum(), M)
+    torch.testing.assert_close(grad, ref_grad)
+    with torch.no_grad():
+        assert torch.equal(largest_singular_value(M), value.detach())

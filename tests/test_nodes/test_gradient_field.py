@@ -85,3 +85,17 @@ def test_engine_and_model_run_the_same_gradient_steps():
     K = net.steps[0].conv.weight
     assert math.isclose(model.config.h * float(torch.linalg.matrix_norm(conv_matrix(K, 6, 6, "circular"), ord=2)) ** 2,
                         STEP_BUDGET, rel_tol=1e-6)
+
+
+def test_the_kernel_as_run_is_the_same_with_and_without_a_graph():
+    """Training (with a graph) and certification or inference (without) run bit-identical rescaled kernels."""
+    torch.manual_seed(1)
+    model = ConvNODE(_config())
+    with torch.no_grad():
+        for f in model.block.fields:
+            f.conv.weight.mul_(30)
+    for field in model.block.fields:
+        with torch.no_grad():
+            plain = field.kernel()
+        live = field.kernel()
+        assert live.requires_grad and torch.equal(plain, live.detach())
