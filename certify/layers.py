@@ -19,6 +19,7 @@ the linear part `apply`, `apply_abs` (|A| r), `adjoint` (A^T y) and the bias."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import torch
@@ -362,6 +363,20 @@ def _centre_line(act: Activation, box: tuple[torch.Tensor, torch.Tensor]) -> tup
     return r.slope.to(dtype), (0.5 * (r.lower + r.upper)).to(dtype), (0.5 * (r.upper - r.lower)).to(dtype)
 
 
+def _centre_preactivation(conv: "Conv", act: Activation, box: Box,
+                          interval: bool) -> tuple[torch.Tensor, ...]:
+    """The mean-value steps' common start: z = T x + b at the centre (zc), |T| r, z's interval around the centre (met
+    with interval arithmetic over the box unless `interval=False`) and the local slope range [dl, du] on it."""
+    r = box.radius
+    zc = conv(box.centre)
+    abs_r = conv.apply_abs(r)
+    zl, zh = zc - abs_r, zc + abs_r
+    if interval:
+        zl, zh = meet((zl, zh), conv.interval(box.lo, box.hi)[0])
+    dl, du = act.slope_range(zl, zh)
+    return r, zc, abs_r, zl, zh, dl, du
+
+
 @dataclass(frozen=True, eq=False)
 class Act(Layer):
     """x = sigma(z) elementwise, slopes in [a, b] (increasing)."""
@@ -431,17 +446,11 @@ class EulerStep(Layer):
         |dx+_i| <= max_{d in {dl, du}} |1 + h d c_i| r_i + h d (|T| r - |c| r)_i, intersected with interval
         arithmetic x+ in [lo + h sigma(z_lo), hi + h sigma(z_hi)] (unless `interval=False`, the cheap training path)."""
         act, h, layer = self.act, self.h, self.conv
-        r, xc = box.radius, box.centre
-        zc = layer(xc)
-        abs_r = layer.apply_abs(r)
-        zl, zh = zc - abs_r, zc + abs_r
-        if interval:
-            zl, zh = meet((zl, zh), layer.interval(box.lo, box.hi)[0])
-        dl, du = act.slope_range(zl, zh)
+        r, zc, abs_r, zl, zh, dl, du = _centre_preactivation(layer, act, box, interval)
         c = layer.centre()
         off = (abs_r - c.abs() * r).clamp_min(0.0)
         gain = torch.maximum((1 + h * dl * c).abs() * r + h * dl * off, (1 + h * du * c).abs() * r + h * du * off)
-        xc = xc + h * act(zc)
+        xc = box.centre + h * act(zc)
         lo, hi = xc - gain, xc + gain
         if interval:
             lo, hi = meet((lo, hi), (box.lo + h * act(zl), box.hi + h * act(zh)))
@@ -478,10 +487,16 @@ class GradientStep(Layer):
     smax: torch.Tensor | None = None  # a known bound of ||T||_2 (training reuses the field's); None: the DFT bound
     nonlinear = True
 
-    @property
+    @cached_property
     def adj(self) -> Conv:
-        """T^T (no bias)."""
+        """T^T (no bias), built once per layer (every rule uses it)."""
         return self.conv.transposed()
+
+    @cached_property
+    def _squared_adj(self) -> Conv:
+        """T^T with squared taps (the diagonal of T^T diag(d) T is this map on d)."""
+        return Conv(self.conv.weight.square(), self.conv.bias, 1, self.conv.pad, self.conv.padding,
+                    self.conv.size).transposed()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return x - self.h * self.adj.apply(self.act(self.conv(x)))
@@ -511,8 +526,7 @@ class GradientStep(Layer):
     def _diag(self, d: torch.Tensor) -> torch.Tensor:
         """The diagonal of T^T diag(d) T: sum_q T_qp^2 d_q (T^T with squared taps, on d; exact while no two taps wrap
         onto the same pixel, which the config ensures: circular padding needs a side >= the kernel)."""
-        K2 = Conv(self.conv.weight.square(), self.conv.bias, 1, self.conv.pad, self.conv.padding, self.conv.size)
-        return K2.transposed().apply(d)
+        return self._squared_adj.apply(d)
 
     def _gain(self, dl: torch.Tensor, du: torch.Tensor, r: torch.Tensor, abs_r: torch.Tensor) -> torch.Tensor:
         """A bound of |(I - h T^T D T) e| for |e| <= r and dl <= D <= du (0 <= dl): the diagonal 1 - h g, g between
@@ -532,16 +546,10 @@ class GradientStep(Layer):
     def bounds(self, box: Box, interval: bool = True) -> tuple[Box, Pre]:
         """Mean-value enclosure around the centre: x+ - xc+ = (I - h T^T D T)(x - xc) with D the chord slopes in
         [dl, du] on z's interval, bounded by `_gain`; met with interval arithmetic (unless `interval=False`)."""
-        act, h, conv = self.act, self.h, self.conv
-        r, xc = box.radius, box.centre
-        zc = conv(xc)
-        abs_r = conv.apply_abs(r)
-        zl, zh = zc - abs_r, zc + abs_r
-        if interval:
-            zl, zh = meet((zl, zh), conv.interval(box.lo, box.hi)[0])
-        dl, du = act.slope_range(zl, zh)
+        act, h = self.act, self.h
+        r, zc, abs_r, zl, zh, dl, du = _centre_preactivation(self.conv, act, box, interval)
         gain = self._gain(dl, du, r, abs_r)
-        xc = xc - h * self.adj.apply(act(zc))
+        xc = box.centre - h * self.adj.apply(act(zc))
         lo, hi = xc - gain, xc + gain
         if interval:
             (il, ih), _ = self.interval(box.lo, box.hi)
