@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from contraction.errors import CNodeError
 from certify.local import LocalBounds, box_margins, local_bounds
+from certify.radius import unproven
 from certify.unrolled import Unrolled
 
 __all__ = ["crown_margins", "box_and_crown_margins", "backward_margins"]
@@ -57,11 +58,11 @@ def box_and_crown_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, 
     the local boxes when not given).
 
     Crown is the larger of the CROWN-IBP and the box bound; the backward pass runs only for the margins the
-    boxes leave at or below `slack` (the others are already proven, and keep their box bound)."""
+    boxes leave unproven (at or below `slack`, or not a number; the others keep their box bound)."""
     if bounds is None:
         bounds = local_bounds(net, u, eps, norm)
     box = box_margins(net, labels, bounds.lo, bounds.hi)
-    todo = box <= torch.as_tensor(slack, dtype=box.dtype, device=box.device).reshape(-1, 1)
+    todo = unproven(box, slack)
     return box, torch.maximum(backward_margins(net, bounds, u, labels, eps, norm, todo), box)
 
 

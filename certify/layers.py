@@ -11,7 +11,10 @@
 - `symbolic(s, pre, concretize)`: carry a linear enclosure `x = A u + c + r * delta` (|delta| <= 1) of the layer's
   input in terms of the network's input u forward to its output (forward linear relaxation: the intermediate
   bounds of certify.linear), for nonlinear layers through the same relaxation on the pre-activation's interval
-  (its symbolic range over the input set, `concretize`, met with the box `pre`).
+  (its symbolic range over the input set, `concretize`, met with the box `pre`);
+- `roundoff(lo, hi, pre, err)`: the float32 rule: a bound of |fl32(layer)(x^) - layer(x)| for every x in the box
+  [lo, hi] (the exact network's values over the input set) and every float32 x^ with |x^ - x| <= err, the layer as
+  PyTorch runs it in float32 (contraction.floats' error model; certify.roundoff carries it to the logits).
 
 Affine layers (Normalize, Conv, Flatten, Linear) share their interval and backward rules through four primitives:
 the linear part `apply`, `apply_abs` (|A| r), `adjoint` (A^T y) and the bias."""
@@ -28,6 +31,7 @@ from contraction.convops import (apply_conv, apply_conv_adjoint, apply_conv_colu
                                  centre_taps, conv_general_spectral_norm_tensor, conv_singular_range,
                                  conv_spectral_norm_tensor, largest_singular_value)
 from contraction.errors import CNodeError
+from contraction.floats import TINY, UNIT, gamma
 from contraction.slopes import Activation
 from contraction.weights import euler_factor_2, euler_factor_inf
 from certify.relax import relax
@@ -105,9 +109,22 @@ class Layer:
     def symbolic(self, s: Symbolic, pre: Pre, concretize: Concretize) -> tuple[Symbolic, Pre]:
         raise NotImplementedError
 
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _magnitude(lo: torch.Tensor, hi: torch.Tensor, err: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """The largest |x^| with x in [lo, hi] and |x^ - x| <= err."""
+    return torch.maximum(lo.abs(), hi.abs()) + err
+
 
 class Affine(Layer):
-    """z = A x + bias; subclasses give `apply` (A x), `apply_abs` (|A| r), `adjoint` (A^T y), `bias_map`."""
+    """z = A x + bias; subclasses give `apply` (A x), `apply_abs` (|A| r), `adjoint` (A^T y), `bias_map`, and
+    `terms`: the length of the float32 sums that compute one output as run (products, bias and any separate add)."""
+
+    @property
+    def terms(self) -> int:
+        raise NotImplementedError
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -165,6 +182,20 @@ class Affine(Layer):
         """Exact for the linear part; the error box through |A|."""
         return Symbolic(self.apply_columns(s.A), self(s.c), self.apply_abs(s.r)), None
 
+    def rounding(self, lo: torch.Tensor, hi: torch.Tensor, err: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """The float32 evaluation's own error at inputs |x^| <= |x| + err: gamma_n (|A| |x^| + |b|) + n TINY, n = `terms`
+        (any summation order)."""
+        n = self.terms
+        if n == 0:
+            return torch.zeros_like(self.apply_abs(lo))
+        b = self.bias_map()
+        size = self.apply_abs(_magnitude(lo, hi, err))
+        return gamma(n) * (size if b is None else size + b.abs()) + n * TINY
+
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor) -> torch.Tensor:
+        """|A x^ + b computed - (A x + b)| <= |A| err + the evaluation's own error (`rounding`)."""
+        return self.apply_abs(err) + self.rounding(lo, hi, err)
+
 
 @dataclass(frozen=True, eq=False)
 class Normalize(Affine):
@@ -172,6 +203,7 @@ class Normalize(Affine):
 
     mean: torch.Tensor
     std: torch.Tensor
+    terms = 2  # (u - mean) / std: a subtraction and a division
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         return x / self.std
@@ -209,6 +241,11 @@ class Conv(Affine):
     size: int
 
     @property
+    def terms(self) -> int:
+        """C_in k^2 products, the bias and one more add (a bias added after the conv, as the gradient field does)."""
+        return self.weight[0].numel() + 2
+
+    @property
     def same(self) -> bool:
         k = self.weight.shape[-1]
         return self.stride == 1 and k % 2 == 1 and self.pad == k // 2
@@ -239,7 +276,14 @@ class Conv(Affine):
         return self.bias[:, None, None]
 
     def row_norms(self) -> torch.Tensor:
-        return self.weight.flatten(1).norm(dim=1)[:, None, None]
+        """The 2-norm of each output channel's row: the kernel's, with taps that circular padding wraps onto the same
+        pixel (kernel wider than the input) summed first (their row entry is the sum)."""
+        K, k = self.weight, self.weight.shape[-1]
+        if self.padding == "circular" and k > self.size:
+            idx = torch.arange(k, device=K.device) % self.size
+            K = K.new_zeros((*K.shape[:2], k, self.size)).index_add(3, idx, K)
+            K = K.new_zeros((*K.shape[:2], self.size, self.size)).index_add(2, idx, K)
+        return K.flatten(1).norm(dim=1)[:, None, None]
 
     def centre(self) -> torch.Tensor:
         """Centre taps [C, 1, 1] (the diagonal of T(K) at every pixel; square stride-1 same convs)."""
@@ -279,6 +323,7 @@ class Flatten(Affine):
     """[B, C, H, W] -> [B, C*H*W] (channel-major)."""
 
     shape: tuple[int, int, int]
+    terms = 0  # a reshape: exact
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1)
@@ -303,10 +348,16 @@ class Flatten(Affine):
 
 @dataclass(frozen=True, eq=False)
 class Linear(Affine):
-    """z = W x + c on flat inputs (W [out, in])."""
+    """z = W x + c on flat inputs (W [out, in]); `sums`: the length of the float32 sums as run, when not in + 2 (a
+    pixel average folded into W: the average's sum and division, then the linear layer's)."""
 
     weight: torch.Tensor
     bias: torch.Tensor
+    sums: int | None = None
+
+    @property
+    def terms(self) -> int:
+        return self.weight.shape[1] + 2 if self.sums is None else self.sums
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.weight.T
@@ -337,7 +388,7 @@ class Linear(Affine):
     def mix(self, inp: torch.Tensor, channels: int) -> "Linear":
         """W (G_in (x) I) for a channel matrix G_in [C, C] on a channel-major flattened input of `channels`."""
         W = self.weight.reshape(self.weight.shape[0], channels, -1)
-        return Linear(torch.einsum("ojp,ji->oip", W, inp).reshape(self.weight.shape), self.bias)
+        return Linear(torch.einsum("ojp,ji->oip", W, inp).reshape(self.weight.shape), self.bias, self.sums)
 
 
 def _relaxed(act: Activation, lam: torch.Tensor, pre: Pre, rows: torch.Tensor,
@@ -409,14 +460,41 @@ class Act(Layer):
         k, mid, half = _centre_line(self.act, box)
         return Symbolic(columns(k) * s.A, k * s.c + mid, k * s.r + half), box
 
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor) -> torch.Tensor:
+        """|sigma^(z^) - sigma(z)| <= (largest slope on [lo - err, hi + err]) err + sigma's float32 error there."""
+        zl, zh = lo - err, hi + err
+        return self.act.slope_range(zl, zh)[1] * err + self.act.rounding(_magnitude(zl, zh))
+
+
+def _step_rounding(step: "EulerStep | GradientStep", lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
+                   field: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The float32 rule of a residual step x+ = x + h F(sigma(z)), z = T x + b, F linear, run as fl(x^ + fl(h_run F^)):
+    x^+ - x+ = (I + h F D T)(x^ - x) + h F (D rho_z + sigma's error) + h (F's own error) + (h_run - h) F^ + two
+    roundings (rho_z: the conv's own error, D: slopes on z's widened interval). `field(e, s_mag)` gives a bound of
+    |h F e + h F's own error| and of |F^| from per-neuron bounds e and |sigma^| <= s_mag; `step._gain` bounds
+    |(I + h F D T) err|."""
+    conv, act, h = step.conv, step.act, step.h
+    h_run = h if step.h_run is None else step.h_run
+    assert pre is not None
+    rho = conv.rounding(lo, hi, err)
+    abs_err = conv.apply_abs(err)
+    zl, zh = pre[0] - abs_err - rho, pre[1] + abs_err + rho
+    dl, du = act.slope_range(zl, zh)
+    s_err = act.rounding(_magnitude(zl, zh))
+    inner, f_mag = field(du * rho + s_err, torch.maximum(act(zl).abs(), act(zh).abs()) + s_err)
+    out = step._gain(dl, du, err, abs_err) + inner + (abs(h_run - h) + UNIT * h_run) * f_mag
+    return out + UNIT * (_magnitude(lo, hi, err) + h_run * f_mag * (1 + UNIT)) + 2 * TINY
+
 
 @dataclass(frozen=True, eq=False)
 class EulerStep(Layer):
-    """x+ = x + h sigma(T(K) x + b), one forward-Euler step of the ODE block (a square stride-1 same conv)."""
+    """x+ = x + h sigma(T(K) x + b), one forward-Euler step of the ODE block (a square stride-1 same conv); `h_run`:
+    the step the float32 network takes (torchdiffeq's t_{k+1} - t_k on its float32 grid; None: h)."""
 
     conv: Conv
     h: float
     act: Activation
+    h_run: float | None = None
     nonlinear = True
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -445,16 +523,25 @@ class EulerStep(Layer):
         """Mean-value enclosure around the centre, with the local slopes [dl, du] of each neuron:
         |dx+_i| <= max_{d in {dl, du}} |1 + h d c_i| r_i + h d (|T| r - |c| r)_i, intersected with interval
         arithmetic x+ in [lo + h sigma(z_lo), hi + h sigma(z_hi)] (unless `interval=False`, the cheap training path)."""
-        act, h, layer = self.act, self.h, self.conv
-        r, zc, abs_r, zl, zh, dl, du = _centre_preactivation(layer, act, box, interval)
-        c = layer.centre()
-        off = (abs_r - c.abs() * r).clamp_min(0.0)
-        gain = torch.maximum((1 + h * dl * c).abs() * r + h * dl * off, (1 + h * du * c).abs() * r + h * du * off)
+        act, h = self.act, self.h
+        r, zc, abs_r, zl, zh, dl, du = _centre_preactivation(self.conv, act, box, interval)
+        gain = self._gain(dl, du, r, abs_r)
         xc = box.centre + h * act(zc)
         lo, hi = xc - gain, xc + gain
         if interval:
             lo, hi = meet((lo, hi), (box.lo + h * act(zl), box.hi + h * act(zh)))
         return Box(lo, hi, xc), (zl, zh)
+
+    def _gain(self, dl: torch.Tensor, du: torch.Tensor, r: torch.Tensor, abs_r: torch.Tensor) -> torch.Tensor:
+        """A bound of |(I + h D T) e| for |e| <= r and dl <= D <= du (abs_r = |T| r): the centre tap's
+        |1 + h d c| r plus the off-centre mass h d (|T| r - |c| r), convex in d, so its larger value at d = dl, du."""
+        h, c = self.h, self.conv.centre()
+        off = (abs_r - c.abs() * r).clamp_min(0.0)
+        return torch.maximum((1 + h * dl * c).abs() * r + h * dl * off, (1 + h * du * c).abs() * r + h * du * off)
+
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor) -> torch.Tensor:
+        """The residual step's float32 rule with F = identity (`_step_rounding`)."""
+        return _step_rounding(self, lo, hi, pre, err, lambda e, s_mag: (self.h * e, s_mag))
 
     def backward(self, lam: torch.Tensor, const: torch.Tensor, pre: Pre,
                  rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -484,6 +571,7 @@ class GradientStep(Layer):
     conv: Conv
     h: float
     act: Activation
+    h_run: float | None = None  # the step the float32 network takes (as EulerStep's)
     smax: torch.Tensor | None = None  # a known bound of ||T||_2 (training reuses the field's); None: the DFT bound
     nonlinear = True
 
@@ -575,6 +663,16 @@ class GradientStep(Layer):
         r = self._gain(k, k, s.r, z.r) + h * adj.apply_abs(half)
         A = s.A - h * adj.apply_columns(z.A.mul_(columns(k)))
         return Symbolic(A, s.c - h * adj.apply(k * z.c + mid), r), box
+
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor) -> torch.Tensor:
+        """The residual step's float32 rule with F = -T^T (`_step_rounding`): T^T adds its own sum's error."""
+        adj = self.adj
+
+        def field(e: torch.Tensor, s_mag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            own = adj.rounding(-s_mag, s_mag)
+            return self.h * (adj.apply_abs(e) + own), adj.apply_abs(s_mag) + own
+
+        return _step_rounding(self, lo, hi, pre, err, field)
 
 
 STEP_LAYERS: dict[str, type[Layer]] = {"paper": EulerStep, "gradient": GradientStep}

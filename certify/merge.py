@@ -78,8 +78,9 @@ def merge_reports(parts: list[tuple[str, dict]]) -> dict[str, Any]:
         falsified=sum(bool(s.get("falsified")) for s in samples),
         timing={k: sum(rep["timing"].get(k, 0.0) for _, rep in parts)
                 for k in dict.fromkeys(k for _, rep in parts for k in rep["timing"])},
-        roundoff={**first["roundoff"], "measured_relative_float32_error":
-                  max(rep["roundoff"]["measured_relative_float32_error"] for _, rep in parts)},
+        nonfinite=sum(bool(s.get("nonfinite")) for s in samples),
+        roundoff={**first["roundoff"], **{k: max(rep["roundoff"][k] for _, rep in parts) for k in first["roundoff"]
+                                          if k.endswith(("_max", "_error"))}},
         shard=None,
         merged_from=[path for _, path in sorted(seen.items())],
         pgd=_merged_pgd(parts, samples),

@@ -35,6 +35,15 @@ def format_report(report: CertifyReport, model_path: str = "") -> str:
         + "".join(f", {m} {report.timing[m + '_seconds']:.2f} s" for m in STAGES[1:] + ("attack", "radius")
                   if m + "_seconds" in report.timing) + ")",
     ]
+    ro = report.roundoff
+    if ro.get("model") == "derived":
+        lines.insert(-1, f"  float32 round-off       derived over each ball (observed/bound on {ro['sample']} inputs: median "
+                         f"{ro['observed_over_derived_median']:.2g}, max {ro['observed_over_derived_max']:.2g})")
+    elif ro:
+        lines.insert(-1, f"  float32 round-off       measured, not derived: {ro.get('note', '')}")
+    if report.nonfinite_count:
+        lines.insert(3, f"  non-finite bounds       {report.nonfinite_count:8d}   (a bound or its float32 slack overflowed or "
+                        "was NaN: those inputs are left open)")
     if report.falsified is not None and report.falsified_count:
         lines.insert(3, f"  falsified               {report.falsified_count:8d}   (PGD found an adversarial input in the "
                         "eps-ball: no certificate exists)")

@@ -1,5 +1,11 @@
 """Orchestration: plan (validate, round-off check, network bound) -> batches (radii, tight stages) -> report
-(+ optional attack check)."""
+(+ optional attack check).
+
+Float32: every certificate is for the network as it runs in float32. For Euler models each margin's slack is the
+derived float32 error bound over the ball (certify.roundoff; the global stage's radius pays it twice: at the input and
+in the ball), and the plan checks that the float32 logits on a sample lie inside it (a cross-check of the error
+model: outside, the certificate is withheld). Other solvers, which the engine does not unroll yet, keep the measured
+slack 4e-4 (1 + max|z|) after a float64 comparison on the sample (the report says which)."""
 
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ from contraction.errors import CertificateWithheldError, CNodeError, DataError
 from certify.attacks import is_adversarial, pgd, square
 from nodes.train import eval_mode
 from certify.lipschitz import NetworkBound, best_network_bound
-from certify.radius import certified_accuracy, certified_radii, roundoff_slack
+from certify.local import local_bounds
+from certify.radius import certified_accuracy, certified_radii, float32_below, roundoff_slack
+from certify.roundoff import ERROR_MODEL, float32_error, margin_slack
 from certify.tight import TIGHT_STAGES, escalate, tight_radii
 from certify.unrolled import Unrolled, unroll
 from nodes.classifier import ConvNODE
@@ -76,8 +84,9 @@ class CertifyReport:
     radii: torch.Tensor
     certified_by: list[str]
     timing: dict[str, float]
-    roundoff: dict[str, float]
+    roundoff: dict[str, Any]
     falsified: torch.Tensor | None = None
+    nonfinite: torch.Tensor | None = None  # per input: a bound or slack was NaN or infinite (left open, counted)
     attack: AttackCheck | None = None
     pgd: "PGDCheck | None" = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -112,6 +121,10 @@ class CertifyReport:
         return int(self.falsified.sum()) if self.falsified is not None else 0
 
     @property
+    def nonfinite_count(self) -> int:
+        return int(self.nonfinite.sum()) if self.nonfinite is not None else 0
+
+    @property
     def median_radius(self) -> float:
         return float(self.radii.median()) if self.n else 0.0
 
@@ -126,6 +139,7 @@ class CertifyReport:
             "median_radius": self.median_radius,
             "certified_by": self.certified_counts(),
             "falsified": self.falsified_count,
+            "nonfinite": self.nonfinite_count,
             "bound": self.bound.to_dict(),
             "roundoff": self.roundoff,
             "timing": self.timing,
@@ -134,10 +148,11 @@ class CertifyReport:
             "shard": None if self.shard is None else dict(zip(("index", "count", "inputs"), self.shard)),
             "samples": [
                 {"index": int(i), "label": int(y), "prediction": int(p), "radius": float(r), "certified": bool(c),
-                 "certified_by": by, "falsified": f, **({"pgd_robust": g} if g is not None else {})}
-                for i, y, p, r, c, by, f, g in zip(
+                 "certified_by": by, "falsified": f, "nonfinite": nf, **({"pgd_robust": g} if g is not None else {})}
+                for i, y, p, r, c, by, f, nf, g in zip(
                     self.index().tolist(), self.labels, self.predictions, self.radii, self.certified_mask.tolist(),
                     self.certified_by, self.falsified.tolist() if self.falsified is not None else [False] * self.n,
+                    self.nonfinite.tolist() if self.nonfinite is not None else [False] * self.n,
                     self.pgd.robust.tolist() if self.pgd is not None and self.pgd.robust is not None
                     else [None] * self.n)
             ],
@@ -161,6 +176,39 @@ def _measured_roundoff(model: ConvNODE, x: torch.Tensor) -> float:
     return float(((z32 - z64).abs().amax(1) / (1 + z64.abs().amax(1))).max())
 
 
+def roundoff_check(model: ConvNODE, net: Unrolled | None, sample: torch.Tensor) -> dict[str, Any]:
+    """The float32 error model, checked on `sample` before any certificate is given.
+
+    Euler models (`net`: the real-arithmetic twin): the float32 logits must lie within the derived bound of their
+    exact values at every sample input (else CertificateWithheldError: the arithmetic is not the one the bound
+    models, e.g. TF32, FFT or Winograd convolutions); returns the observed error against the bound (ratios).
+    Other solvers: the measured relative error must stay below a tenth of the measured slack's ROUNDOFF_REL."""
+    if net is None:
+        measured = _measured_roundoff(model, sample) if len(sample) else 0.0
+        if measured > 0.1 * ROUNDOFF_REL:
+            raise CertificateWithheldError(f"float32 logits differ from float64 by {measured:.2e} (relative), above "
+                                           "the round-off slack's safety margin; certificate withheld")
+        return {"model": "measured", "relative_slack": ROUNDOFF_REL, "measured_relative_float32_error": measured,
+                "note": f"solver {model.config.solver!r} is not unrolled by the bound engine: each margin is reduced "
+                        "by 4e-4 * (1 + max|z|), checked against a float64 run on the first 64 inputs (not derived)"}
+    x = sample.to(net.readout_weight.device)
+    with torch.no_grad():
+        observed = (model(x.float()).double() - net(x.double())).abs()
+    bound = float32_error(net, local_bounds(net, x.double(), 0.0, "inf"))
+    if bool((observed > bound).any()) or not bool(torch.isfinite(observed).all()):
+        worst = int(torch.nan_to_num(observed - bound, nan=torch.inf).flatten().argmax())
+        raise CertificateWithheldError(
+            f"a float32 logit is {observed.flatten()[worst]:.2e} from its exact value, above the derived bound "
+            f"{bound.flatten()[worst]:.2e}: this arithmetic is not the float32 model the certificate rests on "
+            "(TF32, FFT or Winograd convolutions?); certificate withheld")
+    ratio = (observed / bound).flatten()
+    return {"model": "derived", "note": ERROR_MODEL, "sample": int(len(x)),
+            "observed_max_abs_error": float(observed.max()) if len(x) else 0.0,
+            "derived_median_abs_bound": float(bound.median()) if len(x) else 0.0,
+            "observed_over_derived_median": float(ratio.median()) if len(x) else 0.0,
+            "observed_over_derived_max": float(ratio.max()) if len(x) else 0.0}
+
+
 @dataclass(frozen=True)
 class CertifyPlan:
     """Everything decided before the first batch: validated options, the network bound, the unrolled layers."""
@@ -171,10 +219,10 @@ class CertifyPlan:
     tight: tuple[str, ...]
     falsify: bool
     network: NetworkBound
-    unrolled: Unrolled | None
+    unrolled: Unrolled | None  # the real-arithmetic twin (Euler models): derived slack and the tight stages
     batch_size: int
     radius: bool
-    roundoff: float
+    roundoff: dict[str, Any]
     seconds: float
 
 
@@ -200,11 +248,11 @@ def plan_certification(model: ConvNODE, sample: torch.Tensor, *, eps: float, nor
                          "(use --bound global, or train with --solver euler)")
     if method.lmi and norm != "2":
         raise CNodeError("the LMI certifies the 2-norm: use --norm 2 with --bound lmi")
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise CNodeError("the model has non-finite weights (NaN or inf): nothing can be certified")
+    net = unroll(model) if euler else None
     with eval_mode(model):
-        measured = _measured_roundoff(model, sample) if len(sample) else 0.0
-    if measured > 0.1 * ROUNDOFF_REL:
-        raise CertificateWithheldError(f"float32 logits differ from float64 by {measured:.2e} (relative), above the "
-                         f"round-off slack's safety margin; certificate withheld")
+        roundoff = roundoff_check(model, net, sample)
     spec = model.block.spec()
     certs = block_certificates(spec)
     if method.lmi:
@@ -216,10 +264,9 @@ def plan_certification(model: ConvNODE, sample: torch.Tensor, *, eps: float, nor
         certs = [lmi]
     network = best_network_bound(model, norm, certs)
     return CertifyPlan(eps=eps, norm=norm, bound=bound, tight=tight, falsify=method.falsify and bool(tight),
-                       network=network,
-                       unrolled=unroll(model) if tight else None,
+                       network=network, unrolled=net,
                        batch_size=batch_size if not tight else min(batch_size, 100), radius=radius and bool(tight),
-                       roundoff=measured, seconds=time.perf_counter() - t0)
+                       roundoff=roundoff, seconds=time.perf_counter() - t0)
 
 
 @dataclass
@@ -232,6 +279,7 @@ class BatchResult:
     radii: torch.Tensor
     certified_by: list[str]
     falsified: torch.Tensor
+    nonfinite: torch.Tensor
     seconds: dict[str, float]
 
 
@@ -239,37 +287,70 @@ def _falsifier(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, norm: str):  #
     """The escalation's attack on inputs `idx` of the batch at eps: PGD (margin loss, fixed seed) on the model as it
     runs; True where it found an adversarial input."""
     def falsify(idx: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
-        e = eps.to(torch.float32) if isinstance(eps, torch.Tensor) else eps
+        e = float32_below(eps)  # the attack's ball inside the one asked about: no false 'falsified'
         adv = pgd(model, x[idx], y[idx], eps=e, norm=norm, steps=FALSIFY_STEPS, loss="margin")
         return is_adversarial(model, adv, y[idx])
     return falsify
 
 
+def _global_radii(plan: CertifyPlan, z: torch.Tensor, y: torch.Tensor, x64: torch.Tensor | None,
+                  err: torch.Tensor | None) -> torch.Tensor:
+    """Lipschitz radii of the float32 network: min_j (z_y - z_j - 2 s_yj) / L_yj, s_yj the margin's float32 slack
+    over the ball (paid at the input and at the point in the ball).
+
+    Derived slack (`err`: the error bound over the eps-ball): a radius r0 > eps needs the bound over its own ball, so
+    those inputs get it recomputed over the r0-ball (the whole pixel box at most) and keep the smaller radius, never
+    below eps (r0 >= eps was proven with the eps-ball's slack). Measured slack (`err` None): 4e-4 (1 + max|z|)."""
+    L = plan.network.constants().to(z.device)
+    if err is None:
+        return certified_radii(z, y, L, roundoff_slack(z, ROUNDOFF_REL))
+    r = certified_radii(z, y, L, 2 * margin_slack(err, y))
+    wide = torch.nonzero(r > plan.eps).flatten()
+    if len(wide) and x64 is not None:
+        net = plan.unrolled
+        assert net is not None
+        whole = 1.0 if plan.norm == "inf" else float(x64[0].numel()) ** 0.5  # a larger ball is the whole pixel box
+        ball = r[wide].clamp(max=whole)
+        e = float32_error(net, local_bounds(net, x64[wide], ball, plan.norm))
+        r1 = certified_radii(z[wide], y[wide], L, 2 * margin_slack(e, y[wide]))
+        r1 = torch.where(ball < whole, torch.minimum(r1, ball), r1)
+        r[wide] = torch.maximum(r1, torch.full_like(r1, plan.eps))
+    return r
+
+
 def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.Tensor) -> BatchResult:
     """Global radii for every input, then the plan's tight stages, escalated, on the correct inputs still
-    uncertified."""
+    uncertified; every margin's slack is the float32 error bound over its ball (derived, Euler models)."""
     seconds = dict.fromkeys(STAGES, 0.0)
     ts = time.perf_counter()
     device = module_device(model)
     x, y = x.to(device), y.to(device)
     with eval_mode(model), torch.no_grad():
         z = model(x)
-    slack = roundoff_slack(z, ROUNDOFF_REL)
-    r = certified_radii(z, y, plan.network.constants().to(device), slack)
+    net, tight = plan.unrolled, plan.tight
+    x64 = x.to(torch.float64) if net is not None else None
+    local = local_bounds(net, x64, plan.eps, plan.norm) if net is not None else None
+    err = float32_error(net, local) if net is not None else None
+    slack = margin_slack(err, y) if err is not None else roundoff_slack(z, ROUNDOFF_REL)
+    r = _global_radii(plan, z, y, x64, err)
+    nonfinite = ~torch.isfinite(z).all(1)
+    if err is not None:
+        nonfinite |= ~torch.isfinite(err).all(1)
     ok = r >= plan.eps
     names = ["global" if c else "" for c in ok.tolist()]
     falsified = torch.zeros(len(y), dtype=torch.bool)
     seconds["global"] += time.perf_counter() - ts
-    net, tight = plan.unrolled, plan.tight
     todo = torch.nonzero(~ok & (z.argmax(1) == y)).flatten()
     if len(todo) and tight:
+        assert net is not None and local is not None
         hook = _falsifier(model, x[todo], y[todo], plan.norm) if plan.falsify else None
-        esc = escalate(net, x[todo], y[todo], plan.eps, plan.norm, tight, slack[todo], hook)
+        esc = escalate(net, x64[todo], y[todo], plan.eps, plan.norm, tight, slack[todo], hook, local.select(todo))
         for i, s in zip(todo.tolist(), esc.stage.tolist()):
             if s >= 0:
                 names[i] = tight[s]
         r[todo[esc.certified]] = plan.eps  # certified at eps: the closed eps-ball is proven
         falsified[todo.cpu()] = esc.falsified.cpu()
+        nonfinite[todo] |= esc.nonfinite
         for k, v in esc.seconds.items():
             seconds[k] = seconds.get(k, 0.0) + v
     if plan.radius:
@@ -277,10 +358,10 @@ def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.
         good = torch.nonzero(z.argmax(1) == y).flatten()
         if len(good):
             hook = _falsifier(model, x[good], y[good], plan.norm) if plan.falsify else None
-            r[good] = tight_radii(net, x[good], y[good], plan.norm, tight[-1], slack[good], r[good],
-                                  RADIUS_CAP[plan.norm], falsify=hook)
+            r[good] = tight_radii(net, x64[good], y[good], plan.norm, tight[-1], None, r[good],
+                                  RADIUS_CAP[plan.norm], falsify=hook)  # slack derived at every eps tried
         seconds["radius"] = time.perf_counter() - ts
-    return BatchResult(y.cpu(), z.argmax(1).cpu(), r.cpu(), names, falsified,
+    return BatchResult(y.cpu(), z.argmax(1).cpu(), r.cpu(), names, falsified, nonfinite.cpu(),
                        {k: v for k, v in seconds.items() if v > 0})
 
 
@@ -319,11 +400,11 @@ def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[
         radii=torch.cat([b.radii for b in results]) if results else torch.zeros(0, dtype=torch.float64),
         certified_by=[by for b in results for by in b.certified_by],
         falsified=torch.cat([b.falsified for b in results]) if results else torch.zeros(0, dtype=torch.bool),
+        nonfinite=torch.cat([b.nonfinite for b in results]) if results else torch.zeros(0, dtype=torch.bool),
         timing={"bound_seconds": plan.seconds, "certify_seconds": time.perf_counter() - t1,
                 "total_seconds": time.perf_counter() - t0, **{k: v for k, v in seconds.items() if v > 0}},
         extra={"bound_mode": bound, "radius_bisection": plan.radius, "processes": dist.world},
-        roundoff={"relative_slack": ROUNDOFF_REL, "measured_relative_float32_error": plan.roundoff,
-                  "note": "each margin is reduced by 4e-4 * (1 + max|z|) before dividing by L_yj"},
+        roundoff=plan.roundoff,
         indices=torch.arange(span.start, span.stop),
         shard=None if shard is None else (shard[0], shard[1], n),
     )
@@ -415,7 +496,7 @@ def attack_check(
     for start in range(0, len(idx), batch_size):
         sel = idx[start:start + batch_size]
         x, y = _images(inputs, index[sel]).to(device), report.labels[sel].to(device)
-        r = report.radii[sel].to(device=device, dtype=torch.float32)
+        r = float32_below(report.radii[sel]).to(device)  # inside the proven radius
         for name, adv in (
             ("pgd", pgd(model, x, y, eps=r, norm=report.norm, steps=steps, restarts=restarts, loss="margin")),
             ("square", square(model, x, y, eps=r, norm=report.norm, queries=queries)),
@@ -462,7 +543,7 @@ def pgd_check(model: ConvNODE, inputs: ImageData | torch.Tensor, report: Certify
     for start in tqdm(starts, desc="pgd", leave=False, disable=None if progress and dist.main else True):
         sel = torch.arange(start, min(start + batch_size, mine.stop))
         x, y = _images(inputs, index[sel]).to(device), report.labels[sel].to(device)
-        adv = pgd(model, x, y, eps=report.eps, norm=report.norm, steps=steps, restarts=restarts)
+        adv = pgd(model, x, y, eps=float32_below(report.eps), norm=report.norm, steps=steps, restarts=restarts)
         wrong = is_adversarial(model, adv, y).cpu() | (report.predictions[sel] != report.labels[sel])
         parts.append(~wrong)
     robust = torch.cat([p for part in dist.all_gather(parts) for p in part]) if report.n else torch.zeros(0, dtype=torch.bool)

@@ -1,7 +1,8 @@
 """Tight certificates at a given eps: the stages, escalated per input, and radii by bisection.
 
 The stages, cheapest first (each certifies an input when every lower bound of z_y - z_j, j != y, over the closed
-eps-ball intersected with [0, 1] exceeds the float32 round-off slack; float64 on an unrolled copy of the model):
+eps-ball intersected with [0, 1] is a number above its float32 round-off slack; float64 on an unrolled copy of the
+model; a NaN or infinite bound leaves its input open and is counted):
 - 'local': interval + mean-value boxes through every layer (certify.local);
 - 'crown': one linear backward pass over those boxes (CROWN-IBP style, certify.crown), for the margins the boxes
   leave open;
@@ -9,13 +10,16 @@ eps-ball intersected with [0, 1] exceeds the float32 round-off slack; float64 on
 `escalate` runs them in order, each only on the inputs the earlier ones left unproven (sharing the local boxes),
 and keeps the best bound of every margin so far: a later stage never loses what an earlier one proved. A
 `falsify` hook (an attack) may drop inputs with an adversarial example before the expensive 'linear' stage: no
-bound can prove those."""
+bound can prove those.
+
+The slack: given (scalar, per input or per margin), or `None`: derived, the float32 error bound of every logit over
+the same ball from the local boxes (certify.roundoff), so each certificate holds for the float32 network as it runs."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Union
 
 import torch
 
@@ -23,6 +27,8 @@ from contraction.errors import CNodeError
 from certify.crown import box_and_crown_margins
 from certify.linear import linear_bounds
 from certify.local import LocalBounds, box_margins, local_bounds
+from certify.radius import unproven
+from certify.roundoff import float32_error, margin_slack
 from certify.unrolled import Unrolled
 
 __all__ = ["TIGHT_STAGES", "Escalation", "stage_margins", "escalate", "margin_lower_bounds", "certified_at",
@@ -32,6 +38,7 @@ TIGHT_STAGES = ("local", "crown", "linear")
 EXPENSIVE = ("linear",)  # stages preceded by the falsify hook
 
 Falsify = Callable[[torch.Tensor, "float | torch.Tensor"], torch.Tensor]  # (input indices, eps) -> adversarial found
+Slack = Union[torch.Tensor, float, None]  # scalar, [B], [B, K], or None: derived (the float32 error over the ball)
 
 
 def _rows(t: torch.Tensor | float, idx: torch.Tensor) -> torch.Tensor | float:
@@ -39,17 +46,13 @@ def _rows(t: torch.Tensor | float, idx: torch.Tensor) -> torch.Tensor | float:
     return t[idx] if isinstance(t, torch.Tensor) and t.dim() else t
 
 
-def _open(margins: torch.Tensor, slack: torch.Tensor | float) -> torch.Tensor:
-    return margins <= torch.as_tensor(slack, dtype=margins.dtype, device=margins.device).reshape(-1, 1)
-
-
 def stage_margins(stage: str, net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor,
                   norm: str, slack: torch.Tensor | float = 0.0, local: LocalBounds | None = None
                   ) -> tuple[torch.Tensor, LocalBounds]:
     """[B, K] lower bounds of z_y - z_j (+inf at j = y) by one stage, and the local boxes it used (given or built).
 
-    'crown' and 'linear' run their backward pass only for the margins their boxes leave at or below `slack` and
-    keep the box bound for the others (and wherever it is larger)."""
+    'crown' and 'linear' run their backward pass only for the margins their boxes leave unproven (`slack`: scalar,
+    [B] or [B, K]) and keep the box bound for the others (and wherever it is larger)."""
     if stage not in TIGHT_STAGES:
         raise CNodeError(f"tight stage must be one of {list(TIGHT_STAGES)}, got {stage!r}")
     u = u.to(net.readout_weight.dtype)
@@ -64,12 +67,15 @@ def stage_margins(stage: str, net: Unrolled, u: torch.Tensor, labels: torch.Tens
 @dataclass
 class Escalation:
     """Per input: `stage` = the index (in the stages run) of the stage that certified it, -1 if none; `falsified`:
-    an adversarial example was found (by the falsify hook); `margins`: the best lower bounds reached, [B, K];
-    `seconds` per stage (and 'attack')."""
+    an adversarial example was found (by the falsify hook); `margins`: the best lower bounds reached, [B, K] (-inf
+    where no stage gave a number); `nonfinite`: some stage's bound or the slack was NaN or infinite (the input stayed
+    open there); `slack` [B, K]: the slack each margin had to clear; `seconds` per stage (and 'attack')."""
 
     stage: torch.Tensor
     falsified: torch.Tensor
     margins: torch.Tensor
+    nonfinite: torch.Tensor
+    slack: torch.Tensor
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -78,17 +84,28 @@ class Escalation:
 
 
 def escalate(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str,
-             stages: tuple[str, ...] = TIGHT_STAGES, slack: torch.Tensor | float = 0.0,
-             falsify: Falsify | None = None) -> Escalation:
-    """Run `stages` in order, each on the inputs still unproven (per-input `eps` and `slack` allowed)."""
+             stages: tuple[str, ...] = TIGHT_STAGES, slack: Slack = 0.0, falsify: Falsify | None = None,
+             local: LocalBounds | None = None) -> Escalation:
+    """Run `stages` in order, each on the inputs still unproven (per-input `eps` and `slack` allowed; `slack=None`:
+    derived from the local boxes; `local`: those boxes when already computed)."""
     B = u.shape[0]
     dev = u.device
+    K = net.readout_weight.shape[0]
     stage = torch.full((B,), -1, dtype=torch.long, device=dev)
     falsified = torch.zeros(B, dtype=torch.bool, device=dev)
-    best = torch.full((B, net.readout_weight.shape[0]), -torch.inf, dtype=net.readout_weight.dtype, device=dev)
+    best = torch.full((B, K), -torch.inf, dtype=net.readout_weight.dtype, device=dev)
     seconds: dict[str, float] = {}
     todo = torch.arange(B, device=dev)
-    local: LocalBounds | None = None
+    if slack is None:
+        t0 = time.perf_counter()
+        if local is None:
+            local = local_bounds(net, u.to(net.readout_weight.dtype), eps, norm)
+        slack = margin_slack(float32_error(net, local), labels)
+        seconds["local"] = time.perf_counter() - t0
+    slack_t = torch.as_tensor(slack, dtype=best.dtype, device=dev)
+    slack_t = (slack_t.reshape(-1, 1) if slack_t.dim() == 1 else slack_t).expand(B, K)
+    is_y = torch.nn.functional.one_hot(labels, K).bool()
+    nonfinite = (~torch.isfinite(slack_t) & ~is_y).any(1)
     for i, name in enumerate(stages):
         if not len(todo):
             break
@@ -101,14 +118,16 @@ def escalate(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | 
             if not len(todo):
                 break
         t0 = time.perf_counter()
-        m, local = stage_margins(name, net, u[todo], labels[todo], _rows(eps, todo), norm, _rows(slack, todo), local)
-        m = torch.maximum(m, best[todo])
+        m, local = stage_margins(name, net, u[todo], labels[todo], _rows(eps, todo), norm, slack_t[todo], local)
+        bad = ~torch.isfinite(m) & ~is_y[todo]
+        nonfinite[todo[bad.any(1)]] = True
+        m = torch.maximum(m.masked_fill(bad, -torch.inf), best[todo])  # a non-number proves nothing
         best[todo] = m
-        got = ~_open(m, _rows(slack, todo)).any(1)
+        got = ~unproven(m, slack_t[todo]).any(1)
         stage[todo[got]] = i
         todo, local = todo[~got], local.select(~got)
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
-    return Escalation(stage, falsified, best, seconds)
+    return Escalation(stage, falsified, best, nonfinite, slack_t, seconds)
 
 
 def _chain(method: str) -> tuple[str, ...]:
@@ -119,22 +138,22 @@ def _chain(method: str) -> tuple[str, ...]:
 
 
 def margin_lower_bounds(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor,
-                        norm: str, method: str, slack: torch.Tensor | float = 0.0) -> torch.Tensor:
+                        norm: str, method: str, slack: Slack = 0.0) -> torch.Tensor:
     """[B, K] lower bounds of z_y - z_j over the input set (+inf at j = y): the best of the stages up to `method`."""
     return escalate(net, u, labels, eps, norm, _chain(method), slack).margins
 
 
 def certified_at(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str,
-                 method: str, slack: torch.Tensor | float = 0.0, falsify: Falsify | None = None) -> torch.Tensor:
+                 method: str, slack: Slack = 0.0, falsify: Falsify | None = None) -> torch.Tensor:
     """Boolean [B]: certified by one of the stages up to `method` (escalated per input)."""
     return escalate(net, u, labels, eps, norm, _chain(method), slack, falsify).certified
 
 
 def tight_radii(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, norm: str, method: str,
-                slack: torch.Tensor | float, lo: torch.Tensor, hi: float, iters: int = 12,
+                slack: Slack, lo: torch.Tensor, hi: float, iters: int = 12,
                 falsify: Falsify | None = None) -> torch.Tensor:
     """Largest eps in [lo, hi] certified by the stages up to `method`, by bisection per input (lo: radii already
-    proven, e.g. global).
+    proven, e.g. global). `slack=None`: derived at every eps tried (the float32 error over that ball).
 
     The certified set only grows as eps shrinks, so the invariant 'certified at lo' holds throughout."""
     lo = lo.to(torch.float64).clone()

@@ -2,7 +2,12 @@
 one Euler residual step per interval (x+ = x + h sigma(K_k x + b_k); gradient field: x+ = x - h K_k^T sigma(K_k x +
 b_k)), flatten, head (linear, sigma)..., linear.
 Euler only: other solvers have no such form. Pixel averaging (`readout='avgpool'`) is folded into the first head
-layer (its weights divided by H W and repeated over the pixels)."""
+layer (its weights divided by H W and repeated over the pixels).
+
+The layers are the real-arithmetic twin of the network as it runs in its own dtype: every constant the network rounds
+(the normalisation's mean and std, cast to the input's dtype) is taken as rounded; each Euler step records the step
+the network takes (`h_run`: t_{k+1} - t_k of torchdiffeq's grid in that dtype) for the float32 rules, which bound the
+rest (certify.roundoff)."""
 
 from __future__ import annotations
 
@@ -98,11 +103,11 @@ def unroll(model: ConvNODE, *, dtype: torch.dtype | None = torch.float64, detach
         raise CNodeError(f"bound propagation follows the Euler steps as run; this model uses {cfg.solver!r}")
     act = model.activation
     layers: list[Layer] = []
+    like = model.head[0].weight  # the network's dtype and device
     if cfg.mean:
-        like = model.head[0].weight
         shape = (cfg.in_channels, 1, 1)
-        layers.append(Normalize(torch.tensor(cfg.mean, dtype=dtype or like.dtype, device=like.device).view(shape),
-                                torch.tensor(cfg.std, dtype=dtype or like.dtype, device=like.device).view(shape)))
+        as_run = lambda v: torch.tensor(v, dtype=like.dtype, device=like.device).to(dtype or like.dtype).view(shape)  # noqa: E731
+        layers.append(Normalize(as_run(cfg.mean), as_run(cfg.std)))
     size = cfg.image_size
     for conv in model.stem:
         layers += [_conv(conv, size, dtype, detach), Act(act)]
@@ -110,20 +115,24 @@ def unroll(model: ConvNODE, *, dtype: torch.dtype | None = torch.float64, detach
     start = len(layers)
     step = STEP_LAYERS[cfg.field]
     kernels = [field.kernel_and_bound() for field in model.block.fields]  # as run (the gradient field: rescaled)
+    grid = torch.linspace(0.0, cfg.T, cfg.steps + 1, dtype=like.dtype, device=like.device)  # as nodes.block builds it
+    h_run = (grid[1:] - grid[:-1]).tolist()
     for k in range(cfg.steps):
         field = model.block.field_at_step(k)
         kernel, bound = kernels[0 if cfg.shared_weights else k]
         # a live (training) unroll reuses the field's spectral bound; a certificate's copy recomputes it in float64
         extra = {"smax": bound} if bound is not None and not detach else {}
         conv = _conv(field.conv, size, dtype, detach, kernel)
-        layers.append(step(conv, cfg.h, act, **extra))  # type: ignore[call-arg]
+        layers.append(step(conv, cfg.h, act, h_run=h_run[k], **extra))  # type: ignore[call-arg]
     block = (start, len(layers))
     layers.append(Flatten((cfg.channels, size, size)))
     for i, lin in enumerate(model.head):
         W, c = _cast(lin.weight, dtype, detach), _cast(lin.bias, dtype, detach)
+        sums = None
         if i == 0 and cfg.readout == "avgpool":
             W = (W / size**2).repeat_interleave(size**2, dim=1)
+            sums = size**2 + 1 + lin.in_features + 2  # the mean's sum and division, then the layer's sums
         if i > 0:
             layers.append(Act(act))
-        layers.append(Linear(W, c))
+        layers.append(Linear(W, c, sums))
     return Unrolled(tuple(layers), block, act)

@@ -14,6 +14,11 @@ Soundness does not rest on the solver: for the returned (P, L) the smallest vali
 over *every* frequency from the Schur complement, c^2 = max_w lambda_max(P^-1/2 S(w) P^-1/2),
 S = M11(c=0) - M12 M22^-1 M12^H (needs M22 < 0). The solver may see only a subset of frequencies.
 cvxpy is imported inside the functions only.
+
+Size: the solver's memory is planned before anything is built (`memory_estimate`): an interior-point solver
+(Clarabel) holds a dense (d(d+1)/2)^2 block per PSD cone of side d, 24 GB for the `mini` block's 45 cones of side 128;
+the first-order SCS holds the sparse constraint matrix and one eigendecomposition per cone. The default picks Clarabel
+where it fits, SCS where only it fits, and refuses with one line (status `too_large`) where neither would.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ from contraction.certificates import CERTIFIED, NOT_CERTIFIED, BlockSpec, Certif
 from contraction.convops import check_kernel, conv_symbols
 
 __all__ = ["StepLMI", "verify_step_factor", "solve_step_lmi", "lmi_block_certificate", "conv_blocks", "dense_blocks",
-           "INFEASIBLE", "INACCURATE"]
+           "memory_estimate", "available_memory", "INFEASIBLE", "INACCURATE", "TOO_LARGE"]
 
 INFEASIBLE = "infeasible"
 INACCURATE = "inaccurate"
+TOO_LARGE = "too_large"
+MEMORY_SHARE = 0.5  # of the memory available now, the most an LMI solve may plan to use
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,46 @@ def spectral_floor(layers: list[np.ndarray], a: float, b: float, h: float,
     return floor
 
 
+def _cone_sides(layers: list[np.ndarray], outs: list[np.ndarray | None] | None) -> list[int]:
+    """The side of every PSD cone of the problem: 2C per real block, 4C per complex one (its real embedding)."""
+    sides = []
+    for i, blocks in enumerate(layers):
+        out = None if outs is None else outs[i]
+        for j, T in enumerate(blocks):
+            real = not np.any(T.imag) and (out is None or not np.any(out[j].imag))
+            sides.append((T.shape[-1] + T.shape[-2]) * (1 if real else 2))
+    return sides
+
+
+def memory_estimate(layers: list[np.ndarray], solver: str, outs: list[np.ndarray | None] | None = None) -> int:
+    """Bytes a solve of these blocks is planned to need with `solver` (the solver's data plus cvxpy's copies).
+
+    Clarabel: 3 dense copies of each cone's (d(d+1)/2)^2 Hessian block; SCS: the constraint matrix (each entry of a
+    cone depends on at most C + n + 2 variables: P's entries and the multipliers), 8 copies of its (value, index)
+    pairs through cvxpy's canonicalisation, and a d x d eigendecomposition workspace per cone. Calibrated on the
+    paper block and `mini` (tests/test_contraction/test_lmi.py checks it against the peak resident memory)."""
+    sides = _cone_sides(layers, outs)
+    svec = [d * (d + 1) // 2 for d in sides]
+    if solver == "CLARABEL":
+        return int(sum(3 * 8 * v * v for v in svec)) + 2**27
+    n, m = layers[0].shape[-1], max(bl.shape[-2] for bl in layers)
+    return int(8 * 12 * sum(svec) * (n + m + 2) + sum(8 * 4 * d * d for d in sides)) + 2**28
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (MemAvailable on Linux; physical pages otherwise)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 class _StepProblem:
     """The feasibility LMI of a common step factor c for several layers, built once: c enters only through the
     parameter s = 1 - c^2 (in s P, DPP-compliant), so bisection re-solves the same canonicalised problem instead of
@@ -191,6 +238,7 @@ def solve_step_lmi(
     iters: int = 10,
     eps: float = 1e-6,
     outs: list[np.ndarray | None] | None = None,
+    memory: int | None = None,
 ) -> StepLMI:
     """Bisection on the common step factor c of several layers (one metric P, multipliers per layer), from the
     spectral floor (`spectral_floor`, probed first) up to `c_high`, on one problem built once (`_StepProblem`).
@@ -198,17 +246,27 @@ def solve_step_lmi(
     `layers`: per layer, its complex blocks (conv_blocks / dense_blocks) of T; `outs`: per layer the blocks of A for
     the field x' = A sigma(T x + b) (None, or a None entry: A = I, the paper's field). Every candidate (P, L) is
     re-verified on all blocks; the best verified product of factors is returned. Status `certified`, `infeasible` (no c <= c_high
-    found) or `inaccurate` (the solver returned points that do not verify)."""
+    found), `inaccurate` (the solver returned points that do not verify) or `too_large` (refused before building
+    anything: `memory_estimate` above `memory` bytes, default MEMORY_SHARE of the memory available; `solver` None:
+    Clarabel where it fits, else SCS)."""
     import cvxpy as cp
 
     start = time.perf_counter()
-    solver = solver or ("CLARABEL" if "CLARABEL" in cp.installed_solvers() else "SCS")
     if any(not np.all(np.isfinite(bl)) for bl in layers):
         return StepLMI(NOT_CERTIFIED, None, (), (), "non-finite weights", 0.0)
     outs = outs if outs is not None and any(o is not None for o in outs) else None
     picks = [_subset(np.arange(len(bl)), bl, max_blocks) for bl in layers]
     small = [bl[idx] for bl, idx in zip(layers, picks)]
     small_outs = None if outs is None else [None if o is None else o[idx] for o, idx in zip(outs, picks)]
+    budget = int(MEMORY_SHARE * available_memory()) if memory is None else memory
+    choices = [solver] if solver else [s for s in ("CLARABEL", "SCS") if s in cp.installed_solvers()]
+    need = {s: memory_estimate(small, s, small_outs) for s in choices}
+    fits = [s for s in choices if need[s] <= budget]
+    if not fits:
+        return StepLMI(TOO_LARGE, None, (), (), f"refused before solving: {len(_cone_sides(small, small_outs))} PSD "
+                       f"cones would need ~{min(need.values()) / 2**30:.1f} GiB ({'/'.join(choices)}), "
+                       f"{budget / 2**30:.1f} GiB allowed", 0.0)
+    solver = fits[0]
     problem = _StepProblem(cp, small, a, b, h, small_outs)  # built once; each bisection step only re-solves
     lo, hi = min(spectral_floor(layers, a, b, h, outs) * (1 - 1e-9), c_high), c_high
     best: tuple[float, np.ndarray, list[np.ndarray], list[float]] | None = None
@@ -238,11 +296,12 @@ def solve_step_lmi(
         status = INACCURATE if any(s in ("optimal", "optimal_inaccurate") for s in statuses) else INFEASIBLE
         return StepLMI(status, None, (), (), f"no verified certificate (solver said: {sorted(set(statuses))})",
                        seconds)
-    return StepLMI(CERTIFIED, best[1], tuple(best[2]), tuple(best[3]), f"{solver}; verified in float64", seconds)
+    return StepLMI(CERTIFIED, best[1], tuple(best[2]), tuple(best[3]),
+                   f"{solver} (planned {need[solver] / 2**30:.2f} GiB); verified in float64", seconds)
 
 
-def lmi_block_certificate(spec: BlockSpec, *, solver: str | None = None, max_blocks: int = 48, tol: float = 1e-3
-                          ) -> Certificate:
+def lmi_block_certificate(spec: BlockSpec, *, solver: str | None = None, max_blocks: int = 48, tol: float = 1e-3,
+                          memory: int | None = None) -> Certificate:
     """The P-norm Euler certificate of a block with circular padding (P = P_c (x) I, FFT blocks).
 
     The solver sees at most `max_blocks` frequency blocks in all (the largest-norm ones and a grid); the
@@ -269,7 +328,7 @@ def lmi_block_certificate(spec: BlockSpec, *, solver: str | None = None, max_blo
     c_high = 1.0 + spec.h * spec.b * (snorm if outs is None else snorm**2)
     per_layer = max(8, max_blocks // len(layers))  # the solver sees a subset; verification sees every block
     res = solve_step_lmi(layers, spec.a, spec.b, spec.h, c_high=c_high * 1.01, solver=solver, tol=tol,
-                         max_blocks=per_layer, outs=outs)
+                         max_blocks=per_layer, outs=outs, memory=memory)
     if res.status != CERTIFIED:
         return Certificate("lmi", "2_P", res.status, None, None, res.message, extra={"seconds": res.seconds})
     by_id = {id(K): f for K, f in zip(distinct, res.factors)}

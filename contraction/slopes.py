@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from contraction.errors import CNodeError
+from contraction.floats import TINY, gamma
 
 __all__ = ["Activation", "ACTIVATIONS", "get_activation"]
 
@@ -19,7 +20,9 @@ class Activation:
     """A scalar activation with `a <= sigma'(z) <= b` for every z.
 
     `slope_range(lo, hi)` gives the exact range of sigma' over [lo, hi] (local slopes); `tangent_points(k)` gives
-    every z with sigma'(z) = k (where sigma(z) - k z can have an interior extremum; used by linear relaxations)."""
+    every z with sigma'(z) = k (where sigma(z) - k z can have an interior extremum; used by linear relaxations);
+    `rounding(m)` bounds |fl32(sigma)(z) - sigma(z)| for float32 z with |z| <= m, the activation as PyTorch evaluates it
+    in float32 (its constants rounded to float32 included) against the exact function (contraction.floats' model)."""
 
     name: str
     fn: Callable[[torch.Tensor], torch.Tensor]
@@ -28,6 +31,7 @@ class Activation:
     b: float
     slope_range: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     tangent_points: Callable[[torch.Tensor], list[torch.Tensor]]
+    rounding: Callable[[torch.Tensor], torch.Tensor]
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         return self.fn(z)
@@ -39,7 +43,12 @@ def _increasing_slopes(deriv: Callable[[torch.Tensor], torch.Tensor]):
 
 
 def _smooth_leaky_relu(a: float) -> Activation:
-    """a*z + (1-a)*softplus(z): slopes in [a, 1] (open at both ends); convex, so sigma' is increasing."""
+    """a*z + (1-a)*softplus(z): slopes in [a, 1] (open at both ends); convex, so sigma' is increasing.
+
+    softplus(z) = logaddexp(z, 0) = max(z, 0) + log1p(exp(-|z|)): monotone in every precision (F.softplus switches to
+    z above its threshold 20, a drop of 2e-9 that breaks monotonicity in float64). Float32 error: a z and (1-a)
+    softplus carry their constants' rounding, two products and a sum (u each); log1p(exp(-|z|)) within
+    (1.45 * 8 + 8 + 1) u of its value (4-ulp exp and log1p; log1p(e) >= e ln 2 on [0, 1]); all <= gamma_32 (|z| + 1)."""
     deriv = lambda z: a + (1.0 - a) * torch.sigmoid(z)  # noqa: E731
 
     def tangent_points(k: torch.Tensor) -> list[torch.Tensor]:
@@ -48,12 +57,13 @@ def _smooth_leaky_relu(a: float) -> Activation:
 
     return Activation(
         name="smooth_leaky_relu",
-        fn=lambda z: a * z + (1.0 - a) * F.softplus(z),
+        fn=lambda z: a * z + (1.0 - a) * torch.logaddexp(z, torch.zeros_like(z)),
         deriv=deriv,
         a=a,
         b=1.0,
         slope_range=_increasing_slopes(deriv),
         tangent_points=tangent_points,
+        rounding=lambda m: gamma(32) * (m + 1.0) + 4 * TINY,
     )
 
 
@@ -72,6 +82,7 @@ def _leaky_relu(a: float) -> Activation:
         b=1.0,
         slope_range=slope_range,
         tangent_points=lambda k: [torch.zeros_like(k)],
+        rounding=lambda m: gamma(2) * a * m + TINY,  # a*z: a rounded to float32, one product
     )
 
 
@@ -95,6 +106,7 @@ def _tanh(_a: float) -> Activation:
         b=1.0,
         slope_range=slope_range,
         tangent_points=tangent_points,
+        rounding=lambda m: gamma(8) * m.clamp(max=1.0) + TINY,  # 4 ulps of |tanh z| <= min(|z|, 1)
     )
 
 

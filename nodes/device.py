@@ -53,15 +53,21 @@ def place(module: torch.nn.Module, device: str | torch.device | None) -> torch.d
 
 @contextlib.contextmanager
 def exact_float32() -> Iterator[None]:
-    """IEEE float32 arithmetic on CUDA inside the block: TF32 off for cuDNN convolutions and matmuls (PyTorch's
-    default lets cuDNN convolutions round float32 inputs to TF32's 10-bit mantissa, which moves a ConvNODE's logits by
-    ~2e-4 relative, more than the certificates' round-off slack), the previous settings restored after. A no-op for
-    the CPU's arithmetic."""
-    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    """IEEE float32 arithmetic with sum-of-products convolutions on CUDA inside the block, the previous settings
+    restored after: TF32 off for matmuls and convolutions (PyTorch's default lets cuDNN round float32 inputs to TF32's
+    10-bit mantissa, which moves a ConvNODE's logits by ~2e-4 relative), and cuDNN off altogether, so no FFT or
+    Winograd algorithm runs: PyTorch's own CUDA convolutions are im2col + GEMM, sums of products, the arithmetic the
+    derived float32 error bound models (contraction.floats). A no-op for the CPU's arithmetic (oneDNN's direct
+    convolutions and BLAS GEMMs are sums of products)."""
+    conv, mm, cudnn = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+                       torch.backends.cudnn.enabled)
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
+    if torch.cuda.is_available():
+        torch.backends.cudnn.enabled = False
     try:
         yield
     finally:
         torch.backends.cudnn.allow_tf32 = conv
         torch.backends.cuda.matmul.allow_tf32 = mm
+        torch.backends.cudnn.enabled = cudnn

@@ -1,6 +1,8 @@
 """Shared fixtures; the hypothesis profiles live in tests/profiles.py (loaded here)."""
 
+import hashlib
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,30 @@ from tests import profiles  # noqa: F401  (registers and loads the hypothesis pr
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _test_seed() -> int:
+    """$CNODE_TEST_SEED, else a seed derived from the checked-out commit (new examples for every commit), else 0."""
+    if os.environ.get("CNODE_TEST_SEED"):
+        return int(os.environ["CNODE_TEST_SEED"])
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return int(hashlib.sha256(head.encode()).hexdigest()[:8], 16)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Seed hypothesis (before its plugin reads --hypothesis-seed) unless the command line gave a seed."""
+    if config.getoption("hypothesis_seed", None) is None:
+        config.option.hypothesis_seed = str(_test_seed())
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return (f"hypothesis seed: {config.getoption('hypothesis_seed')} (reproduce: CNODE_TEST_SEED=<seed> make test, "
+            f"profile {profiles.PROFILE})")
 
 
 def data_root() -> Path | None:

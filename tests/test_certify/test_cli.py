@@ -36,7 +36,9 @@ def test_certify_json_schema(tiny_trained, tmp_path, capsys):
     s = report["samples"]
     assert [x["index"] for x in s] == list(range(50))
     assert all(set(x) == {"index", "label", "prediction", "radius", "certified", "certified_by", "falsified",
-                          "pgd_robust"} for x in s)  # pgd_robust: --pgd ran
+                          "nonfinite", "pgd_robust"} for x in s)  # pgd_robust: --pgd ran
+    assert report["nonfinite"] == sum(x["nonfinite"] for x in s) == 0
+    assert report["roundoff"]["model"] == "derived" and 0 < report["roundoff"]["observed_over_derived_max"] <= 1
     assert sum(x["pgd_robust"] for x in s) / 50 == pytest.approx(report["pgd"]["accuracy"])
     assert not any(x["certified"] and not x["pgd_robust"] for x in s)
     assert report["shard"] is None and len(report["model_sha256"]) == 64
@@ -186,3 +188,32 @@ def test_cnode_study_trains_evaluates_and_reports_then_resumes(tmp_path, capsys)
     assert "| nominal | 1 |" in (tmp_path / "results.md").read_text()
     assert cnode_main(["study", "--report-only", "--out", str(tmp_path / "empty")]) == 2
     assert "no results" in capsys.readouterr().err
+
+
+def test_plot_writes_a_readable_png(tiny_trained, tmp_path, capsys):
+    import matplotlib.image
+
+    _, path = tiny_trained
+    png = tmp_path / "curve.png"
+    code, out, err = _run(certify_main, [str(path), "--eps", "0.005", "--limit", "30", "--plot", str(png), "--quiet"],
+                          capsys)
+    assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(png) in out
+    img = matplotlib.image.imread(png)
+    assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300
+    assert float(img[..., :3].std()) > 0.05  # axes, a curve and labels: not a blank canvas
+
+
+def test_an_lmi_too_large_for_memory_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    """Before any solve: the planned memory against what is available; above it, one line and exit 2, never a killed
+    process."""
+    import contraction.lmi
+    from nodes import ConvNODE, ModelConfig, TrainConfig, save_model
+
+    torch.manual_seed(0)
+    model = ConvNODE(ModelConfig(channels=2, steps=2, padding="circular"))
+    path = save_model(tmp_path / "circ.pt", model, train_config=TrainConfig(dataset="mnist-mini"))
+    monkeypatch.setattr(contraction.lmi, "available_memory", lambda: 2**20)
+    code, out, err = _run(certify_main, [str(path), "--eps", "0.01", "--norm", "2", "--bound", "lmi", "--limit", "5"],
+                          capsys)
+    assert code == 2 and "too_large" in err and "GiB" in err and len(err.strip().splitlines()) == 1, err

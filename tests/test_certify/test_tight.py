@@ -195,3 +195,23 @@ def test_certify_tensors_matches_certify_model_and_refuses_bad_tensors(tiny_trai
     ]:
         with pytest.raises(DataError, match=fragment):
             certify_tensors(model, bad_x, bad_y, eps=0.02)
+
+
+def test_auto_radii_with_the_falsifier_survive_attacks(tiny_trained):
+    """radius=True with auto (bisection, derived float32 slack at every eps tried, PGD falsifier): no attack inside
+    any reported radius changes the float32 prediction."""
+    from certify.attacks import pgd, square
+    from certify.radius import float32_below
+
+    model, _ = tiny_trained
+    data = load_dataset("mnist-mini", "test", limit=40)
+    report = certify_model(model, data, eps=0.01, bound="auto", radius=True)
+    idx = torch.nonzero(report.radii > 0).flatten()
+    assert len(idx) > 10 and (report.radii[idx] > 0.01).any()  # bisection went past eps somewhere
+    x, y = data.tensors(0, 40)
+    x, y = x[idx], y[idx]
+    r = float32_below(report.radii[idx])
+    for adv in (pgd(model, x, y, eps=r, steps=40, restarts=3, loss="margin"), square(model, x, y, eps=r, queries=300)):
+        assert ((adv - x).flatten(1).abs().amax(1) <= r).all()
+        with torch.no_grad():
+            assert (model(adv).argmax(1) == y).all()

@@ -1,0 +1,226 @@
+"""Float32 soundness: the derived error bound contains the float32 network's real error over the ball, a forged error
+above it withholds the certificate, and no non-finite bound, slack or logit ever certifies an input."""
+
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from certify.attacks import pgd
+from certify.layers import Conv, EulerStep
+from certify.local import local_bounds
+from certify.radius import certified_radii, float32_below, unproven
+from certify.roundoff import float32_error, margin_slack
+from certify.run import certify_model, certify_tensors
+from certify.tight import TIGHT_STAGES, escalate
+from certify.unrolled import unroll
+from contraction.convops import conv_matrix
+from contraction.errors import CertificateWithheldError, CNodeError
+from nodes import ConvNODE, ModelConfig, load_dataset
+from tests.profiles import budget
+from tests.strategies import model_configs, random_model, seeds
+
+
+def _ball_points(u, eps, norm, gen, count):
+    """Random points of the ball (Linf or L2) intersected with [0, 1]."""
+    pts = []
+    for _ in range(count):
+        d = 2 * torch.rand(u.shape, generator=gen) - 1
+        if norm == "2":
+            d = d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * torch.rand(len(u), 1, 1, 1, generator=gen)
+        pts.append((u + eps * d).clamp(0, 1))
+    return pts
+
+
+@settings(max_examples=budget(25))
+@given(model_configs(), seeds, st.sampled_from([0.3, 1.0, 3.0]), st.sampled_from(["inf", "2"]),
+       st.sampled_from([0.0, 0.02, 0.1]))
+def test_float32_error_bound_contains_the_real_error_at_random_and_pgd_points(cfg, seed, scale, norm, eps):
+    """Every layer type, both fields, every activation: |float32 logits - exact logits| <= E over the ball, at random
+    points and at PGD points (which go where the logits are extreme)."""
+    model32 = random_model(cfg, seed, scale).float()
+    net = unroll(model32)  # the real-arithmetic twin (float64 copies of the float32 weights and constants)
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(4, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen)
+    bound = float32_error(net, local_bounds(net, u.double(), eps, norm))
+    assert torch.isfinite(bound).all() and (bound > 0).all()
+    points = [u] + _ball_points(u, eps, norm, gen, 3)
+    if eps > 0:
+        with torch.no_grad():
+            y = model32(u).argmin(1)  # push toward the least likely class: large logit moves
+        points.append(pgd(model32, u, y, eps=float32_below(eps), norm=norm, steps=5, loss="margin"))
+    for p in points:
+        with torch.no_grad():
+            observed = (model32(p).double() - net(p.double())).abs()
+        assert (observed <= bound).all(), float((observed / bound).max())
+
+
+def test_the_bound_is_not_vacuous_and_grows_with_the_ball(tiny_trained):
+    model, _ = tiny_trained
+    net = unroll(model)
+    u = load_dataset("mnist-mini", "test", limit=8).tensors(0, 8)[0].double()
+    small = float32_error(net, local_bounds(net, u, 0.0, "inf"))
+    big = float32_error(net, local_bounds(net, u, 0.1, "inf"))
+    with torch.no_grad():
+        z = model(u.float()).double()
+    assert (big >= small).all() and (small < 1e-3 * (1 + z.abs())).all()  # n u |W| |x| sums: ~5e-4 here
+
+
+def test_margin_slack_pays_both_logits():
+    err = torch.tensor([[1.0, 2.0, 4.0]], dtype=torch.float64)
+    s = margin_slack(err, torch.tensor([1]))
+    assert s[0, 1] == 0 and s[0, 0] >= 3.0 and s[0, 2] >= 6.0
+    assert torch.isnan(margin_slack(torch.tensor([[float("nan"), 1.0]]), torch.tensor([1]))[0, 0])
+
+
+def test_a_forged_float32_error_above_the_bound_withholds_the_certificate(tiny_trained):
+    """Logits moved by more than the derived bound (as TF32 or an FFT convolution could): the plan's cross-check on
+    the sample refuses to certify."""
+    model, _ = tiny_trained
+    data = load_dataset("mnist-mini", "test", limit=20)
+    ok = certify_model(model, data, eps=0.001, bound="global")
+    assert ok.roundoff["model"] == "derived" and ok.roundoff["observed_over_derived_max"] <= 1
+    handle = model.head[-1].register_forward_hook(lambda mod, inp, out: out + 1e-2 * torch.arange(out.shape[1]))
+    try:
+        with pytest.raises(CertificateWithheldError, match="derived bound"):
+            certify_model(model, data, eps=0.001, bound="global")
+    finally:
+        handle.remove()
+
+
+def _tanh_overflow_model() -> ConvNODE:
+    """tanh everywhere, huge block kernels: the float32 network stays finite (tanh saturates), but the float32
+    error bound multiplies by |I + h D T| ~ 1e30 per step and overflows float64."""
+    torch.manual_seed(0)
+    model = ConvNODE(ModelConfig(channels=2, steps=12, activation="tanh", image_size=28)).eval()
+    with torch.no_grad():
+        for f in model.block.fields:
+            f.conv.weight.copy_(torch.randn_like(f.conv.weight) * 1e30)
+    return model
+
+
+def test_a_model_whose_bounds_overflow_certifies_nothing_and_counts_them():
+    model = _tanh_overflow_model()
+    data = load_dataset("mnist-mini", "test", limit=30)
+    with torch.no_grad():
+        assert torch.isfinite(model(data.tensors(0, 30)[0])).all()  # the network itself is fine
+    for bound in ("global", "auto"):
+        report = certify_model(model, data, eps=0.01, bound=bound)
+        assert report.certified_accuracy == 0.0 and report.certified_counts() == {}
+        correct = report.predictions == report.labels
+        assert report.nonfinite_count >= int(correct.sum()) > 0
+        assert report.to_dict()["nonfinite"] == report.nonfinite_count
+
+
+@pytest.mark.parametrize("rule", ["bounds", "backward", "symbolic"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_forged_rule_returning_non_numbers_never_certifies(tiny_trained, monkeypatch, rule, bad):
+    """A layer rule that returns NaN or inf (an overflow anywhere in a stage) proves nothing: forged boxes leave every
+    input open; a forged backward or symbolic rule certifies no input beyond what the stage's honest parts prove (the
+    boxes; for the linear stage, the crown stage over the local boxes), and its NaNs are counted."""
+    model, _ = tiny_trained
+    net = unroll(model)
+    x, y = load_dataset("mnist-mini", "test", limit=60).tensors(0, 60)
+    x, eps = x.double(), 0.03
+    with torch.no_grad():
+        keep = model(x.float()).argmax(1) == y
+    x, y = x[keep], y[keep]
+    honest = {s: escalate(net, x, y, eps, "inf", (s,)).certified for s in TIGHT_STAGES}
+    assert honest["linear"].any() and not honest["local"].all()  # the test sees proofs and open inputs
+    original = getattr(EulerStep, rule)
+
+    def forged(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        first = out[0]
+        if isinstance(first, torch.Tensor):
+            return (torch.full_like(first, bad), *out[1:])
+        if rule == "bounds":
+            return dataclasses.replace(first, lo=torch.full_like(first.lo, -bad), hi=torch.full_like(first.hi, bad)), out[1]
+        return dataclasses.replace(first, r=torch.full_like(first.r, bad)), out[1]
+
+    monkeypatch.setattr(EulerStep, rule, forged)
+    stage = {"bounds": "local", "backward": "crown", "symbolic": "linear"}[rule]
+    esc = escalate(net, x, y, eps, "inf", (stage,))
+    assert not esc.margins.isnan().any()
+    if rule == "bounds":
+        assert not esc.certified.any() and esc.nonfinite.all()
+        return
+    allowed = honest["local"] if rule == "backward" else honest["crown"]
+    assert not (esc.certified & ~allowed).any()
+    if bad != bad:  # NaN reaches the margins of every input the boxes leave open
+        assert esc.nonfinite[~honest["local"]].all()
+
+
+def test_unproven_fails_closed():
+    m = torch.tensor([[float("nan"), 1.0, -float("inf"), 2.0]], dtype=torch.float64)
+    assert unproven(m, 0.5).tolist() == [[True, False, True, False]]
+    assert unproven(torch.ones(1, 2), torch.tensor([[float("nan"), 0.0]])).tolist() == [[True, False]]
+
+
+def test_global_radii_of_non_numbers_are_zero():
+    L = torch.ones(3, 3, dtype=torch.float64) - torch.eye(3, dtype=torch.float64)
+    z = torch.tensor([[float("nan"), 0.0, 0.0], [float("inf"), 0.0, 0.0], [2.0, 0.0, 0.0]])
+    r = certified_radii(z, torch.tensor([0, 0, 0]), L)
+    assert r.tolist()[:2] == [0.0, 0.0] and r[2] > 0
+    r = certified_radii(z[2:], torch.tensor([0]), L, torch.tensor([[0.0, float("nan"), 0.0]]))
+    assert r.tolist() == [0.0]
+
+
+def test_non_finite_inputs_weights_and_eps_are_refused(tiny_trained):
+    model, _ = tiny_trained
+    x, y = load_dataset("mnist-mini", "test", limit=4).tensors(0, 4)
+    for eps in (float("nan"), float("inf"), -1.0, 0.0):
+        with pytest.raises(CNodeError, match="eps"):
+            certify_tensors(model, x, y, eps=eps)
+    with pytest.raises(CNodeError, match="finite"):
+        certify_tensors(model, x.clone().index_fill_(0, torch.tensor([1]), float("nan")), y, eps=0.1)
+    broken = ConvNODE(model.config).eval()
+    broken.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        broken.head[0].weight[0, 0] = float("inf")
+    with pytest.raises(CNodeError, match="non-finite weights"):
+        certify_tensors(broken, x, y, eps=0.1)
+
+
+def test_float32_below_never_rounds_up():
+    t = torch.tensor([0.1, 1 / 3, 2.0, 1e-30, 0.3], dtype=torch.float64)
+    d = float32_below(t)
+    assert d.dtype == torch.float32 and (d.double() <= t).all()
+    up = torch.nextafter(d, torch.full_like(d, torch.inf))
+    assert (up.double() > t).all()  # the largest such float32
+    assert float(float32_below(0.1)) <= 0.1
+
+
+@settings(max_examples=budget(20))
+@given(st.integers(1, 4), st.integers(1, 3), st.sampled_from([1, 3, 5, 7]), seeds)
+def test_conv_row_norms_are_exact_even_when_circular_taps_wrap(size, channels, k, seed):
+    """A same-size circular conv whose kernel is wider than the state (taps wrap onto the same pixel): the row norm is
+    the folded kernel's, as the dense matrix says."""
+    gen = torch.Generator().manual_seed(seed)
+    K = torch.randn(channels, channels, k, k, generator=gen, dtype=torch.float64)
+    pad = k // 2
+    conv = Conv(K, torch.zeros(channels, dtype=torch.float64), 1, pad, "circular", size)
+    x = torch.zeros(1, channels, size, size, dtype=torch.float64)
+    dense = torch.stack([conv.apply(e.view_as(x)).flatten() for e in torch.eye(x.numel(), dtype=torch.float64)], 1)
+    rows = dense.norm(dim=1).view(channels, -1)
+    got = conv.row_norms().flatten()
+    assert torch.allclose(rows, got[:, None].expand_as(rows), rtol=1e-12)  # every row of a circular conv alike
+    if k <= size:
+        torch.testing.assert_close(dense, conv_matrix(K, size, size, "circular"))
+
+
+def test_tight_stages_with_derived_slack_match_the_run(tiny_trained):
+    """escalate(slack=None) derives the same slack certify_model uses: the stage certifies the same inputs."""
+    model, _ = tiny_trained
+    data = load_dataset("mnist-mini", "test", limit=60)
+    report = certify_model(model, data, eps=0.01, bound="crown")
+    x, y = data.tensors(0, 60)
+    net = unroll(model)
+    esc = escalate(net, x.double(), y, 0.01, "inf", TIGHT_STAGES[:2], slack=None)
+    mask = report.certified_mask.clone()
+    correct = report.predictions == report.labels
+    tight_only = mask & torch.tensor([b != "global" for b in report.certified_by])
+    assert (esc.certified[tight_only]).all()  # what the run proved by a tight stage, escalate proves again
+    assert not (esc.certified & ~correct).any()
