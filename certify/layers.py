@@ -109,7 +109,10 @@ class Layer:
     def symbolic(self, s: Symbolic, pre: Pre, concretize: Concretize) -> tuple[Symbolic, Pre]:
         raise NotImplementedError
 
-    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor) -> torch.Tensor:
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
+                 propagate: bool = True) -> torch.Tensor:
+        """(`propagate=False`: only the layer's own float32 error at inputs within err of the box, without the
+        incoming error carried through the layer.)"""
         raise NotImplementedError
 
 
@@ -192,9 +195,11 @@ class Affine(Layer):
         size = self.apply_abs(_magnitude(lo, hi, err))
         return gamma(n) * (size if b is None else size + b.abs()) + n * TINY
 
-    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor) -> torch.Tensor:
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
+                 propagate: bool = True) -> torch.Tensor:
         """|A x^ + b computed - (A x + b)| <= |A| err + the evaluation's own error (`rounding`)."""
-        return self.apply_abs(err) + self.rounding(lo, hi, err)
+        own = self.rounding(lo, hi, err)
+        return self.apply_abs(err) + own if propagate else own
 
 
 @dataclass(frozen=True, eq=False)
@@ -460,14 +465,17 @@ class Act(Layer):
         k, mid, half = _centre_line(self.act, box)
         return Symbolic(columns(k) * s.A, k * s.c + mid, k * s.r + half), box
 
-    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor) -> torch.Tensor:
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
+                 propagate: bool = True) -> torch.Tensor:
         """|sigma^(z^) - sigma(z)| <= (largest slope on [lo - err, hi + err]) err + sigma's float32 error there."""
         zl, zh = lo - err, hi + err
-        return self.act.slope_range(zl, zh)[1] * err + self.act.rounding(_magnitude(zl, zh))
+        own = self.act.rounding(_magnitude(zl, zh))
+        return self.act.slope_range(zl, zh)[1] * err + own if propagate else own
 
 
 def _step_rounding(step: "EulerStep | GradientStep", lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
-                   field: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+                   field: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                   propagate: bool = True) -> torch.Tensor:
     """The float32 rule of a residual step x+ = x + h F(sigma(z)), z = T x + b, F linear, run as fl(x^ + fl(h_run F^)):
     x^+ - x+ = (I + h F D T)(x^ - x) + h F (D rho_z + sigma's error) + h (F's own error) + (h_run - h) F^ + two
     roundings (rho_z: the conv's own error, D: slopes on z's widened interval). `field(e, s_mag)` gives a bound of
@@ -482,7 +490,9 @@ def _step_rounding(step: "EulerStep | GradientStep", lo: torch.Tensor, hi: torch
     dl, du = act.slope_range(zl, zh)
     s_err = act.rounding(_magnitude(zl, zh))
     inner, f_mag = field(du * rho + s_err, torch.maximum(act(zl).abs(), act(zh).abs()) + s_err)
-    out = step._gain(dl, du, err, abs_err) + inner + (abs(h_run - h) + UNIT * h_run) * f_mag
+    out = inner + (abs(h_run - h) + UNIT * h_run) * f_mag
+    if propagate:
+        out = out + step._gain(dl, du, err, abs_err)
     return out + UNIT * (_magnitude(lo, hi, err) + h_run * f_mag * (1 + UNIT)) + 2 * TINY
 
 
@@ -539,9 +549,10 @@ class EulerStep(Layer):
         off = (abs_r - c.abs() * r).clamp_min(0.0)
         return torch.maximum((1 + h * dl * c).abs() * r + h * dl * off, (1 + h * du * c).abs() * r + h * du * off)
 
-    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor) -> torch.Tensor:
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
+                 propagate: bool = True) -> torch.Tensor:
         """The residual step's float32 rule with F = identity (`_step_rounding`)."""
-        return _step_rounding(self, lo, hi, pre, err, lambda e, s_mag: (self.h * e, s_mag))
+        return _step_rounding(self, lo, hi, pre, err, lambda e, s_mag: (self.h * e, s_mag), propagate)
 
     def backward(self, lam: torch.Tensor, const: torch.Tensor, pre: Pre,
                  rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -664,7 +675,8 @@ class GradientStep(Layer):
         A = s.A - h * adj.apply_columns(z.A.mul_(columns(k)))
         return Symbolic(A, s.c - h * adj.apply(k * z.c + mid), r), box
 
-    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor) -> torch.Tensor:
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
+                 propagate: bool = True) -> torch.Tensor:
         """The residual step's float32 rule with F = -T^T (`_step_rounding`): T^T adds its own sum's error."""
         adj = self.adj
 
@@ -672,7 +684,7 @@ class GradientStep(Layer):
             own = adj.rounding(-s_mag, s_mag)
             return self.h * (adj.apply_abs(e) + own), adj.apply_abs(s_mag) + own
 
-        return _step_rounding(self, lo, hi, pre, err, field)
+        return _step_rounding(self, lo, hi, pre, err, field, propagate)
 
 
 STEP_LAYERS: dict[str, type[Layer]] = {"paper": EulerStep, "gradient": GradientStep}

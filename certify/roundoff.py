@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from certify.local import LocalBounds
     from certify.unrolled import Unrolled
 
-__all__ = ["ENGINE_MARGIN", "float32_error", "margin_slack", "ERROR_MODEL"]
+__all__ = ["ENGINE_MARGIN", "float32_error", "ball_error", "margin_slack", "ERROR_MODEL", "lipschitz_met"]
 
 ENGINE_MARGIN = 2.0**-10
 """Relative widening of every derived slack for the float64 engine's own rounding."""
@@ -35,17 +35,71 @@ ERROR_MODEL = ("derived: each margin must exceed E_y + E_j, E_k a proven bound o
                "GEMM convolutions; METHOD.md section 12)")
 
 
+def lipschitz_met(net: "Unrolled", u: torch.Tensor, eps: float | torch.Tensor, norm: str,
+                  bounds: "LocalBounds") -> "LocalBounds":
+    """The boxes of `bounds` met with the Lipschitz balls around the centre input u: every coordinate of layer k's
+    output lies within L_k eps of its value at u (L_k the product of the layers' factors in `norm`, a coordinate being
+    at most any p-norm), and an Euler step's pre-activation T x + b within ||T|| L_{k-1} eps. Over large L2 balls the
+    mean-value boxes cover the whole pixel box; this keeps the magnitudes the float32 error is proportional to."""
+    from certify.attacks import per_input_eps
+    from certify.local import LocalBounds
+
+    e = per_input_eps(eps, u).flatten()
+    outs = net.outputs(u)
+    pres = net.preactivations(u)
+    lip = torch.ones((), dtype=u.dtype, device=u.device)
+    boxes, pre = [], []
+    shape = lambda t: e.view(-1, *[1] * (t.dim() - 1))  # noqa: E731
+    for i, layer in enumerate(net.layers[:-1]):
+        p = bounds.pre[i]
+        if p is not None and i in pres:
+            step = getattr(layer, "conv", None)
+            lz = lip * (step.lipschitz(norm) if step is not None else 1.0)
+            c, r = pres[i], lz * shape(pres[i])
+            p = (torch.maximum(p[0], c - r), torch.minimum(p[1], c + r))
+            p = (p[0], torch.maximum(p[1], p[0]))
+        lip = lip * layer.lipschitz(norm).to(u.dtype)
+        c, r = outs[i + 1], lip * shape(outs[i + 1])
+        lo, hi = torch.maximum(bounds.boxes[i][0], c - r), torch.minimum(bounds.boxes[i][1], c + r)
+        boxes.append((lo, torch.maximum(hi, lo)))
+        pre.append(p)
+    return LocalBounds(boxes, pre, bounds.input_lo, bounds.input_hi)
+
+
 def float32_error(net: "Unrolled", bounds: "LocalBounds") -> torch.Tensor:
     """[B, K] bounds of |fl32(z_k)(u') - z_k(u')| for every input u' of the set `bounds` was computed on (its boxes of
-    every layer's exact output and pre-activation), the network evaluated in float32 as it runs."""
+    every layer's exact output and pre-activation), the network evaluated in float32 as it runs.
+
+    Two bounds of the error vector d_k after layer k, the smaller kept coordinate by coordinate: elementwise (each
+    layer's `roundoff` rule: its own error plus the incoming one through |layer|), and in norm, for the Linf and the L2
+    norm: ||d_k|| <= Lip_k ||d_{k-1}|| + ||own_k||, Lip_k the layer's proven factor (the exact layer maps x and x^ at
+    most that far apart) and own_k its own float32 error (`roundoff(propagate=False)`), a coordinate being at most the
+    norm. The norm bound keeps what |.| loses where a layer contracts in norm but not row by row (the gradient field's
+    steps: row sums of |I - h T^T D T| near 4, L2 norm <= 1)."""
     lo, hi = bounds.input_lo, bounds.input_hi
     err = torch.zeros_like(lo)
+    norms = {n: torch.zeros(lo.shape[0], dtype=lo.dtype, device=lo.device) for n in ("inf", "2")}
     last = len(net.layers) - 1
     for i, layer in enumerate(net.layers):
-        err = layer.roundoff(lo, hi, bounds.pre[i] if i < last else None, err)
+        pre = bounds.pre[i] if i < last else None
+        own = layer.roundoff(lo, hi, pre, err, propagate=False).flatten(1)
+        out = layer.roundoff(lo, hi, pre, err)
+        flat = out.flatten(1)
+        for n in norms:
+            size = own.amax(1) if n == "inf" else own.norm(dim=1)
+            norms[n] = layer.lipschitz(n).to(lo.dtype) * norms[n] + size
+            flat = torch.minimum(flat, norms[n][:, None])
+        err = flat.view_as(out)
         if i < last:
             lo, hi = bounds.boxes[i]
     return err
+
+
+def ball_error(net: "Unrolled", u: torch.Tensor, eps: float | torch.Tensor, norm: str,
+               bounds: "LocalBounds") -> torch.Tensor:
+    """`float32_error` over the ball of radius eps around u (`bounds`: boxes over it), the boxes first met with the
+    Lipschitz balls (`lipschitz_met`)."""
+    return float32_error(net, lipschitz_met(net, u, eps, norm, bounds))
 
 
 def margin_slack(err: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from nodes.train import eval_mode
 from certify.lipschitz import NetworkBound, best_network_bound
 from certify.local import local_bounds
 from certify.radius import certified_accuracy, certified_radii, float32_below, roundoff_slack
-from certify.roundoff import ERROR_MODEL, float32_error, margin_slack
+from certify.roundoff import ERROR_MODEL, ball_error, float32_error, margin_slack
 from certify.tight import TIGHT_STAGES, escalate, tight_radii
 from certify.unrolled import Unrolled, unroll
 from nodes.classifier import ConvNODE
@@ -311,7 +311,7 @@ def _global_radii(plan: CertifyPlan, z: torch.Tensor, y: torch.Tensor, x64: torc
         assert net is not None
         whole = 1.0 if plan.norm == "inf" else float(x64[0].numel()) ** 0.5  # a larger ball is the whole pixel box
         ball = r[wide].clamp(max=whole)
-        e = float32_error(net, local_bounds(net, x64[wide], ball, plan.norm))
+        e = ball_error(net, x64[wide], ball, plan.norm, local_bounds(net, x64[wide], ball, plan.norm))
         r1 = certified_radii(z[wide], y[wide], L, 2 * margin_slack(e, y[wide]))
         r1 = torch.where(ball < whole, torch.minimum(r1, ball), r1)
         r[wide] = torch.maximum(r1, torch.full_like(r1, plan.eps))
@@ -330,7 +330,7 @@ def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.
     net, tight = plan.unrolled, plan.tight
     x64 = x.to(torch.float64) if net is not None else None
     local = local_bounds(net, x64, plan.eps, plan.norm) if net is not None else None
-    err = float32_error(net, local) if net is not None else None
+    err = ball_error(net, x64, plan.eps, plan.norm, local) if net is not None else None
     slack = margin_slack(err, y) if err is not None else roundoff_slack(z, ROUNDOFF_REL)
     r = _global_radii(plan, z, y, x64, err)
     nonfinite = ~torch.isfinite(z).all(1)

@@ -28,7 +28,7 @@ from certify.crown import box_and_crown_margins
 from certify.linear import linear_bounds
 from certify.local import LocalBounds, box_margins, local_bounds
 from certify.radius import unproven
-from certify.roundoff import float32_error, margin_slack
+from certify.roundoff import ball_error, margin_slack
 from certify.unrolled import Unrolled
 
 __all__ = ["TIGHT_STAGES", "Escalation", "stage_margins", "escalate", "margin_lower_bounds", "certified_at",
@@ -98,9 +98,10 @@ def escalate(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | 
     todo = torch.arange(B, device=dev)
     if slack is None:
         t0 = time.perf_counter()
+        u = u.to(net.readout_weight.dtype)
         if local is None:
-            local = local_bounds(net, u.to(net.readout_weight.dtype), eps, norm)
-        slack = margin_slack(float32_error(net, local), labels)
+            local = local_bounds(net, u, eps, norm)
+        slack = margin_slack(ball_error(net, u, eps, norm, local), labels)
         seconds["local"] = time.perf_counter() - t0
     slack_t = torch.as_tensor(slack, dtype=best.dtype, device=dev)
     slack_t = (slack_t.reshape(-1, 1) if slack_t.dim() == 1 else slack_t).expand(B, K)

@@ -212,6 +212,6 @@ def test_auto_radii_with_the_falsifier_survive_attacks(tiny_trained):
     x, y = x[idx], y[idx]
     r = float32_below(report.radii[idx])
     for adv in (pgd(model, x, y, eps=r, steps=40, restarts=3, loss="margin"), square(model, x, y, eps=r, queries=300)):
-        assert ((adv - x).flatten(1).abs().amax(1) <= r).all()
+        assert ((adv - x).flatten(1).abs().amax(1) <= r * (1 + 1e-6)).all()  # up to float32 rounding of adv - x
         with torch.no_grad():
             assert (model(adv).argmax(1) == y).all()
