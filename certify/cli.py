@@ -30,7 +30,7 @@ from nodes.checkpoint import (file_sha256, load_checkpoint, load_model, model_fr
 from nodes.classifier import ConvNODE
 from nodes.config import (ARCHS, CERTIFIED_METHODS, DATASETS, DEFAULT_ARCH, EPS_RAMPS, DEFAULT_REG_WEIGHT, FIELDS,
                           HINGES, INITS, NORMS, PADDINGS,
-                          READOUTS, REGULARIZERS, SOLVERS, ModelConfig, TrainConfig)
+                          READOUTS, REG_TARGETS, REGULARIZERS, SOLVERS, ModelConfig, TrainConfig)
 from nodes.data import EMBEDDED_NOTE, ImageData, load_dataset, resolve_data_root
 from nodes.device import DEVICES, module_device, resolve_device
 from nodes.distributed import SINGLE, Dist, parse_shard, process_group
@@ -47,6 +47,7 @@ _CHOICES: dict[str, Sequence[str]] = {
     "reg": REGULARIZERS,
     "reg_norm": NORMS,
     "reg_hinge": HINGES,
+    "reg_target": REG_TARGETS,
     "certified_norm": NORMS,
     "eps_ramp": EPS_RAMPS,
     "certified_method": CERTIFIED_METHODS,
@@ -62,8 +63,9 @@ _HELP = {
     "activation": "slope-restricted activation (smooth_leaky_relu, leaky_relu, tanh)",
     "slope": "lower slope a of the leaky activations",
     "padding": "padding of every convolution",
-    "field": "ODE field: 'paper' x' = sigma(K*x + b), or 'gradient' x' = -K^T sigma(K*x + b) (non-expansive in L2 "
-             "by construction: the kernel is rescaled so that h b ||K||^2 <= 2)",
+    "field": "ODE field: 'paper' x' = sigma(K*x + b), 'gradient' x' = -K^T sigma(K*x + b) (non-expansive in L2 "
+             "by construction: the kernel is rescaled so that h b ||K||^2 <= 2), or 'contractive' (the paper's field "
+             "with its kernel mapped so that every Euler step shrinks by 1 - h rho in Linf, rate from --rho)",
     "solver": "torchdiffeq solver of the ODE block",
     "T": "integration horizon",
     "steps": "solver steps (one conv per step unless --shared-weights)",
@@ -76,7 +78,10 @@ _HELP = {
     "readout_lr_scale": "learning rate of the (wide) linear readout relative to --lr",
     "train_limit": "use the first N training images (0: all)",
     "reg": "contraction regularizer",
-    "rho": "target contraction rate of the regularizer",
+    "rho": "target contraction rate of the block as run (every Euler step shrinks distances by 1 - h rho): the "
+           "regularizer's with --reg, the contractive field's with --field contractive",
+    "reg_target": "step: the regularizer targets each Euler step as run (factor <= 1 - h rho); flow: the continuous "
+                  "flow's log-norm <= -rho (the paper's target; the Euler map keeps it only when h b |c| <= 1)",
     "reg_weight": "weight lambda of the regularizer in the loss (default: "
                   + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_REG_WEIGHT.items()) + ")",
     "reg_norm": "norm of the contraction rate the regularizer targets",
@@ -180,9 +185,20 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[
         parser.add_argument(_flag(f.name), **kwargs)
 
 
+def _contractive_field(args: argparse.Namespace) -> bool:
+    field = getattr(args, "field", None) or ARCHS[getattr(args, "arch", None) or DEFAULT_ARCH].get("field", "paper")
+    return field == "contractive"
+
+
 def config_from_args(cls: type, args: argparse.Namespace) -> Any:
-    """Build a validated config dataclass from parsed flags (a ModelConfig from its `--arch` preset + overrides)."""
+    """Build a validated config dataclass from parsed flags (a ModelConfig from its `--arch` preset + overrides).
+
+    `--rho` is the block's target rate: the contractive field's (ModelConfig.rho) with `--field contractive`,
+    else the regularizer's (TrainConfig.rho)."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    rho_here = _contractive_field(args) == (cls is ModelConfig)
+    if "rho" in given and not rho_here:
+        del given["rho"]
     if cls is ModelConfig:
         return ModelConfig.preset(getattr(args, "arch", None) or DEFAULT_ARCH,
                                   **{k: v for k, v in given.items() if v is not None})
@@ -281,6 +297,8 @@ def _train(args: argparse.Namespace, dist: Dist) -> int:
         save_model(args.out, model, train_config=train_cfg,
                    metrics={**history_metrics(history, test_data), "device": str(device)})
     say(f"saved {args.out}")
+    if dist.main:  # what the trained block keeps as run (the flow's rate second)
+        say(format_certificates(block_certificates(model.block.spec(), ("inf", "inf_weighted", "2"))))
     return 0
 
 
@@ -524,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     p = sub.add_parser("train", help="train a ConvNODE classifier", description="Train a ConvNODE classifier.")
-    add_config_flags(p, ModelConfig, skip=("in_channels", "image_size", "num_classes"))
+    add_config_flags(p, ModelConfig, skip=("in_channels", "image_size", "num_classes", "rho"))  # --rho: TrainConfig's
     add_config_flags(p, TrainConfig)
     add_common_flags(p)
     p.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images (0: all)")

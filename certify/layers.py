@@ -201,6 +201,18 @@ class Affine(Layer):
         own = self.rounding(lo, hi, err)
         return self.apply_abs(err) + own if propagate else own
 
+    def ball_rounding(self, centre: torch.Tensor, radius: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
+        """`rounding` over inputs in the L2 ball ||x - centre||_2 <= radius ([B]), |x^ - x| <= err: Cauchy-Schwarz
+        on the offset, sum_j |A_ij| |x_j| <= (|A| |centre|)_i + ||A_i||_2 radius, instead of the box's corners
+        (||A_i||_1 against ||A_i||_2: sqrt(n) apart on a dense row)."""
+        n = self.terms
+        if n == 0:
+            return torch.zeros_like(self.apply_abs(centre))
+        b = self.bias_map()
+        size = self.apply_abs(centre.abs() + err)
+        size = size + radius.reshape(-1, *[1] * (size.dim() - 1)) * self.row_norms()
+        return gamma(n) * (size if b is None else size + b.abs()) + n * TINY
+
 
 @dataclass(frozen=True, eq=False)
 class Normalize(Affine):
@@ -525,9 +537,19 @@ class EulerStep(Layer):
 
     def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], Pre]:
         """x+ in [lo + h sigma(z_lo), hi + h sigma(z_hi)] with [z_lo, z_hi] the conv's range over the box (sigma is
-        increasing and h > 0): the residual step's interval arithmetic."""
-        (zl, zh), _ = self.conv.interval(lo, hi)
-        return (lo + self.h * self.act(zl), hi + self.h * self.act(zh)), (zl, zh)
+        increasing and h > 0): the residual step's interval arithmetic, met with the mean-value box around the box's
+        midpoint m, x+ in m + h sigma(T m + b) +- `_gain` (slopes on [z_lo, z_hi], r the half-width). No extra
+        convolution: T m + b and |T| r are the interval's own centre and radius. Interval arithmetic grows a box by
+        up to 1 + h b (|c| + R) per step whatever the step does; through a step certified contractive the mean-value
+        box does not grow, so IBP and the certified losses built on this rule see the contraction."""
+        act, h = self.act, self.h
+        mid, rad = 0.5 * (lo + hi), 0.5 * (hi - lo)
+        zc, abs_r = self.conv(mid), self.conv.apply_abs(rad)
+        zl, zh = zc - abs_r, zc + abs_r
+        dl, du = act.slope_range(zl, zh)
+        gain = self._gain(dl, du, rad, abs_r)
+        xc = mid + h * act(zc)
+        return meet((xc - gain, xc + gain), (lo + h * act(zl), hi + h * act(zh))), (zl, zh)
 
     def bounds(self, box: Box, interval: bool = True) -> tuple[Box, Pre]:
         """Mean-value enclosure around the centre, with the local slopes [dl, du] of each neuron:
@@ -687,5 +709,5 @@ class GradientStep(Layer):
         return _step_rounding(self, lo, hi, pre, err, field, propagate)
 
 
-STEP_LAYERS: dict[str, type[Layer]] = {"paper": EulerStep, "gradient": GradientStep}
+STEP_LAYERS: dict[str, type[Layer]] = {"paper": EulerStep, "gradient": GradientStep, "contractive": EulerStep}
 """The Euler step's layer type of each field (`ModelConfig.field`)."""

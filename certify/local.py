@@ -31,6 +31,8 @@ class LocalBounds:
     pre: list[Pre]
     input_lo: torch.Tensor
     input_hi: torch.Tensor
+    balls: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    """Optional L2 balls (centre, radius [B]) holding each layer's input (`certify.roundoff.lipschitz_met`)."""
 
     @property
     def lo(self) -> torch.Tensor:
@@ -40,7 +42,7 @@ class LocalBounds:
         """The bounds of the inputs `rows` (an index or boolean mask over the batch)."""
         pick = lambda pair: None if pair is None else (pair[0][rows], pair[1][rows])  # noqa: E731
         return LocalBounds([pick(b) for b in self.boxes], [pick(p) for p in self.pre], self.input_lo[rows],
-                           self.input_hi[rows])
+                           self.input_hi[rows], None if self.balls is None else [pick(b) for b in self.balls])
 
     @property
     def hi(self) -> torch.Tensor:
@@ -75,18 +77,27 @@ def local_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, norm
                  interval: bool = True) -> LocalBounds:
     """Boxes of every layer over {u' in [0,1]^n : ||u' - u|| <= eps} (per-input eps allowed).
 
-    `interval=False` skips the interval enclosure inside the Euler steps (mean value only: cheaper, for training)."""
+    `interval=False` skips the interval enclosures (mean value only: cheaper, for training). With them, every box is
+    also met with IBP's chain of boxes (`ibp_bounds`, carried alongside), so it is never looser than IBP's."""
     if norm not in ("inf", "2"):
         raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
     lo_u, hi_u = input_box(u, eps)
     # centre input inside the set: the box midpoint for Linf (the set is the box), u itself for L2
     box = Box(lo_u, hi_u, 0.5 * (lo_u + hi_u) if norm == "inf" else u)
+    ibp = (lo_u, hi_u)
     boxes, pre = [], []
     for i, layer in enumerate(net.layers[:-1]):
         box, p = layer.bounds(box, interval)
         if i == 0 and norm == "2" and isinstance(layer, Affine):
             lo, hi = meet((box.lo, box.hi), layer.ball_bounds(u, per_input_eps(eps, u).flatten()))
             box = Box(lo, hi, box.centre)
+        if interval:
+            ibp, ibp_pre = layer.interval(*ibp)
+            if i == 0 and norm == "2" and isinstance(layer, Affine):
+                ibp = meet(ibp, layer.ball_bounds(u, per_input_eps(eps, u).flatten()))
+            box = Box(*meet((box.lo, box.hi), ibp), box.centre)
+            if p is not None and ibp_pre is not None:
+                p = meet(p, ibp_pre)
         boxes.append((box.lo, box.hi))
         pre.append(p)
     return LocalBounds(boxes, pre, lo_u, hi_u)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from contraction.certificates import Certificate
+from contraction.certificates import Certificate, verdict
 from certify.run import STAGES, CertifyReport
 
 __all__ = ["format_report", "format_certificates", "write_json", "plot_curves"]
@@ -25,9 +25,10 @@ def format_report(report: CertifyReport, model_path: str = "") -> str:
         + ")",
         f"  median radius           {report.median_radius:8.4g}",
         f"  ODE block               {cert.status}, {cert.method} ({cert.norm}-norm)",
-        f"    continuous rate       {cert.rate:8.4g}" if cert.rate is not None else
-        "    continuous rate              -   (the LMI certifies the discrete step only)",
-        f"    discrete factor       {b.block_factor:8.4g}   ({len(cert.step_factors)} Euler steps)",
+        f"    factor as run         {b.block_factor:8.4g}   ({len(cert.step_factors)} Euler steps"
+        + (f", worst step {max(cert.step_factors):.4g})" if cert.step_factors else ")"),
+        f"    flow's rate           {cert.rate:8.4g}   (the continuous ODE's, not the network's as run)"
+        if cert.rate is not None else "    flow's rate                  -   (the LMI certifies the discrete step only)",
         f"  stem Lipschitz          {b.embedding:8.4g}   (into the block's norm)",
         f"  network constant L_yj   {float(b.constants().max()):8.4g}   (largest pairwise)",
         f"  time                    {report.timing['total_seconds']:8.2f} s "
@@ -59,16 +60,18 @@ def format_report(report: CertifyReport, model_path: str = "") -> str:
 
 
 def format_certificates(certs: Sequence[Certificate]) -> str:
-    """A small table of the ODE block's certificates: norm, status, continuous rate, discrete factor, method."""
-    lines = ["certified contraction of the ODE block (valid at every state; factor = Lipschitz bound of the block):",
-             f"  {'norm':<13}{'status':<15}{'rate':>10}{'factor':>12}  method"]
+    """The ODE block's certificates, the network as run first: per norm the largest Euler step factor and the
+    block's factor (Lipschitz bounds of the map that runs, valid at every state), then the continuous flow's rate
+    (named as the flow's); a verdict per norm says whether the network as run contracts, and why not."""
+    lines = ["contraction of the ODE block as run (Lipschitz factors of the Euler map, valid at every state; the "
+             "flow's rate is the continuous ODE's, second):",
+             f"  {'norm':<13}{'status':<15}{'worst step':>11}{'block':>11}{'flow rate':>11}  method"]
     for c in certs:
         rate = f"{c.rate:.4g}" if c.rate is not None else "-"
         factor = f"{c.factor:.4g}" if c.factor is not None else "-"
-        lines.append(f"  {c.norm:<13}{c.status:<15}{rate:>10}{factor:>12}  {c.method}")
-    for c in certs:
-        if not c.certified:
-            lines.append(f"  {c.norm}: {c.condition}")
+        step = f"{max(c.step_factors):.4g}" if c.step_factors else "-"
+        lines.append(f"  {c.norm:<13}{c.status:<15}{step:>11}{factor:>11}{rate:>11}  {c.method}")
+    lines += [f"  {verdict(c)}" for c in certs]
     return "\n".join(lines)
 
 

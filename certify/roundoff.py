@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from certify.layers import Affine
 from contraction.floats import TINY
 
 if TYPE_CHECKING:
@@ -40,7 +41,8 @@ def lipschitz_met(net: "Unrolled", u: torch.Tensor, eps: float | torch.Tensor, n
     """The boxes of `bounds` met with the Lipschitz balls around the centre input u: every coordinate of layer k's
     output lies within L_k eps of its value at u (L_k the product of the layers' factors in `norm`, a coordinate being
     at most any p-norm), and an Euler step's pre-activation T x + b within ||T|| L_{k-1} eps. Over large L2 balls the
-    mean-value boxes cover the whole pixel box; this keeps the magnitudes the float32 error is proportional to."""
+    mean-value boxes cover the whole pixel box; this keeps the magnitudes the float32 error is proportional to.
+    In L2 the balls themselves (centre, L_{k-1} eps) are kept for the affine layers' magnitudes (`ball_rounding`)."""
     from certify.attacks import per_input_eps
     from certify.local import LocalBounds
 
@@ -48,9 +50,12 @@ def lipschitz_met(net: "Unrolled", u: torch.Tensor, eps: float | torch.Tensor, n
     outs = net.outputs(u)
     pres = net.preactivations(u)
     lip = torch.ones((), dtype=u.dtype, device=u.device)
-    boxes, pre = [], []
+    boxes, pre, balls = [], [], []
     shape = lambda t: e.view(-1, *[1] * (t.dim() - 1))  # noqa: E731
-    for i, layer in enumerate(net.layers[:-1]):
+    for i, layer in enumerate(net.layers):
+        balls.append((outs[i], lip * e))  # layer i's input lies within L_{i-1} eps of its value at u
+        if i == len(net.layers) - 1:
+            break
         p = bounds.pre[i]
         if p is not None and i in pres:
             step = getattr(layer, "conv", None)
@@ -63,7 +68,7 @@ def lipschitz_met(net: "Unrolled", u: torch.Tensor, eps: float | torch.Tensor, n
         lo, hi = torch.maximum(bounds.boxes[i][0], c - r), torch.minimum(bounds.boxes[i][1], c + r)
         boxes.append((lo, torch.maximum(hi, lo)))
         pre.append(p)
-    return LocalBounds(boxes, pre, bounds.input_lo, bounds.input_hi)
+    return LocalBounds(boxes, pre, bounds.input_lo, bounds.input_hi, balls if norm == "2" else None)
 
 
 def float32_error(net: "Unrolled", bounds: "LocalBounds") -> torch.Tensor:
@@ -82,9 +87,17 @@ def float32_error(net: "Unrolled", bounds: "LocalBounds") -> torch.Tensor:
     last = len(net.layers) - 1
     for i, layer in enumerate(net.layers):
         pre = bounds.pre[i] if i < last else None
-        own = layer.roundoff(lo, hi, pre, err, propagate=False).flatten(1)
-        out = layer.roundoff(lo, hi, pre, err)
+        own = layer.roundoff(lo, hi, pre, err, propagate=False)
+        if bounds.balls is not None and isinstance(layer, Affine):  # L2 balls: the magnitudes by Cauchy-Schwarz too
+            own = torch.minimum(own, layer.ball_rounding(*bounds.balls[i], err))
+            out = layer.apply_abs(err) + own
+        else:
+            out = layer.roundoff(lo, hi, pre, err)
+        own = own.flatten(1)
         flat = out.flatten(1)
+        if isinstance(layer, Affine) and layer.terms > 0:  # row by row: |(A e)_k| <= ||A_k||_2 ||e||_2 (+ own)
+            rows = layer.row_norms().to(lo.dtype).expand(out.shape[1:]).flatten()
+            flat = torch.minimum(flat, rows * norms["2"][:, None] + own)
         for n in norms:
             size = own.amax(1) if n == "inf" else own.norm(dim=1)
             norms[n] = layer.lipschitz(n).to(lo.dtype) * norms[n] + size

@@ -1,5 +1,6 @@
-"""The paper's study (METHOD.md section 6, our protocol): nominal, Jacobian-regularized and weight-regularized
-ConvNODEs of the paper's architecture and recipe over a sweep of target rates rho (and seeds), on MNIST and
+"""The paper's study (METHOD.md section 6, our protocol): nominal, Jacobian-regularized, weight-regularized and
+contractive-field ConvNODEs of the paper's architecture and recipe over a sweep of target rates rho (each Euler
+step as run shrinking by 1 - h rho) and seeds, on MNIST and
 FashionMNIST, each through the robustness protocol; certified-trained checkpoints can join every table (`extra`).
 Writes results.json, results.md and study.png. `cnode study` is its command line."""
 
@@ -18,7 +19,10 @@ from nodes.config import ModelConfig, TrainConfig
 from nodes.data import load_dataset
 from nodes.train import fit
 
-METHODS = ("nominal", "jacobian", "weight")
+METHODS = ("nominal", "jacobian", "weight", "contractive")
+RATED = ("jacobian", "weight", "contractive")
+"""The methods with a target rate: the two regularizers (each Euler step as run at 1 - h rho) and the contractive
+field (the rate built into the model)."""
 
 __all__ = ["StudyConfig", "METHODS", "QUICK", "PAPER_RECIPE", "REG_WEIGHT", "run_study", "study_items", "study_one",
            "tables", "aggregate"]
@@ -37,8 +41,8 @@ class StudyConfig:
 
     out: str = "runs/study"
     datasets: tuple[str, ...] = ("mnist", "fashion-mnist")
-    rhos: tuple[float, ...] = (0.1, 0.5, 1.0)
-    methods: tuple[str, ...] = ("nominal", "jacobian", "weight")
+    rhos: tuple[float, ...] = (0.1, 0.3, 0.6)  # step targets the paper's Euler step (h = 0.1) carries: < 1
+    methods: tuple[str, ...] = METHODS
     seeds: int = 1
     epochs: int = 2
     train_limit: int = 20_000
@@ -63,7 +67,7 @@ class StudyConfig:
             raise CNodeError("study: seeds, epochs, test images, draws and queries must be >= 1, rhos >= 0, eps > 0")
 
 
-QUICK = dict(datasets=("mnist-mini",), rhos=(0.5, 2.0), epochs=1, train_limit=0, test_limit=100, draws=1,
+QUICK = dict(datasets=("mnist-mini",), rhos=(0.3, 0.9), epochs=1, train_limit=0, test_limit=100, draws=1,
              square_queries=50)
 """The smoke-test settings (`cnode study --quick`)."""
 
@@ -75,25 +79,32 @@ def runs(args: StudyConfig) -> list[tuple[str, str, float, int]]:
         for ds in args.datasets:
             if "nominal" in args.methods:
                 out.append((ds, "nominal", 0.0, seed))
-            for method in ("jacobian", "weight"):
+            for method in RATED:
                 if method in args.methods:
                     out.extend((ds, method, rho, seed) for rho in args.rhos)
     return out
 
 
 def train_one(ds: str, method: str, rho: float, seed: int, args: StudyConfig, path: Path) -> None:
-    reg = {} if method == "nominal" else dict(reg=method, rho=rho, reg_weight=REG_WEIGHT[method], neg_init=True)
+    """The paper's architecture and recipe; the regularizers add their hinge at rate rho (and the lab's negative
+    diagonal), the contractive field builds the rate into the model (no regularizer, no diagonal)."""
+    reg = dict(reg=method, rho=rho, reg_weight=REG_WEIGHT[method], neg_init=True) if method in REG_WEIGHT else {}
     tcfg = TrainConfig(dataset=ds, epochs=args.epochs, seed=seed, train_limit=args.train_limit, **PAPER_RECIPE, **reg)
+    field = dict(field="contractive", rho=rho) if method == "contractive" else {}
     data = load_dataset(ds, "train", data_root=args.data_root, limit=args.train_limit or None)
-    model, history = fit(ModelConfig.preset("paper"), tcfg, data, None, device=args.device, progress=False)
+    model, history = fit(ModelConfig.preset("paper", **field), tcfg, data, None, device=args.device, progress=False)
     save_model(path, model, train_config=tcfg, metrics={"train_seconds": sum(history.epoch_seconds)})
 
 
-def check_reused(tcfg: dict, method: str, rho: float, seed: int, args: StudyConfig, path: Path) -> None:
+def check_reused(ckpt: dict, method: str, rho: float, seed: int, args: StudyConfig, path: Path) -> None:
     """Refuse to resume from a checkpoint trained with another recipe than this run's (epochs, images, rate, seed)."""
+    tcfg, mcfg = ckpt.get("train_config") or {}, ckpt.get("model_config") or {}
     want = {"epochs": args.epochs, "train_limit": args.train_limit, "seed": seed,
-            "reg": "none" if method == "nominal" else method, "rho": rho}
-    diff = {k: (tcfg.get(k), v) for k, v in want.items() if tcfg.get(k) != v}
+            "reg": method if method in REG_WEIGHT else "none", "rho": rho if method in REG_WEIGHT else 0.0,
+            "field": "contractive" if method == "contractive" else "paper",
+            "field_rho": rho if method == "contractive" else 0.0}
+    found = {**tcfg, "field": mcfg.get("field", "paper"), "field_rho": mcfg.get("rho", 0.0)}
+    diff = {k: (found.get(k), v) for k, v in want.items() if found.get(k) != v}
     if diff:
         raise CNodeError(f"{path} was trained with another recipe ({diff}, as (found, wanted)); "
                          "remove it or use another --out")
@@ -112,14 +123,14 @@ def plots(results: list[dict], out: Path) -> None:
     fig, axes = plt.subplots(len(datasets), 4, figsize=(18, 4 * len(datasets)), squeeze=False)
     for row, ds in zip(axes, datasets):
         rows = [a for a in agg if a["dataset"] == ds]
-        for method, marker in (("jacobian", "o-"), ("weight", "s-")):
+        for method, marker in (("jacobian", "o-"), ("weight", "s-"), ("contractive", "^-")):
             pts = sorted((a["rho"], a["mean"][("clean", None)], a["spread"][("clean", None)] / 2)
                          for a in rows if a["method"] == method)
             if pts:
                 rho, mean, err = zip(*pts)
                 row[0].errorbar(rho, mean, yerr=err, fmt=marker, capsize=3, label=method)
         for a in rows:
-            if a["method"] not in ("jacobian", "weight"):
+            if a["method"] not in RATED:
                 row[0].axhline(a["mean"][("clean", None)], ls="--", lw=1,
                                color="k" if a["label"] == "nominal" else "gray", label=a["label"])
         row[0].set(title=f"{ds}: clean accuracy vs rho", xlabel="rho", ylabel="accuracy")
@@ -144,7 +155,7 @@ def model_label(method: str, rho: float) -> str:
 
 def group_label(r: dict) -> str:
     """The model a result belongs to, seeds pooled: a trained model's name, or an --extra label."""
-    return model_label(r["method"], r["rho"]) if r["method"] in ("nominal", "jacobian", "weight") else r["label"]
+    return model_label(r["method"], r["rho"]) if r["method"] in METHODS else r["label"]
 
 
 def columns(rob: dict) -> list[tuple[str, str | None]]:
@@ -237,7 +248,7 @@ def study_one(item: Item, args: StudyConfig) -> dict:
         train_one(ds, method, rho, seed, args, path)
     ckpt = load_checkpoint(path)
     if path.parent == out:
-        check_reused(ckpt.get("train_config") or {}, method, rho, seed, args, path)
+        check_reused(ckpt, method, rho, seed, args, path)
     metrics = ckpt.get("metrics") or {}
     t_train = metrics.get("train_seconds") or sum(metrics.get("seconds_per_epoch") or [])
     data = load_dataset(ds, "test", data_root=args.data_root, limit=args.test_limit)

@@ -3,12 +3,13 @@ weight certificates and regularizers."""
 
 __version__ = "0.4.0"
 
-from contraction.certificates import BlockSpec, Certificate, best_certificate, block_certificates
+from contraction.certificates import BlockSpec, Certificate, best_certificate, block_certificates, verdict
 from contraction.errors import CNodeError
 from contraction.jacobian import mu_1_at, mu_2_estimate, mu_inf_at
 from contraction.measures import mu_1, mu_2, mu_2_weighted, mu_inf, mu_inf_weighted
-from contraction.regularizers import jacobian_hinge, jacobian_log_norm, weight_hinge
+from contraction.regularizers import REG_TARGETS, jacobian_hinge, jacobian_log_norm, jacobian_step_norm, weight_hinge
 from contraction.slopes import ACTIVATIONS, Activation, get_activation
+from contraction.weights import contractive_kernel, step_rate_limit
 
 __all__ = [
     "__version__",
@@ -27,6 +28,11 @@ __all__ = [
     "weight_hinge",
     "jacobian_hinge",
     "jacobian_log_norm",
+    "jacobian_step_norm",
+    "REG_TARGETS",
+    "contractive_kernel",
+    "step_rate_limit",
+    "verdict",
     "BlockSpec",
     "Certificate",
     "block_certificates",

@@ -25,16 +25,19 @@ from contraction.weights import (
     mu_inf_bound,
     mu_inf_weighted_bound,
     perron_weights,
+    step_rate_limit,
 )
 
-__all__ = ["Certificate", "BlockSpec", "block_certificates", "best_certificate", "gradient_step_factors", "NORMS",
+__all__ = ["Certificate", "BlockSpec", "block_certificates", "verdict", "best_certificate", "gradient_step_factors", "NORMS",
            "FIELDS", "CERTIFIED", "NOT_CERTIFIED"]
 
 CERTIFIED = "certified"
 NOT_CERTIFIED = "not_certified"
 NORMS = ("inf", "inf_weighted", "1", "2", "2_P")
-FIELDS = ("paper", "gradient")
-"""The block's vector field: 'paper' x' = sigma(K*x + b), 'gradient' x' = -K^T sigma(K*x + b)."""
+FIELDS = ("paper", "gradient", "contractive")
+"""The block's vector field: 'paper' x' = sigma(K*x + b), 'gradient' x' = -K^T sigma(K*x + b), 'contractive' the
+paper's field with its kernel mapped so that each Euler step contracts in Linf (its certificates are the paper's
+field's, read from the kernel as run)."""
 
 
 @dataclass(frozen=True)
@@ -133,8 +136,8 @@ def _euler(spec: BlockSpec, norm: str) -> Certificate:
         method = "Gershgorin mu_2 + FFT spectral norm"
     else:
         raise CNodeError(f"norm must be one of ['inf', 'inf_weighted', '1', '2'] for weight bounds, got {norm!r}")
+    hbc = max(float(h * b * centre_taps(K).abs().max()) for K in Ks)
     if norm in ("inf", "inf_weighted", "1"):
-        hbc = max(float(h * b * centre_taps(K).abs().max()) for K in Ks)
         cond = (f"Euler h={h:g}; h*b*max|K_iic| = {hbc:.3g} " +
                 ("<= 1: factor = 1 + h*mu bound per step" if hbc <= 1 else "> 1: general |1+h d c| row form used"))
     else:
@@ -149,6 +152,8 @@ def _euler(spec: BlockSpec, norm: str) -> Certificate:
         condition=cond + f"; slopes in [{a:g}, {b:g}]; {spec.steps} steps",
         step_factors=tuple(steps),
         weights=weights,
+        extra={"h_b_max_centre": hbc, "h": h,
+               "step_rate_limit": step_rate_limit(a, b, h, "2" if norm == "2" else "inf")},
     )
 
 
@@ -194,6 +199,28 @@ def _gradient(spec: BlockSpec, norm: str) -> Certificate:
                                  f"[{a:g}, {b:g}]; {spec.steps} steps",
                        step_factors=steps, extra={"s_min": min(p["s_min"] for p in per),
                                                   "s_max": max(p["s_max"] for p in per)})
+
+
+def verdict(cert: Certificate) -> str:
+    """One line on what the certificate says of the network as run: contracting, non-expansive or not, and why a
+    contracting flow (rate > 0) can still expand as run (the Euler step overshoots)."""
+    if not cert.certified or cert.factor is None:
+        return f"{cert.norm}: no certified bound ({cert.condition})"
+    steps = cert.step_factors
+    worst = max(steps) if steps else cert.factor
+    if cert.factor < 1.0:
+        return (f"{cert.norm}: the network as run contracts: every Euler step shrinks distances by a factor <= "
+                f"{worst:.4g}, the block by {cert.factor:.4g}")
+    if cert.factor == 1.0:
+        return f"{cert.norm}: the network as run is non-expansive (block factor 1)"
+    line = f"{cert.norm}: the network as run does not contract (block factor {cert.factor:.4g}, worst step {worst:.4g})"
+    if cert.rate is not None and cert.rate > 0:
+        line += f", although the continuous flow contracts at rate {cert.rate:.4g}"
+        hbc = cert.extra.get("h_b_max_centre")
+        if hbc is not None and hbc > 1:
+            line += (f": h b max|c_i| = {hbc:.3g} > 1, each step overshoots along its centre taps; this step size "
+                     f"keeps at most a rate below {cert.extra['step_rate_limit']:.3g}")
+    return line
 
 
 def block_certificates(spec: BlockSpec, norms: Sequence[str] = ("inf", "inf_weighted", "1", "2")) -> list[Certificate]:

@@ -12,7 +12,8 @@ import torch
 
 from contraction.convops import apply_conv_adjoint, centre_taps, pixel_row_sums
 
-__all__ = ["mu_inf_at", "mu_1_at", "mu_2_estimate", "jacobian_vector_products"]
+__all__ = ["mu_inf_at", "mu_1_at", "mu_2_estimate", "jacobian_vector_products", "step_norm_inf_at",
+           "step_norm_2_estimate"]
 
 
 def mu_inf_at(d: torch.Tensor, K: torch.Tensor, padding: str) -> torch.Tensor:
@@ -21,6 +22,15 @@ def mu_inf_at(d: torch.Tensor, K: torch.Tensor, padding: str) -> torch.Tensor:
     c = centre_taps(K)
     R = pixel_row_sums(K, H, W, padding) - c.abs()[:, None, None]  # off-diagonal row sums per pixel
     return (d * (c[:, None, None] + R)).flatten(1).amax(1)
+
+
+def step_norm_inf_at(d: torch.Tensor, K: torch.Tensor, padding: str, h: float) -> torch.Tensor:
+    """||I + h D T(K)||_inf per sample (the Euler step's Jacobian at the state whose slopes are d, [B, C, H, W]):
+    max_p |1 + h d_p c_p| + h d_p R_p, exact (boundary pixels' shorter rows included)."""
+    _, C, H, W = d.shape
+    c = centre_taps(K)
+    R = pixel_row_sums(K, H, W, padding) - c.abs()[:, None, None]
+    return ((1 + h * d * c[:, None, None]).abs() + h * d * R).flatten(1).amax(1)
 
 
 def mu_1_at(d: torch.Tensor, K: torch.Tensor, padding: str) -> torch.Tensor:
@@ -86,3 +96,27 @@ def mu_2_estimate(
         return rq(v, f_jvp), v  # v^T S v = v^T J v
     with torch.no_grad():
         return rq(v, sym(v)), v
+
+
+def step_norm_2_estimate(
+    f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, h: float, *, iters: int = 20,
+    v0: torch.Tensor | None = None, differentiable: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Estimate of ||I + h J(x)||_2 per sample (the Euler step's Jacobian): power iteration on
+    (I + h J)^T (I + h J) through JVP/VJP. Returns (||(I + h J) v|| for the last unit vector v, v): a lower estimate
+    of the norm, not a bound. With `differentiable`, the estimate carries gradients to f's parameters (v detached)."""
+    x = x.detach()
+    jvp, vjp = jacobian_vector_products(f, x)
+
+    def unit(v: torch.Tensor) -> torch.Tensor:
+        return v / v.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *[1] * (v.dim() - 1))
+
+    v = unit(torch.randn_like(x) if v0 is None else v0.detach())
+    with torch.no_grad():
+        for _ in range(iters):
+            u = v + h * jvp(v)
+            v = unit(u + h * vjp(u))
+    if differentiable:
+        return (v + h * torch.func.jvp(f, (x,), (v,))[1]).flatten(1).norm(dim=1), v
+    with torch.no_grad():
+        return (v + h * jvp(v)).flatten(1).norm(dim=1), v

@@ -22,6 +22,13 @@ __all__ = [
     "mu_2_gershgorin_bound",
     "mu_inf_weighted_bound",
     "euler_factor_inf",
+    "euler_row_factors_inf",
+    "euler_row_terms_2",
+    "step_rate_limit",
+    "check_step_rate",
+    "contractive_kernel",
+    "STEP_NORMS",
+    "CONTRACTIVE_INSET",
     "euler_factor_1",
     "euler_factor_2",
     "perron_weights",
@@ -84,10 +91,10 @@ def _row_factor(c: torch.Tensor, off: torch.Tensor, h: float, d: float) -> torch
     return (1.0 + h * d * c).abs() + h * d * off
 
 
-def euler_factor_inf(K: torch.Tensor, a: float, b: float, h: float, eta: torch.Tensor | None = None) -> torch.Tensor:
-    """||I + h D T(K)||_{inf,eta} <= max_i max_{d in {a,b}} |1 + h d c_i| + h d R_i(eta) (convex in d: ends suffice).
-
-    When h b |c_i| <= 1 for all i this equals 1 + h * mu bound; it holds without that condition."""
+def euler_row_factors_inf(K: torch.Tensor, a: float, b: float, h: float,
+                          eta: torch.Tensor | None = None) -> torch.Tensor:
+    """Per output channel i: max_{d in {a,b}} |1 + h d c_i| + h d R_i(eta), a bound of the (eta-weighted) absolute row
+    sums of I + h D T(K) on channel i's rows for every D in [a, b] (convex in d: the ends suffice). Shape [C]."""
     check_slopes(a, b)
     M = metzler_majorant(K)
     c = centre_taps(K)
@@ -96,7 +103,103 @@ def euler_factor_inf(K: torch.Tensor, a: float, b: float, h: float, eta: torch.T
         eta = eta.to(M.dtype)
         off = off * eta[:, None] / eta[None, :]
     R = off.sum(1)
-    return torch.maximum(_row_factor(c, R, h, a), _row_factor(c, R, h, b)).amax()
+    return torch.maximum(_row_factor(c, R, h, a), _row_factor(c, R, h, b))
+
+
+def euler_factor_inf(K: torch.Tensor, a: float, b: float, h: float, eta: torch.Tensor | None = None) -> torch.Tensor:
+    """||I + h D T(K)||_{inf,eta} <= max_i max_{d in {a,b}} |1 + h d c_i| + h d R_i(eta) (convex in d: ends suffice).
+
+    When h b |c_i| <= 1 for all i this equals 1 + h * mu bound; it holds without that condition."""
+    return euler_row_factors_inf(K, a, b, h, eta).amax()
+
+
+def euler_row_terms_2(K: torch.Tensor, a: float, b: float, h: float, spectral_norm: torch.Tensor | float) -> torch.Tensor:
+    """Per channel i: 1 + 2 h g_i + h^2 b^2 ||T||^2 with g_i channel i's Gershgorin bound of mu_2(D T); the largest
+    bounds ||I + h D T||_2^2 (see `euler_factor_2`). Shape [C]; differentiable in K (and the norm, if a tensor)."""
+    check_slopes(a, b)
+    M = channel_abs_sums(check_kernel(K, square=True))
+    c = centre_taps(K)
+    g = _worst(c, a, b) + 0.5 * b * (M.sum(1) + M.sum(0) - 2 * c.abs())
+    return 1.0 + 2.0 * h * g + (h * b) ** 2 * torch.as_tensor(spectral_norm, dtype=g.dtype) ** 2
+
+
+STEP_NORMS = ("inf", "2")
+"""The norms in which an Euler step's weight-only factor can be targeted (`step_rate_limit`)."""
+
+
+def step_rate_limit(a: float, b: float, h: float, norm: str) -> float:
+    """The supremum of the rates rho that any kernel's Euler step x + h sigma(T x + b) can be certified at by the
+    weight-only factor in `norm` (factor <= 1 - h rho):
+
+    - inf: each row is at least max_d |1 + h d c| >= 1 - a / b (at c = -1 / (h b), no off-centre taps), so
+      rho < a / (h b);
+    - 2: 1 + 2 h a c + h^2 b^2 c^2 >= 1 - a^2 / b^2 (at c = -a / (h b^2), ||T|| >= |c|), so
+      rho < (1 - sqrt(1 - a^2 / b^2)) / h."""
+    check_slopes(a, b)
+    if norm == "inf":
+        return a / (h * b) if b > 0 else 0.0
+    if norm == "2":
+        return (1.0 - math.sqrt(max(0.0, 1.0 - (a / b) ** 2))) / h if b > 0 else 0.0
+    raise CNodeError(f"norm must be one of {list(STEP_NORMS)}, got {norm!r}")
+
+
+CONTRACTIVE_INSET = 1e-3
+"""`contractive_kernel` builds for the rate rho (1 + inset) + inset, a hair above the one asked."""
+
+
+def check_step_rate(rho: float, a: float, b: float, T: float, steps: int, norm: str, what: str, *,
+                    inset: float = 0.0) -> None:
+    """Refuse, in one line naming a step count that would carry it with room (rho at most 80 % of the step's
+    limit, leaving the off-centre taps room), a rate the Euler step h = T / steps cannot keep (`inset`: the rate is
+    built as rho (1 + inset) + inset)."""
+    h = T / steps
+    limit = step_rate_limit(a, b, h, norm)
+    if rho * (1 + inset) + inset < limit or rho == 0:  # rate 0 (non-expansive) is kept by K = 0 at least
+        return
+    unit = step_rate_limit(a, b, 1.0, norm)  # the limit is unit / h
+    if unit > 0:
+        n = max(1, math.ceil(T * rho / unit))
+        while not rho <= 0.8 * step_rate_limit(a, b, T / n, norm):
+            n += 1
+        hint = f"use {n} steps over T = {T:g} (--steps) or a smaller rho"
+    else:
+        hint = f"the slopes [{a:g}, {b:g}] give no Euler step a positive {norm}-norm rate"
+    raise CNodeError(f"{what}: rate rho = {rho:g} cannot be kept by the Euler step h = {h:g} ({steps} steps over "
+                     f"T = {T:g}): with slopes in [{a:g}, {b:g}] a step's certified {norm}-norm factor is at best "
+                     f"1 - h rho for rho < {limit:.4g}; {hint}")
+
+
+def contractive_kernel(W: torch.Tensor, a: float, b: float, h: float, rho: float, *,
+                       inset: float = CONTRACTIVE_INSET) -> torch.Tensor:
+    """The kernel K(W) of the contractive field: for every raw kernel W, each Euler step x + h sigma(T(K) x + b) is
+    certified to shrink by `euler_factor_inf(K) <= 1 - h rho` (every slope matrix D in [a, b]).
+
+    With r = rho (1 + inset) + inset (a hair above rho, so float32 rounding of K cannot cross 1 - h rho) and
+    R_max = 1 / (h b) - r / a > 0 (i.e. rho below `step_rate_limit`): channel i's off-centre taps are W's scaled by
+    min(1, R_max / R_i(W)) (absolute sum R_i <= R_max), and its centre tap is
+    c_i = -(R_i + r / a) - sigmoid(W_iic) (1 / (h b) - R_i - r / a), inside [-1 / (h b), -(R_i + r / a)]. Then
+    1 + h d c_i >= 0 for d <= b, and each row factor 1 + h d (c_i + R_i) <= 1 - h d r / a <= 1 - h r. Differentiable."""
+    W = check_kernel(W, square=True)
+    check_slopes(a, b)
+    r = rho * (1 + inset) + inset
+    limit = 1.0 / (h * b)
+    R_max = limit - r / a if a > 0 else -1.0
+    if not R_max > 0:
+        raise CNodeError(f"the contractive field's rate {rho:g} is not below the Euler step's limit "
+                         f"{step_rate_limit(a, b, h, 'inf'):.4g} (h = {h:g}, slopes [{a:g}, {b:g}])")
+    C, k = W.shape[0], W.shape[-1]
+    m = k // 2
+    eye = torch.eye(C, dtype=W.dtype, device=W.device)
+    centre_mask = torch.zeros_like(W)
+    centre_mask[:, :, m, m] = eye
+    off = W * (1 - centre_mask)
+    R = off.abs().sum(dim=(1, 2, 3))
+    scale = R_max / torch.maximum(R, torch.full_like(R, R_max))  # min(1, R_max / R), no division by zero
+    off = off * scale[:, None, None, None]
+    R = R * scale
+    hi = -(R + r / a)
+    c = hi - torch.sigmoid(centre_taps(W)) * (hi + limit)
+    return off + centre_mask * c[:, None, None, None]
 
 
 def euler_factor_1(K: torch.Tensor, a: float, b: float, h: float) -> torch.Tensor:
@@ -110,8 +213,7 @@ def euler_factor_1(K: torch.Tensor, a: float, b: float, h: float) -> torch.Tenso
 
 def euler_factor_2(K: torch.Tensor, a: float, b: float, h: float, spectral_norm: float) -> torch.Tensor:
     """||I + h D T||_2 <= min(sqrt(1 + 2 h mu2 + h^2 b^2 ||T||^2), 1 + h b ||T||) with mu2 the Gershgorin bound."""
-    mu2 = mu_2_gershgorin_bound(K, a, b)
-    sq = 1.0 + 2.0 * h * mu2 + (h * b * spectral_norm) ** 2
+    sq = euler_row_terms_2(K, a, b, h, spectral_norm).amax()
     return torch.minimum(sq.clamp_min(0.0).sqrt(), torch.as_tensor(1.0 + h * b * spectral_norm, dtype=sq.dtype))
 
 

@@ -27,7 +27,7 @@ class ODEBlock(nn.Module):
         act, field = config.act, FIELD_TYPES[config.field]
         self.fields = nn.ModuleList(
             field(make_conv(config.channels, config.channels, config.kernel_size, config.padding), act, config.h,
-                  config.block_size)
+                  config.block_size, config.rho)
             for _ in range(config.num_convs)
         )
 

@@ -10,8 +10,10 @@ from contraction.certificates import FIELDS
 from contraction.convops import conv_output_size
 from contraction.errors import CNodeError
 from contraction.slopes import ACTIVATIONS, Activation, get_activation
+from contraction.regularizers import REG_TARGETS
+from contraction.weights import CONTRACTIVE_INSET, check_step_rate
 
-__all__ = ["ModelConfig", "TrainConfig", "FIELDS", "ARCHS", "DEFAULT_ARCH", "INITS", "PADDINGS", "SOLVERS", "READOUTS",
+__all__ = ["ModelConfig", "TrainConfig", "FIELDS", "REG_TARGETS", "ARCHS", "DEFAULT_ARCH", "INITS", "PADDINGS", "SOLVERS", "READOUTS",
            "DATASETS", "REGULARIZERS", "HINGES", "NORMS", "DEFAULT_REG_WEIGHT", "CERTIFIED_METHODS", "EPS_RAMPS"]
 
 PADDINGS = ("zeros", "circular")
@@ -71,7 +73,8 @@ StemConv = tuple[int, int, int, int]
 @dataclass(frozen=True)
 class ModelConfig(_Config):
     """ConvNODE: u -> normalise -> stem (convs, each + sigma) -> ODE block x' = sigma(K(t)*x + b(t)) on [0, T]
-    (`field='gradient'`: x' = -K(t)^T sigma(K(t)*x + b(t))) -> head (flatten or pixel average, hidden linear layers
+    (`field='gradient'`: x' = -K(t)^T sigma(K(t)*x + b(t)); `field='contractive'`: the paper's field with each kernel
+    mapped so that every Euler step is certified to shrink by 1 - h rho in the infinity norm) -> head (flatten or pixel average, hidden linear layers
     + sigma, then the classes).
 
     `stem=None` is the paper's embedding: one `kernel_size` conv to `channels`, stride 1, same size. Named
@@ -97,6 +100,7 @@ class ModelConfig(_Config):
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     field: str = "paper"
+    rho: float = 0.0
 
     def __post_init__(self) -> None:
         _check_int("channels", self.channels, 1, 512)
@@ -132,6 +136,19 @@ class ModelConfig(_Config):
             object.__setattr__(self, name, tuple(float(v) for v in values))
         if bool(self.mean) != bool(self.std):
             raise CNodeError("normalisation needs both mean and std (or neither)")
+        _check_float("rho", self.rho, 0.0, strict=False)
+        if self.field == "contractive":
+            if self.solver != "euler":
+                raise CNodeError(f"the contractive field's guarantee is for the Euler step; solver {self.solver!r} "
+                                 "is not covered (use --solver euler)")
+            act = self.act
+            if act.a <= 0:
+                raise CNodeError(f"the contractive field needs a lower slope a > 0 ({act.name} has a = {act.a})")
+            check_step_rate(self.rho, act.a, act.b, self.T, self.steps, "inf", "the contractive field",
+                            inset=CONTRACTIVE_INSET)
+        elif self.rho != 0:
+            raise CNodeError(f"rho {self.rho:g} is the contractive field's rate; the {self.field!r} field has none "
+                             "(a contraction target for it is the regularizer's: TrainConfig.rho with reg)")
         if self.field == "gradient" and self.padding == "circular" and self.block_size < self.kernel_size:
             raise CNodeError(f"the gradient field with circular padding needs a block side >= the kernel "
                              f"({self.block_size} < {self.kernel_size}: taps would wrap onto each other)")
@@ -230,7 +247,8 @@ EPS_RAMPS = ("linear", "smooth")
 @dataclass(frozen=True)
 class TrainConfig(_Config):
     """Adam with a step-decayed learning rate, an optional contraction regularizer (`reg`, `rho`, `reg_weight`,
-    `reg_norm`, `reg_hinge`), an optional certified loss (`certified_*`, threat model `certified_norm`) and the
+    `reg_norm`, `reg_hinge`, `reg_target`: 'step' (default) targets every Euler step as run, factor <= 1 - h rho;
+    'flow' the continuous flow's log-norm <= -rho, labelled as the flow's), an optional certified loss (`certified_*`, threat model `certified_norm`) and the
     initialisation (`init`, `neg_init`); `nodes.train.train` builds each from these names.
 
     The defaults are the verifiable recipe (docs/RESULTS.md section 5): with the `mini` architecture, one MNIST
@@ -241,9 +259,9 @@ class TrainConfig(_Config):
 
     Left `None`, three fields resolve from `reg` (and are stored resolved): `reg_weight` (DEFAULT_REG_WEIGHT),
     `init` ('contractive' with a regularizer: the block starts certified at rho) and `certified_eps` (0 with a
-    regularizer: its target rate puts the block's centre taps near the Euler step's stability limit h b |c| <= 2,
-    where interval bounds grow with every step and the light certified loss costs ~27 points of clean accuracy,
-    measured in docs/RESULTS.md section 5; give both explicitly to combine them).
+    regularizer: measured with the flow's targets, which put the block's centre taps near the Euler step's
+    stability limit h b |c| <= 2, where interval bounds grow with every step and the light certified loss cost ~27
+    points of clean accuracy, docs/RESULTS.md section 5; give both explicitly to combine them).
 
     Schedules: `eps_ramp` shapes the ramp of the certified eps ('smooth': Shi et al. 2021's polynomial-then-linear
     growth, continuous slope, over the same `certified_warmup` epochs); the loss trains at `train_eps_factor` x
@@ -264,6 +282,7 @@ class TrainConfig(_Config):
     reg_weight: float | None = None
     reg_norm: str = "inf"
     reg_hinge: str = "squared"
+    reg_target: str = "step"
     neg_init: bool = False
     certified_eps: float | None = None
     certified_method: str = "mtl-ibp"
@@ -313,6 +332,10 @@ class TrainConfig(_Config):
         _check_float("rho", self.rho, 0.0, strict=False)
         _check_choice("reg_norm", self.reg_norm, NORMS)
         _check_choice("reg_hinge", self.reg_hinge, HINGES)
+        _check_choice("reg_target", self.reg_target, REG_TARGETS)
+        if self.reg == "none" and self.rho > 0:
+            raise CNodeError(f"rho {self.rho:g} given without a regularizer (reg is 'none'): it would do nothing; give "
+                             "reg 'weight' or 'jacobian' (or the contractive field's rate, ModelConfig.rho)")
         _check_choice("certified_norm", self.certified_norm, NORMS)
         if self.reg_weight is None:  # the regularizer's documented default; stored resolved
             object.__setattr__(self, "reg_weight", DEFAULT_REG_WEIGHT.get(self.reg, 0.0))
@@ -329,6 +352,8 @@ class TrainConfig(_Config):
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         """A config from a checkpoint; configs written before 0.3 had one `norm` for both the regularizer and the
         certified loss, and the linear hinge."""
+        if isinstance(data, dict) and data.get("reg", "none") != "none" and "reg_target" not in data:
+            data = {**data, "reg_target": "flow"}  # written before 0.5: every target was the flow's
         if isinstance(data, dict) and "norm" in data:
             legacy = {k: v for k, v in data.items() if k != "norm"}
             legacy.update(reg_norm=data["norm"], certified_norm=data["norm"], reg_hinge="linear")

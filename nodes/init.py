@@ -8,7 +8,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from contraction.convops import conv_spectral_norm
 from contraction.regularizers import contractive_centre_taps
+from contraction.weights import euler_factor_2, euler_factor_inf, step_rate_limit
 from nodes.classifier import ConvNODE
 from nodes.config import TrainConfig
 from nodes.regularize import negative_diagonal_init_
@@ -30,18 +32,63 @@ def ibp_init_(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def contractive_init_(model: ConvNODE, config: TrainConfig, *, margin: float = 0.2) -> ConvNODE:
-    """PyTorch's initialisation, then each block conv's centre taps K[i, i, c, c] set so that the weight hinge of
-    `config.reg_norm` holds at rate (1 + margin) rho + margin from the first step: the model starts certified
-    contractive at the target the regularizer then keeps (Adam moves a weight by about lr per step, too little to
-    dig the centre taps from about 0 to the -rho / a that rate needs within an epoch).
+    """PyTorch's initialisation, then each block conv set so that the weight hinge of `config.reg_norm` and
+    `config.reg_target` holds with room from the first step: the model starts certified at the target the
+    regularizer then keeps (Adam moves a weight by about lr per step, too little to dig the centre taps from about 0
+    to the rate's within an epoch).
 
-    The taps are `contraction.regularizers.contractive_centre_taps` at that rate r (needs a > 0)."""
-    r = (1 + margin) * config.rho + margin
+    'flow': the centre taps at `contraction.regularizers.contractive_centre_taps` for rate (1 + margin) rho + margin.
+    'step' (every Euler step as run): rate r = min((1 + margin) rho + margin, the midpoint between rho and the
+    step's limit `step_rate_limit`); the centre taps at the best value for the norm (inf: midway in
+    [-1 / (h b), -(R_i + r / a)]; 2: -a / (h b^2)) and the off-centre taps scaled by the largest factor in [0, 1]
+    (bisection on the certificate's own bound) that keeps the step's factor <= 1 - h r."""
+    act, cfg = model.activation, model.config
+    if config.reg_target == "flow":
+        r = (1 + margin) * config.rho + margin
+        for field in model.block.fields:
+            K = field.conv.weight
+            c = K.shape[-1] // 2
+            idx = torch.arange(K.shape[0])
+            K[idx, idx, c, c] = contractive_centre_taps(K, model.activation, rho=r, norm=config.reg_norm)
+        return model
+    a, b, h, norm = act.a, act.b, cfg.h, config.reg_norm
+    limit = step_rate_limit(a, b, h, norm)
+    r = min((1 + margin) * config.rho + margin, 0.5 * (config.rho + limit))
     for field in model.block.fields:
         K = field.conv.weight
-        c = K.shape[-1] // 2
-        idx = torch.arange(K.shape[0])
-        K[idx, idx, c, c] = contractive_centre_taps(K, model.activation, rho=r, norm=config.reg_norm)
+        W = K.detach().to(torch.float64)
+        m = W.shape[-1] // 2
+        idx = torch.arange(W.shape[0])
+        centre = torch.zeros_like(W)
+        centre[idx, idx, m, m] = 1.0
+        off = W * (1 - centre)
+
+        def factor(scale: float) -> float:
+            V = off * scale
+            if norm == "inf":
+                R = V.abs().sum(dim=(1, 2, 3))
+                c = -0.5 * (R + r / a + 1.0 / (h * b)) if a > 0 else -R
+            else:
+                c = torch.full((W.shape[0],), -a / (h * b * b) if b > 0 else 0.0, dtype=W.dtype)
+            V = V + centre * c[:, None, None, None]
+            if norm == "inf":
+                return float(euler_factor_inf(V, a, b, h)), V
+            return float(euler_factor_2(V, a, b, h, conv_spectral_norm(V, cfg.block_size, cfg.block_size,
+                                                                        cfg.padding))), V
+
+        lo, hi = 0.0, 1.0
+        best = factor(0.0)[1]
+        if factor(1.0)[0] <= 1 - h * r:
+            best = factor(1.0)[1]
+        else:
+            for _ in range(20):
+                mid = 0.5 * (lo + hi)
+                f, V = factor(mid)
+                if f <= 1 - h * r:
+                    lo, best = mid, V
+                else:
+                    hi = mid
+        K.copy_(best.to(K.dtype))
     return model
 
 

@@ -19,18 +19,20 @@ Regularizer = Callable[[ConvNODE, list[torch.Tensor]], torch.Tensor]
 
 
 def _weight(config: TrainConfig, gen: torch.Generator) -> Regularizer:  # noqa: ARG001
-    """The weight hinge summed over the block's convolutions: zero iff every step is certified at rate rho."""
+    """The weight hinge summed over the block's convolutions: zero iff every Euler step is certified to shrink by
+    1 - h rho (target 'step'), or the flow at rate rho (target 'flow')."""
 
     def weight_reg(model: ConvNODE, states: list[torch.Tensor]) -> torch.Tensor:  # noqa: ARG001
         return weight_hinge([f.conv for f in model.block.fields], model.activation, rho=config.rho,
-                            norm=config.reg_norm, squared=config.reg_hinge == "squared")
+                            norm=config.reg_norm, squared=config.reg_hinge == "squared", target=config.reg_target,
+                            h=model.config.h, size=model.config.block_size)
 
     return weight_reg
 
 
 def _jacobian(config: TrainConfig, gen: torch.Generator, *, samples_per_step: int = 16, steps_sampled: int = 3,
               iters: int = 5) -> Regularizer:
-    """The Jacobian hinge relu(mu(J(x_k)) + rho) averaged over `steps_sampled` random steps x `samples_per_step`
+    """The Jacobian hinge (target 'step': relu(||I + h J(x_k)|| - (1 - h rho)); 'flow': relu(mu(J(x_k)) + rho)) averaged over `steps_sampled` random steps x `samples_per_step`
     states of the batch's trajectories (mu_inf exact, mu_2 by `iters` power iterations)."""
 
     def jacobian_reg(model: ConvNODE, states: list[torch.Tensor]) -> torch.Tensor:
@@ -42,7 +44,8 @@ def _jacobian(config: TrainConfig, gen: torch.Generator, *, samples_per_step: in
             idx = torch.randperm(x.shape[0], generator=gen)[: min(samples_per_step, x.shape[0])].to(x.device)
             field = model.block.field_at_step(k)
             terms.append(jacobian_hinge(field.conv, model.activation, x[idx], rho=config.rho, norm=config.reg_norm,
-                                        iters=iters, squared=config.reg_hinge == "squared"))
+                                        iters=iters, squared=config.reg_hinge == "squared", target=config.reg_target,
+                                        h=model.config.h))
         return torch.stack(terms).mean()
 
     return jacobian_reg

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from contraction.errors import CNodeError
+from contraction.weights import check_step_rate
 from nodes.checkpoint import save_model
 from nodes.classifier import ConvNODE
 from nodes.config import ModelConfig, TrainConfig
@@ -212,12 +213,20 @@ def _rank_batches(data: ImageData, config: TrainConfig, gen: torch.Generator, di
 
 
 def check_combination(model_config: ModelConfig, config: TrainConfig) -> None:
-    """Refuse a recipe that names something the model's field has no use for: the contraction regularizers and the
-    contractive initialisation act on the paper's field x' = sigma(K*x + b); the gradient field is non-expansive by
-    construction (its certificate needs no regularizer)."""
-    if model_config.field == "gradient" and (config.reg != "none" or config.init == "contractive" or config.neg_init):
-        raise CNodeError("the gradient field is contractive by construction: the contraction regularizers, "
-                         "--init contractive and --neg-init act on the paper's field (use --field paper)")
+    """Refuse a recipe the model cannot keep or has no use for: the contraction regularizers and the contractive
+    initialisation act on the paper's field x' = sigma(K*x + b) (the gradient and contractive fields contract by
+    construction); a step target needs the Euler solver and a rate the step h = T / steps can carry (the error
+    names a step count that can)."""
+    if model_config.field != "paper" and (config.reg != "none" or config.init == "contractive" or config.neg_init):
+        raise CNodeError(f"the {model_config.field} field is contractive by construction: the contraction "
+                         "regularizers, --init contractive and --neg-init act on the paper's field (use --field paper)")
+    if config.reg != "none" and config.reg_target == "step":
+        if model_config.solver != "euler":
+            raise CNodeError(f"the step target is the Euler step's; solver {model_config.solver!r} has no certified "
+                             "step factor (use --solver euler, or --reg-target flow for the flow's rate)")
+        act = model_config.act
+        check_step_rate(config.rho, act.a, act.b, model_config.T, model_config.steps, config.reg_norm,
+                        f"--reg {config.reg} --rho {config.rho:g} --reg-norm {config.reg_norm}")
 
 
 def train(

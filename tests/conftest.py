@@ -34,9 +34,18 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.hypothesis_seed = str(_test_seed())
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def _seed_line(config: pytest.Config) -> str:
     return (f"hypothesis seed: {config.getoption('hypothesis_seed')} (reproduce: CNODE_TEST_SEED=<seed> make test, "
             f"profile {profiles.PROFILE})")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return _seed_line(config)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Repeat the seed at the end: `-q` hides the header, and a red run must say how to reproduce it."""
+    terminalreporter.write_line(_seed_line(config))
 
 
 def data_root() -> Path | None:

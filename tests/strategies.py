@@ -53,14 +53,18 @@ def model_configs(draw: st.DrawFn, image: int = 8):
     if not stem and in_ch != channels:
         stem.append((channels, 3, 1, 1))
     norm = draw(st.booleans())
-    field = draw(st.sampled_from(["paper", "gradient"]))
+    field = draw(st.sampled_from(["paper", "gradient", "contractive"]))
     padding = draw(st.sampled_from(["zeros", "circular"]))
     if field == "gradient" and size < 3:  # circular taps of the gradient field may not wrap onto each other
         padding = "zeros"
+    steps = draw(st.integers(1, 3))
+    activation = draw(st.sampled_from(["smooth_leaky_relu", "leaky_relu"] + (["tanh"] if field != "contractive" else [])))
+    rho = 0.0
+    if field == "contractive":  # a rate below the Euler step's limit a / (h b) (a = 0.1, b = 1, T = 1)
+        rho = draw(st.floats(0.0, 0.9)) * 0.1 * steps
     return ModelConfig(
-        channels=channels, in_channels=in_ch, image_size=image, num_classes=3, steps=draw(st.integers(1, 3)),
-        padding=padding, field=field,
-        activation=draw(st.sampled_from(["smooth_leaky_relu", "leaky_relu", "tanh"])),
+        channels=channels, in_channels=in_ch, image_size=image, num_classes=3, steps=steps,
+        padding=padding, field=field, rho=rho, activation=activation,
         readout=draw(st.sampled_from(["linear", "avgpool"])), shared_weights=draw(st.booleans()),
         stem=tuple(stem), head=tuple(draw(st.lists(st.integers(2, 5), max_size=1))),
         mean=tuple([0.3] * in_ch) if norm else (), std=tuple([0.7] * in_ch) if norm else ())

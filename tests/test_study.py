@@ -41,11 +41,19 @@ def test_aggregate_pools_seeds_of_one_model_and_keeps_models_apart(per_seed, oth
 def test_resuming_refuses_a_checkpoint_of_another_recipe(tmp_path):
     args = study.StudyConfig(epochs=3, train_limit=0)
     tcfg = {"epochs": 3, "train_limit": 0, "seed": 1, "reg": "weight", "rho": 0.5}
-    study.check_reused(tcfg, "weight", 0.5, 1, args, tmp_path / "m.pt")  # same recipe: reused silently
+    paper = {"field": "paper", "rho": 0.0}
+    ckpt = lambda t, m=paper: {"train_config": t, "model_config": m}  # noqa: E731
+    study.check_reused(ckpt(tcfg), "weight", 0.5, 1, args, tmp_path / "m.pt")  # same recipe: reused silently
     for change in ({"epochs": 5}, {"train_limit": 10_000}, {"seed": 0}, {"rho": 1.0}, {"reg": "jacobian"}):
         with pytest.raises(CNodeError, match="another recipe"):
-            study.check_reused({**tcfg, **change}, "weight", 0.5, 1, args, tmp_path / "m.pt")
-    study.check_reused({**tcfg, "reg": "none", "rho": 0.0}, "nominal", 0.0, 1, args, tmp_path / "m.pt")
+            study.check_reused(ckpt({**tcfg, **change}), "weight", 0.5, 1, args, tmp_path / "m.pt")
+    plain = {**tcfg, "reg": "none", "rho": 0.0}
+    study.check_reused(ckpt(plain), "nominal", 0.0, 1, args, tmp_path / "m.pt")
+    contractive = {"field": "contractive", "rho": 0.3}
+    study.check_reused(ckpt(plain, contractive), "contractive", 0.3, 1, args, tmp_path / "m.pt")
+    for other in ({"field": "contractive", "rho": 0.6}, paper):  # the field's rate is part of the recipe
+        with pytest.raises(CNodeError, match="another recipe"):
+            study.check_reused(ckpt(plain, other), "contractive", 0.3, 1, args, tmp_path / "m.pt")
 
 
 def _strip(results: list[dict]) -> list[dict]:

@@ -176,13 +176,16 @@ def test_cnode_study_trains_evaluates_and_reports_then_resumes(tmp_path, capsys)
             str(tmp_path), "--quiet"]
     assert cnode_main(argv) == 0
     first = json.loads((tmp_path / "results.json").read_text())
-    assert sorted(r["label"] for r in first) == ["jacobian rho=0.5", "nominal", "weight rho=0.5"]
+    assert sorted(r["label"] for r in first) == ["contractive rho=0.5", "jacobian rho=0.5", "nominal", "weight rho=0.5"]
     for r in first:
         ckpt = torch.load(r["checkpoint"], weights_only=True)
         tcfg = ckpt["train_config"]
         assert ckpt["model_config"]["channels"] == 8 and tuple(map(tuple, ckpt["model_config"]["stem"])) == ((8, 3, 1, 1),)
         assert (tcfg["lr"], tcfg["certified_eps"], tcfg["init"]) == (1e-2, 0.0, "default")  # the paper's recipe
-        assert tcfg["neg_init"] == (r["method"] != "nominal") and tcfg["rho"] == r["rho"]
+        regularized = r["method"] in ("jacobian", "weight")
+        assert tcfg["neg_init"] == regularized and tcfg["rho"] == (r["rho"] if regularized else 0.0)
+        assert ckpt["model_config"]["field"] == ("contractive" if r["method"] == "contractive" else "paper")
+        assert ckpt["model_config"]["rho"] == (r["rho"] if r["method"] == "contractive" else 0.0)
     assert cnode_main(argv[:-1] + ["--report-only"]) == 0  # everything reused: the same results
     assert json.loads((tmp_path / "results.json").read_text()) == first
     assert "| nominal | 1 |" in (tmp_path / "results.md").read_text()
@@ -217,3 +220,26 @@ def test_an_lmi_too_large_for_memory_is_refused_in_one_line(tmp_path, capsys, mo
     code, out, err = _run(certify_main, [str(path), "--eps", "0.01", "--norm", "2", "--bound", "lmi", "--limit", "5"],
                           capsys)
     assert code == 2 and "too_large" in err and "GiB" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_contractive_field_trains_reports_contraction_as_run_and_certifies(tmp_path, capsys):
+    """`--field contractive --rho R`: the report leads with the factor as run and says the network contracts; every
+    stage certifies it soundly (attack check); a rate the step cannot carry is one line, exit 2, naming the steps."""
+    out = tmp_path / "c.pt"
+    code, text, err = _run(cnode_main, ["train", "--dataset", "mnist-mini", "--field", "contractive", "--rho", "0.2",
+                                        "--channels", "4", "--epochs", "1", "--train-limit", "256", "--test-limit",
+                                        "64", "--quiet", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "inf: the network as run contracts" in text and "worst step" in text
+    cfg = torch.load(out, weights_only=True)["model_config"]
+    assert cfg["field"] == "contractive" and cfg["rho"] == 0.2
+    code, text, err = _run(certify_main, [str(out), "--eps", "0.01", "--limit", "32", "--attack-check", "--quiet"],
+                           capsys)
+    assert code == 0, err
+    assert "factor as run" in text and "flow's rate" in text
+    code, _, err = _run(cnode_main, ["train", "--dataset", "mnist-mini", "--reg", "weight", "--rho", "1.0",
+                                     "--out", str(tmp_path / "x.pt")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "use 13 steps" in err
+    code, _, err = _run(cnode_main, ["train", "--dataset", "mnist-mini", "--field", "contractive", "--rho", "0.3",
+                                     "--reg", "weight", "--out", str(tmp_path / "y.pt")], capsys)
+    assert code == 2 and "contractive by construction" in err

@@ -12,7 +12,7 @@ from certify.attacks import pgd
 from certify.layers import Conv, EulerStep
 from certify.local import local_bounds
 from certify.radius import certified_radii, float32_below, unproven
-from certify.roundoff import float32_error, margin_slack
+from certify.roundoff import ball_error, float32_error, margin_slack
 from certify.run import certify_model, certify_tensors
 from certify.tight import TIGHT_STAGES, escalate
 from certify.unrolled import unroll
@@ -44,8 +44,11 @@ def test_float32_error_bound_contains_the_real_error_at_random_and_pgd_points(cf
     net = unroll(model32)  # the real-arithmetic twin (float64 copies of the float32 weights and constants)
     gen = torch.Generator().manual_seed(seed)
     u = torch.rand(4, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen)
-    bound = float32_error(net, local_bounds(net, u.double(), eps, norm))
+    local = local_bounds(net, u.double(), eps, norm)
+    bound = float32_error(net, local)
     assert torch.isfinite(bound).all() and (bound > 0).all()
+    ball = ball_error(net, u.double(), eps, norm, local)  # the certificates' bound: boxes met with Lipschitz balls
+    assert torch.isfinite(ball).all() and (ball > 0).all()
     points = [u] + _ball_points(u, eps, norm, gen, 3)
     if eps > 0:
         with torch.no_grad():
@@ -55,6 +58,7 @@ def test_float32_error_bound_contains_the_real_error_at_random_and_pgd_points(cf
         with torch.no_grad():
             observed = (model32(p).double() - net(p.double())).abs()
         assert (observed <= bound).all(), float((observed / bound).max())
+        assert (observed <= ball).all(), float((observed / ball).max())
 
 
 def test_the_bound_is_not_vacuous_and_grows_with_the_ball(tiny_trained):

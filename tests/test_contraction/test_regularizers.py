@@ -1,4 +1,5 @@
-"""Regularizers: finite gradients, and a gradient step moves the certified rate the right way."""
+"""The flow's regularizers (target='flow'): finite gradients, and a gradient step moves the certified rate the
+right way. The Euler step's targets (the default) are tested in test_step_targets.py."""
 
 import pytest
 import torch
@@ -26,13 +27,14 @@ def test_weight_hinge_steps_improve_the_certified_rate(norm, bound):
     opt = torch.optim.SGD(conv.parameters(), lr=0.05)
     for step in range(2000):
         opt.zero_grad()
-        loss = weight_hinge([conv], ACT, rho=rho, norm=norm)
+        loss = weight_hinge([conv], ACT, rho=rho, norm=norm, target="flow")
         if float(loss) == 0.0:
             break
         loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in conv.parameters() if p.grad is not None)
         opt.step()
-    assert float(weight_hinge([conv], ACT, rho=rho, norm=norm)) == 0.0, f"hinge still active after {step} steps"
+    final = float(weight_hinge([conv], ACT, rho=rho, norm=norm, target="flow"))
+    assert final == 0.0, f"hinge still active after {step} steps"
     after = float(bound(conv.weight.detach(), ACT.a, ACT.b))
     assert after <= -rho + 1e-9 < before  # zero penalty: certified at rate rho
 
@@ -42,7 +44,7 @@ def test_zero_weight_penalty_certifies_the_rate():
     K[0, 0, 1, 1] = K[1, 1, 1, 1] = -20.0
     K[0, 1] = 0.1
     for norm, bound in [("inf", mu_inf_bound), ("2", mu_2_gershgorin_bound)]:
-        assert float(weight_hinge([K], ACT, rho=1.0, norm=norm)) == 0.0
+        assert float(weight_hinge([K], ACT, rho=1.0, norm=norm, target="flow")) == 0.0
         assert float(bound(K, ACT.a, ACT.b)) <= -1.0
 
 
@@ -55,7 +57,7 @@ def test_jacobian_hinge_gradients_are_finite_and_reduce_the_measure(norm, paddin
     opt = torch.optim.SGD(conv.parameters(), lr=0.02)
     for _ in range(60):
         opt.zero_grad()
-        jacobian_hinge(conv, ACT, x, rho=1.0, norm=norm, iters=5).backward()
+        jacobian_hinge(conv, ACT, x, rho=1.0, norm=norm, iters=5, target="flow").backward()
         assert all(torch.isfinite(p.grad).all() for p in conv.parameters())
         opt.step()
     after = float(jacobian_log_norm(conv, ACT, x, norm=norm, iters=30).mean())
@@ -67,7 +69,7 @@ def test_regularizers_work_on_a_dense_field_in_a_plain_loop():
     layer = nn.Linear(6, 6).double()
     x = torch.randn(16, 6, dtype=torch.float64)
     for norm in ("inf", "2"):
-        value = jacobian_hinge(layer, ACT, x, rho=0.2, norm=norm)
+        value = jacobian_hinge(layer, ACT, x, rho=0.2, norm=norm, target="flow")
         assert value.dim() == 0 and torch.isfinite(value)
     # dense mu_inf at the states equals the dense Jacobian's log-norm
     d = ACT.deriv(layer(x))
@@ -79,20 +81,21 @@ def test_regularizers_work_on_a_dense_field_in_a_plain_loop():
     W = layer.weight.detach()
     rows = W.diagonal() + (W.abs().sum(1) - W.diagonal().abs())
     expected = torch.relu(rows + 0.2 / ACT.a)
-    torch.testing.assert_close(weight_hinge([layer], ACT, rho=0.2, norm="inf"), expected.sum())
-    torch.testing.assert_close(weight_hinge([layer], ACT, rho=0.2, norm="inf", squared=True), expected.pow(2).sum())
+    torch.testing.assert_close(weight_hinge([layer], ACT, rho=0.2, norm="inf", target="flow"), expected.sum())
+    torch.testing.assert_close(weight_hinge([layer], ACT, rho=0.2, norm="inf", squared=True, target="flow"),
+                               expected.pow(2).sum())
 
 
 def test_bad_arguments():
     conv = _conv()
     with pytest.raises(CNodeError, match="rho"):
-        weight_hinge([conv], ACT, rho=-1.0)
+        weight_hinge([conv], ACT, rho=-1.0, target="flow")
     with pytest.raises(CNodeError, match="norm"):
-        weight_hinge([conv], ACT, rho=0.0, norm="fro")
+        weight_hinge([conv], ACT, rho=0.0, norm="fro", target="flow")
     with pytest.raises(CNodeError, match="a > 0"):
-        weight_hinge([conv], get_activation("tanh"), rho=0.0, norm="inf")
+        weight_hinge([conv], get_activation("tanh"), rho=0.0, norm="inf", target="flow")
     with pytest.raises(CNodeError, match="at least one"):
-        weight_hinge([], ACT, rho=0.0)
+        weight_hinge([], ACT, rho=0.0, target="flow")
 
 
 @pytest.mark.parametrize("norm", ["inf", "2"])
@@ -105,7 +108,7 @@ def test_squared_hinge_makes_adam_runs_depend_on_rho_where_the_linear_one_does_n
         opt = torch.optim.Adam(conv.parameters(), lr=1e-2)
         for _ in range(20):
             opt.zero_grad()
-            weight_hinge([conv], ACT, rho=rho, norm=norm, squared=squared).backward()
+            weight_hinge([conv], ACT, rho=rho, norm=norm, squared=squared, target="flow").backward()
             opt.step()
         return conv.weight.detach()
 
@@ -123,7 +126,7 @@ def test_contractive_centre_taps_zero_the_weight_hinge_exactly_at_their_rate(nor
     c = K.shape[-1] // 2
     idx = torch.arange(K.shape[0])
     K[idx, idx, c, c] = contractive_centre_taps(K, ACT, rho=0.7, norm=norm)
-    assert float(weight_hinge([K], ACT, rho=0.7, norm=norm)) < 1e-9  # at the rate: every term at zero (round-off)
-    assert float(weight_hinge([K], ACT, rho=0.8, norm=norm)) > 0  # a higher rate is not reached
+    assert float(weight_hinge([K], ACT, rho=0.7, norm=norm, target="flow")) < 1e-9  # at the rate (round-off)
+    assert float(weight_hinge([K], ACT, rho=0.8, norm=norm, target="flow")) > 0  # a higher rate is not reached
     bound = mu_inf_bound if norm == "inf" else mu_2_gershgorin_bound
     assert float(bound(K, ACT.a, ACT.b)) <= -0.7 + 1e-9

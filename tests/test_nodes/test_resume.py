@@ -76,15 +76,15 @@ def test_gradient_clipping_and_lr_milestones_reach_the_optimizer(tmp_path):
     norms = {}
     for clip in (0.0, 1e-3):
         path = tmp_path / f"clip{clip}.pt"
-        cfg = _cfg(epochs=1, grad_clip=clip, reg="none", certified_eps=0.0, lr_milestones=())
+        cfg = _cfg(epochs=1, grad_clip=clip, reg="none", rho=0.0, certified_eps=0.0, lr_milestones=())
         train(_fresh(), data, cfg, progress=False, checkpoint=path)
         opt = TrainingState.from_dict(load_checkpoint(path)["training_state"]).optimizer
         g2 = sum(float((s["exp_avg"] / 0.1).pow(2).sum()) for s in opt["state"].values())
         norms[clip] = g2**0.5
     assert norms[1e-3] == pytest.approx(1e-3, rel=1e-3) and norms[0.0] > 1e-2
     path = tmp_path / "lr.pt"
-    train(_fresh(), data, _cfg(epochs=4, lr_milestones=(1, 3), reg="none", certified_eps=0.0), progress=False,
-          checkpoint=path)
+    plain = _cfg(epochs=4, lr_milestones=(1, 3), reg="none", rho=0.0, certified_eps=0.0)
+    train(_fresh(), data, plain, progress=False, checkpoint=path)
     opt = TrainingState.from_dict(load_checkpoint(path)["training_state"]).optimizer
     assert opt["param_groups"][0]["lr"] == pytest.approx(3e-3 * 0.3**2)
 

@@ -73,7 +73,7 @@ def test_train_builds_the_initialisation_and_regularizer_its_config_names():
     def rate(reg: str, rho: float) -> tuple[float, float]:
         torch.manual_seed(0)
         m = ConvNODE(ModelConfig(channels=2, steps=2))
-        extra = {} if reg == "none" else {"reg": reg, "rho": rho, "init": "default"}  # the example
+        extra = {} if reg == "none" else {"reg": reg, "rho": rho, "init": "default", "reg_target": "flow"}
         h = train(m, data, TrainConfig(epochs=2, neg_init=True, **cfg, **extra), progress=False)
         inf = [c for c in block_certificates(m.block.spec()) if c.norm == "inf"][0]
         return inf.rate, h.reg_value[-1]
@@ -108,7 +108,7 @@ def test_certified_objective_comes_from_the_config_registry(monkeypatch):
 
 @pytest.mark.parametrize("norm", ["inf", "2"])
 @pytest.mark.parametrize("rho", [0.0, 0.5, 2.0])
-def test_contractive_init_starts_certified_at_the_target(norm, rho):
+def test_contractive_init_starts_certified_at_the_flows_target(norm, rho):
     from contraction.certificates import block_certificates
     from contraction.regularizers import weight_hinge
     from nodes.init import initialise_
@@ -116,8 +116,8 @@ def test_contractive_init_starts_certified_at_the_target(norm, rho):
     for seed, arch in ((0, "paper"), (1, "mini")):
         torch.manual_seed(seed)
         model = ConvNODE(ModelConfig.preset(arch, channels=6))
-        initialise_(model, TrainConfig(reg="weight", rho=rho, reg_norm=norm))
+        initialise_(model, TrainConfig(reg="weight", rho=rho, reg_norm=norm, reg_target="flow"))
         convs = [f.conv for f in model.block.fields]
-        assert float(weight_hinge(convs, model.activation, rho=rho, norm=norm)) == 0.0
+        assert float(weight_hinge(convs, model.activation, rho=rho, norm=norm, target="flow")) == 0.0
         cert = [c for c in block_certificates(model.block.spec()) if c.norm == norm][0]
         assert cert.certified and cert.rate >= rho
