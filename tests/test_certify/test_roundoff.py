@@ -121,8 +121,8 @@ def test_a_model_whose_bounds_overflow_certifies_nothing_and_counts_them():
 @pytest.mark.parametrize("rule", ["bounds", "backward", "symbolic"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_a_forged_rule_returning_non_numbers_never_certifies(tiny_trained, monkeypatch, rule, bad):
-    """A layer rule that returns NaN or inf (an overflow anywhere in a stage) proves nothing: forged boxes leave every
-    input open; a forged backward or symbolic rule certifies no input beyond what the stage's honest parts prove (the
+    """A layer rule that returns NaN or inf (an overflow anywhere in a stage) proves nothing: forged boxes (the
+    mean-value and the interval rule, which the boxes are met with) leave every input open; a forged backward or symbolic rule certifies no input beyond what the stage's honest parts prove (the
     boxes; for the linear stage, the crown stage over the local boxes), and its NaNs are counted."""
     model, _ = tiny_trained
     net = unroll(model)
@@ -145,6 +145,14 @@ def test_a_forged_rule_returning_non_numbers_never_certifies(tiny_trained, monke
         return dataclasses.replace(first, r=torch.full_like(first.r, bad)), out[1]
 
     monkeypatch.setattr(EulerStep, rule, forged)
+    if rule == "bounds":  # the local boxes are also met with IBP's chain: an overflow there too
+        interval = EulerStep.interval
+
+        def forged_interval(self, lo, hi):
+            (out_lo, out_hi), pre = interval(self, lo, hi)
+            return (torch.full_like(out_lo, -bad), torch.full_like(out_hi, bad)), pre
+
+        monkeypatch.setattr(EulerStep, "interval", forged_interval)
     stage = {"bounds": "local", "backward": "crown", "symbolic": "linear"}[rule]
     esc = escalate(net, x, y, eps, "inf", (stage,))
     assert not esc.margins.isnan().any()
