@@ -29,6 +29,8 @@ __all__ = [
     "contractive_kernel",
     "STEP_NORMS",
     "CONTRACTIVE_INSET",
+    "inset_rate",
+    "contractive_cap",
     "euler_factor_1",
     "euler_factor_2",
     "perron_weights",
@@ -147,6 +149,16 @@ CONTRACTIVE_INSET = 1e-3
 """`contractive_kernel` builds for the rate rho (1 + inset) + inset, a hair above the one asked."""
 
 
+def inset_rate(rho: float, inset: float = CONTRACTIVE_INSET) -> float:
+    """The rate a contractive kernel is built for: rho (1 + inset) + inset."""
+    return rho * (1 + inset) + inset
+
+
+def contractive_cap(a: float, b: float, h: float, rho: float, inset: float = CONTRACTIVE_INSET) -> float:
+    """R_max = 1 / (h b) - r / a, r = `inset_rate(rho)`: the largest off-centre row sum of a contractive kernel."""
+    return 1.0 / (h * b) - inset_rate(rho, inset) / a if a > 0 else -1.0
+
+
 def check_step_rate(rho: float, a: float, b: float, T: float, steps: int, norm: str, what: str, *,
                     inset: float = 0.0) -> None:
     """Refuse, in one line naming a step count that would carry it with room (rho at most 80 % of the step's
@@ -154,7 +166,7 @@ def check_step_rate(rho: float, a: float, b: float, T: float, steps: int, norm: 
     built as rho (1 + inset) + inset)."""
     h = T / steps
     limit = step_rate_limit(a, b, h, norm)
-    if rho * (1 + inset) + inset < limit or rho == 0:  # rate 0 (non-expansive) is kept by K = 0 at least
+    if inset_rate(rho, inset) < limit or rho == 0:  # rate 0 (non-expansive) is kept by K = 0 at least
         return
     unit = step_rate_limit(a, b, 1.0, norm)  # the limit is unit / h
     if unit > 0:
@@ -181,9 +193,9 @@ def contractive_kernel(W: torch.Tensor, a: float, b: float, h: float, rho: float
     1 + h d c_i >= 0 for d <= b, and each row factor 1 + h d (c_i + R_i) <= 1 - h d r / a <= 1 - h r. Differentiable."""
     W = check_kernel(W, square=True)
     check_slopes(a, b)
-    r = rho * (1 + inset) + inset
+    r = inset_rate(rho, inset)
     limit = 1.0 / (h * b)
-    R_max = limit - r / a if a > 0 else -1.0
+    R_max = contractive_cap(a, b, h, rho, inset)
     if not R_max > 0:
         raise CNodeError(f"the contractive field's rate {rho:g} is not below the Euler step's limit "
                          f"{step_rate_limit(a, b, h, 'inf'):.4g} (h = {h:g}, slopes [{a:g}, {b:g}])")

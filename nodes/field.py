@@ -18,7 +18,7 @@ from torch import nn
 
 from contraction.convops import apply_conv, apply_conv_adjoint, conv_spectral_norm_tensor
 from contraction.slopes import Activation
-from contraction.weights import CONTRACTIVE_INSET, contractive_kernel
+from contraction.weights import contractive_cap, contractive_kernel
 
 __all__ = ["ConvField", "GradientField", "ContractiveField", "FIELD_TYPES", "STEP_BUDGET", "make_conv"]
 
@@ -115,7 +115,7 @@ class ContractiveField(ConvField):
         (sigmoid(-2) = 12 % of the way to the limit)."""
         W = self.conv.weight
         a, b = self.activation.a, self.activation.b
-        cap = 1.0 / (self.h * b) - (self.rho * (1 + CONTRACTIVE_INSET) + CONTRACTIVE_INSET) / a
+        cap = contractive_cap(a, b, self.h, self.rho)
         m = W.shape[-1] // 2
         idx = torch.arange(W.shape[0])
         W[idx, idx, m, m] = 0.0

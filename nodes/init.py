@@ -78,8 +78,9 @@ def contractive_init_(model: ConvNODE, config: TrainConfig, *, margin: float = 0
 
         lo, hi = 0.0, 1.0
         best = factor(0.0)[1]
-        if factor(1.0)[0] <= 1 - h * r:
-            best = factor(1.0)[1]
+        whole, V = factor(1.0)
+        if whole <= 1 - h * r:
+            best = V
         else:
             for _ in range(20):
                 mid = 0.5 * (lo + hi)
