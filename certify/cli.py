@@ -22,9 +22,9 @@ from contraction.errors import CNodeError
 from certify.attacks import pgd
 from certify.merge import format_merged, load_parts, merge_reports
 from certify.report import format_certificates, format_report, plot_curves, write_json
-from certify.robustness import ATTACK_EPS, format_robustness, robustness
+from certify.robustness import ATTACK_EPS, L2_EPS, format_robustness, robustness
 from certify.run import BOUNDS, attack_check, certify_model, check_eps, pgd_check
-from certify.study import METHODS, QUICK, StudyConfig, run_study
+from certify.study import ARCHS as STUDY_ARCHS, METHODS, QUICK, StudyConfig, run_study
 from nodes.checkpoint import (file_sha256, load_checkpoint, load_model, model_from_checkpoint, save_model, strip_training_state,
                               trained_dataset)
 from nodes.classifier import ConvNODE
@@ -414,10 +414,11 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     if args.limit < 0:
         raise CNodeError("--limit must be >= 0")
     model, data = load_run(args)
-    if any(not e > 0 for e in args.certify_eps) or args.square_queries < 1:
-        raise CNodeError("--certify-eps values must be > 0 and --square-queries >= 1")
+    if any(not e > 0 for e in (*args.certify_eps, *args.l2_eps)) or args.square_queries < 1:
+        raise CNodeError("--certify-eps and --l2-eps values must be > 0 and --square-queries >= 1")
     result = robustness(model, data, draws=args.draws, bound=args.bound, progress=not args.quiet,
-                        batch_size=args.batch_size, certify_eps=args.certify_eps, square_queries=args.square_queries)
+                        batch_size=args.batch_size, certify_eps=args.certify_eps, square_queries=args.square_queries,
+                        l2_eps=args.l2_eps)
     print(format_robustness(result, args.model))
     if args.json:
         Path(args.json).write_text(json.dumps({"model": str(args.model), **result}, indent=2))
@@ -585,6 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bound", choices=list(BOUNDS), default="auto", help="certificate (default: %(default)s)")
     p.add_argument("--certify-eps", type=float, nargs="+", default=list(ATTACK_EPS),
                    help="Linf eps to certify at (default: the attack eps)")
+    p.add_argument("--l2-eps", type=float, nargs="*", default=list(L2_EPS),
+                   help="L2 eps for PGD-20 and certified accuracy (default: %(default)s; none: skip)")
     p.add_argument("--square-queries", type=int, default=300, help="gradient-free queries (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=250, help="inputs per batch (default: %(default)s)")
     p.add_argument("--json", default=None, help="write the results as JSON")
@@ -619,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, kwargs, help_ in (  # default None: StudyConfig's value, or QUICK's with --quick
             ("--out", {}, "folder for checkpoints and results"),
             ("--datasets", {"nargs": "+", "choices": list(DATASETS)}, "datasets"),
+            ("--archs", {"nargs": "+", "choices": list(STUDY_ARCHS)}, "architecture presets, one sweep each"),
             ("--rhos", {"type": float, "nargs": "+"}, "target contraction rates"),
             ("--methods", {"nargs": "+", "choices": list(METHODS)}, "models to train"),
             ("--seeds", {"type": int}, "seeds per model"),
@@ -628,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
             ("--draws", {"type": int}, "seeded noise draws"),
             ("--square-queries", {"type": int}, "queries of the gradient-free attack"),
             ("--certify-eps", {"type": float, "nargs": "+"}, "Linf eps for certified accuracy (bound auto)"),
+            ("--l2-eps", {"type": float, "nargs": "*"}, "L2 eps for PGD-20 and certified accuracy (bound auto)"),
             ("--extra", {"nargs": "*"}, "more checkpoints in every table, as DATASET:LABEL=PATH")):
         dest = flag[2:].replace("-", "_")
         default = getattr(d, dest)

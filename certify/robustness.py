@@ -2,7 +2,9 @@
 
 Clean accuracy; Gaussian noise and salt-and-pepper, averaged over seeded draws; FGSM and PGD (Linf, 20 steps,
 step 2.5 eps / 20, random start) through the fixed-step solver; a gradient-free attack at one eps as a masking
-check; certified accuracy (Linf, `--bound`, default auto) at the attack eps. Table on stdout, JSON with --json."""
+check; certified accuracy (Linf, `--bound`, default auto) at the attack eps; in L2 (`l2_eps`) PGD-20 and certified
+accuracy; the ODE block's Lipschitz factor as run (Euler map, inf and channel-weighted inf; `factors`). Table on
+stdout, JSON with --json."""
 
 from __future__ import annotations
 
@@ -16,16 +18,18 @@ from contraction.errors import CNodeError
 from certify.attacks import fgsm, pgd, square
 from certify.noise import gaussian_noise, salt_and_pepper
 from certify.run import certify_model
+from contraction.certificates import block_certificates
 from nodes.classifier import ConvNODE
 from nodes.data import ImageData, batches
 from nodes.device import module_device, place
 from nodes.train import eval_mode
 
-__all__ = ["robustness", "format_robustness", "GAUSSIAN", "SALT_PEPPER", "ATTACK_EPS"]
+__all__ = ["robustness", "format_robustness", "block_factors", "GAUSSIAN", "SALT_PEPPER", "ATTACK_EPS", "L2_EPS"]
 
 GAUSSIAN = (0.1, 0.2, 0.3)
 SALT_PEPPER = (0.05, 0.1, 0.2)
 ATTACK_EPS = (0.05, 0.1, 0.2, 0.3)
+L2_EPS = (0.5,)
 
 
 def _accuracy(model: ConvNODE, data: ImageData, transform, batch_size: int) -> float:
@@ -44,14 +48,15 @@ def robustness(model: ConvNODE, data: ImageData, *, gaussian: Sequence[float] = 
                salt_pepper: Sequence[float] = SALT_PEPPER, attack_eps: Sequence[float] = ATTACK_EPS,
                draws: int = 3, pgd_steps: int = 20, square_eps: float = 0.1, square_queries: int = 300,
                certify_eps: Sequence[float] | None = None, bound: str = "auto", batch_size: int = 250,
-               progress: bool = True, device: str | torch.device | None = None) -> dict[str, Any]:
+               l2_eps: Sequence[float] = (), progress: bool = True,
+               device: str | torch.device | None = None) -> dict[str, Any]:
     """Every number of the protocol for one model on `data` (accuracies as fractions); `device` as in
     `certify_model` (None: where the model is)."""
     place(model, device)
     if draws < 1 or pgd_steps < 1 or batch_size < 1:
         raise CNodeError("draws, pgd steps and batch size must be >= 1")
     certify_eps = tuple(attack_eps if certify_eps is None else certify_eps)
-    jobs = len(gaussian) + len(salt_pepper) + 2 * len(attack_eps) + 2 + len(certify_eps)
+    jobs = len(gaussian) + len(salt_pepper) + 2 * len(attack_eps) + 2 + len(certify_eps) + 2 * len(l2_eps)
     bar = tqdm(total=jobs, desc="robustness", disable=None if progress else True, leave=False)  # None: off unless a tty
     t0 = time.perf_counter()
     out: dict[str, Any] = {"n": len(data), "dataset": data.name}
@@ -91,8 +96,30 @@ def robustness(model: ConvNODE, data: ImageData, *, gaussian: Sequence[float] = 
         report = certify_model(model, data, eps=eps, norm="inf", bound=bound, batch_size=batch_size)
         out["certified"][str(eps)] = report.certified_accuracy
         tick(f"certified {eps}")
+    if l2_eps:
+        out["pgd_l2"], out["certified_l2"] = {}, {}
+    for eps in l2_eps:
+        attack = lambda x, i, e=eps: pgd(model, x, ys[i], eps=e, norm="2", steps=pgd_steps,  # noqa: E731
+                                         step_size=2.5 * e / pgd_steps, seed=i)
+        out["pgd_l2"][str(eps)] = _accuracy(model, data, attack, batch_size)
+        tick(f"pgd L2 {eps}")
+        report = certify_model(model, data, eps=eps, norm="2", bound=bound, batch_size=batch_size)
+        out["certified_l2"][str(eps)] = report.certified_accuracy
+        tick(f"certified L2 {eps}")
+    out["factors"] = block_factors(model)
     bar.close()
     out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def block_factors(model: ConvNODE) -> dict[str, float | None]:
+    """The ODE block's certified Lipschitz factor as run (the whole block and its worst step), in the infinity and
+    the channel-weighted infinity norm; None where no certificate holds (a solver the certificates do not cover)."""
+    out: dict[str, float | None] = {}
+    for cert in block_certificates(model.block.spec(), ("inf", "inf_weighted")):
+        ok = cert.certified and cert.factor is not None
+        out[f"block_{cert.norm}"] = float(cert.factor) if ok else None
+        out[f"step_{cert.norm}"] = float(max(cert.step_factors)) if ok and cert.step_factors else None
     return out
 
 
@@ -102,10 +129,18 @@ def format_robustness(result: dict[str, Any], name: str = "") -> str:
     lines = [f"robustness {name}: {result['dataset']} test, {result['n']} images ({result['seconds']:.0f} s)",
              f"  clean                          {pct(result['clean'])}"]
     for key, label in (("gaussian", "gaussian std"), ("salt_pepper", "salt-and-pepper"), ("fgsm", "FGSM Linf"),
-                       ("pgd", "PGD-20 Linf"), ("certified", f"certified Linf ({result['certified_bound']})")):
+                       ("pgd", "PGD-20 Linf"), ("certified", f"certified Linf ({result['certified_bound']})"),
+                       ("pgd_l2", "PGD-20 L2"), ("certified_l2", f"certified L2 ({result['certified_bound']})")):
+        if key not in result:
+            continue
         row = "  ".join(f"{k}: {pct(v)}" for k, v in result[key].items())
         lines.append(f"  {label:<30} {row}")
     sq = result["square"]
     lines.append(f"  gradient-free Linf {sq['eps']:<11g} {pct(sq['accuracy'])}  (PGD at that eps: "
                  f"{pct(sq['pgd_accuracy'])}; much higher PGD than gradient-free accuracy = masked gradients)")
+    f = result.get("factors")
+    if f:
+        num = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+        lines.append(f"  block factor as run (Euler map)  inf {num(f['block_inf'])} (worst step {num(f['step_inf'])}),"
+                     f"  weighted inf {num(f['block_inf_weighted'])} (worst step {num(f['step_inf_weighted'])})")
     return "\n".join(lines)

@@ -1,5 +1,7 @@
 """The paper study's pooling of seeds: every table cell is the mean over seeds, the spread is max - min."""
 
+import dataclasses
+
 import pytest
 from tests.profiles import budget
 from hypothesis import given, settings
@@ -7,16 +9,18 @@ from hypothesis import strategies as st
 
 from certify import study
 from contraction.errors import CNodeError
+from nodes.config import ModelConfig
 
 acc = st.floats(0.0, 1.0)
 
 
-def result(method: str, rho: float, seed: int, vals: list[float]) -> dict:
+def result(method: str, rho: float, seed: int, vals: list[float], arch: str = "paper",
+           factors: dict | None = None) -> dict:
     rob = {"n": 50, "clean": vals[0], "gaussian": {"0.1": vals[1]}, "salt_pepper": {"0.05": vals[2]},
            "fgsm": {"0.05": vals[3]}, "pgd": {"0.05": vals[4]}, "certified": {"0.01": vals[5]},
-           "square": {"accuracy": vals[6]}}
+           "square": {"accuracy": vals[6]}, "factors": factors or {}}
     label = method + (f" rho={rho:g}" if method != "nominal" else "") + f" seed={seed}"
-    return {"dataset": "mnist", "method": method, "rho": rho, "seed": seed, "label": label,
+    return {"dataset": "mnist", "arch": arch, "method": method, "rho": rho, "seed": seed, "label": label,
             "train_seconds": 10.0 * (seed + 1), "robustness": rob}
 
 
@@ -38,6 +42,28 @@ def test_aggregate_pools_seeds_of_one_model_and_keeps_models_apart(per_seed, oth
     assert f"| weight rho=0.5 | {len(per_seed)} | {100 * pooled['mean'][('clean', None)]:.1f}" in table
 
 
+@settings(max_examples=budget(30), deadline=None)
+@given(st.lists(st.floats(0.1, 10.0), min_size=1, max_size=4), st.lists(acc, min_size=7, max_size=7))
+def test_architectures_get_their_own_tables_and_the_worst_factor_over_seeds(factors, vals):
+    """One table per (dataset, architecture); the block factor shown is the largest over seeds (a claim that the
+    model contracts must hold for every seed), '-' where one seed has none; an --extra row joins every table."""
+    mini = [result("weight", 0.3, s, vals, "mini", {"block_inf_weighted": f, "step_inf_weighted": f / 2})
+            for s, f in enumerate(factors)]
+    paper = [result("weight", 0.3, 0, vals, "paper", {"block_inf_weighted": 0.5}),
+             result("weight", 0.3, 1, vals, "paper", {"block_inf_weighted": None})]
+    extra = {**result("nominal", 0.0, 0, vals, study.ANY_ARCH), "method": "ibp", "label": "ibp"}
+    agg = {(a["arch"], a["label"]): a for a in study.aggregate(mini + paper + [extra])}
+    assert agg[("mini", "weight rho=0.3")]["factors"] == {"block_inf_weighted": max(factors),
+                                                          "step_inf_weighted": max(factors) / 2}
+    assert agg[("paper", "weight rho=0.3")]["factors"]["block_inf_weighted"] is None
+    table = study.tables(mini + paper + [extra])
+    assert "### mnist, mini" in table and "### mnist, paper" in table and "### mnist, any" not in table
+    assert table.count("| ibp | 1 |") == 2
+    mini_rows = table.split("### mnist, mini")[1]
+    assert f"| {max(factors):.3g} |" in mini_rows and f"| {max(factors) / 2:.3g} |" in mini_rows
+    assert study.tables([extra]).count("### mnist, any") == 1  # extras alone: one table of their own
+
+
 def test_resuming_refuses_a_checkpoint_of_another_recipe(tmp_path):
     args = study.StudyConfig(epochs=3, train_limit=0)
     tcfg = {"epochs": 3, "train_limit": 0, "seed": 1, "reg": "weight", "rho": 0.5}
@@ -54,6 +80,15 @@ def test_resuming_refuses_a_checkpoint_of_another_recipe(tmp_path):
     for other in ({"field": "contractive", "rho": 0.6}, paper):  # the field's rate is part of the recipe
         with pytest.raises(CNodeError, match="another recipe"):
             study.check_reused(ckpt(plain, other), "contractive", 0.3, 1, args, tmp_path / "m.pt")
+    mini = dataclasses.asdict(ModelConfig.preset("mini"))  # and so is the architecture
+    study.check_reused(ckpt(plain, mini), "nominal", 0.0, 1, args, tmp_path / "m.pt", arch="mini")
+    with pytest.raises(CNodeError, match="another recipe"):
+        study.check_reused(ckpt(plain, mini), "nominal", 0.0, 1, args, tmp_path / "m.pt", arch="paper")
+    with pytest.raises(CNodeError, match="another recipe"):
+        study.check_reused(ckpt(plain, dataclasses.asdict(ModelConfig.preset("paper"))), "nominal", 0.0, 1, args,
+                           tmp_path / "m.pt", arch="mini")
+    with pytest.raises(CNodeError, match="archs"):
+        study.StudyConfig(archs=("huge",))
 
 
 def _strip(results: list[dict]) -> list[dict]:

@@ -9,6 +9,10 @@ import torch
 
 from certify.cli import certify_main
 from certify.cli import main as cnode_main
+from certify.study import StudyConfig
+from contraction.certificates import block_certificates
+from contraction.errors import CNodeError
+from nodes import load_model
 
 
 def _run(main, argv, capsys):
@@ -128,8 +132,8 @@ def test_cnode_robustness_table_and_json(tiny_trained, tmp_path, capsys):
     _, path = tiny_trained
     out_json = tmp_path / "rob.json"
     code, out, err = _run(cnode_main, ["robustness", str(path), "--limit", "40", "--draws", "2", "--square-queries",
-                                       "20", "--certify-eps", "0.01", "0.1", "--json", str(out_json), "--quiet"],
-                          capsys)
+                                       "20", "--certify-eps", "0.01", "0.1", "--l2-eps", "0.3", "--json", str(out_json),
+                                       "--quiet"], capsys)
     assert code == 0, err
     r = json.loads(out_json.read_text())
     assert r["n"] == 40 and set(r["gaussian"]) == {"0.1", "0.2", "0.3"} and set(r["pgd"]) == {"0.05", "0.1", "0.2", "0.3"}
@@ -140,9 +144,17 @@ def test_cnode_robustness_table_and_json(tiny_trained, tmp_path, capsys):
         assert r["certified"][e] <= r["clean"]
     assert r["certified"]["0.1"] <= r["pgd"]["0.1"] + 1e-12
     assert r["square"]["accuracy"] >= r["certified"]["0.1"] - 1e-12
-    assert "PGD-20 Linf" in out and "gradient-free" in out
-    code, _, err = _run(cnode_main, ["robustness", str(path), "--certify-eps", "-1", "--quiet"], capsys)
-    assert code == 2 and err.count("\n") == 1
+    assert "PGD-20 Linf" in out and "gradient-free" in out and "PGD-20 L2" in out and "block factor as run" in out
+    assert set(r["pgd_l2"]) == set(r["certified_l2"]) == {"0.3"}  # L2: certified <= PGD <= clean
+    assert r["certified_l2"]["0.3"] <= r["pgd_l2"]["0.3"] + 1e-12 and r["pgd_l2"]["0.3"] <= r["clean"] + 1e-12
+    model = load_model(path)  # the factors reported are the block certificates' (Euler map as run)
+    certs = {c.norm: c for c in block_certificates(model.block.spec(), ("inf", "inf_weighted"))}
+    for norm, cert in certs.items():
+        assert r["factors"][f"block_{norm}"] == pytest.approx(cert.factor)
+        assert r["factors"][f"step_{norm}"] == pytest.approx(max(cert.step_factors))
+    for bad in (["--certify-eps", "-1"], ["--l2-eps", "0"]):
+        code, _, err = _run(cnode_main, ["robustness", str(path), *bad, "--quiet"], capsys)
+        assert code == 2 and err.count("\n") == 1
 
 
 def test_version_and_verbosity_flags(capsys):
@@ -171,7 +183,10 @@ def test_train_log_file_has_one_line_per_epoch_and_no_carriage_returns(tmp_path)
 
 
 def test_cnode_study_trains_evaluates_and_reports_then_resumes(tmp_path, capsys):
-    argv = ["study", "--datasets", "mnist-mini", "--rhos", "0.5", "--epochs", "1", "--train-limit", "128",
+    with pytest.raises(CNodeError, match="study --archs mini --rhos 0.5: rate rho = 0.5 cannot be kept"):
+        StudyConfig(rhos=(0.5,))  # the mini's Euler step (h = 0.2) carries rates below 0.5 only: refused up front
+    argv = ["study", "--datasets", "mnist-mini", "--archs", "paper", "--rhos", "0.5", "--epochs", "1",
+            "--l2-eps", "--train-limit", "128",
             "--test-limit", "10", "--draws", "1", "--square-queries", "5", "--certify-eps", "0.01", "--out",
             str(tmp_path), "--quiet"]
     assert cnode_main(argv) == 0
