@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contraction.errors import CNodeError
+from contraction.errors import CNodeError, norm_error
 from nodes.train import eval_mode
 
 __all__ = ["eval_mode", "per_input_eps", "project", "pgd", "fgsm", "square", "margin_loss", "is_adversarial"]
@@ -30,7 +30,7 @@ def project(delta: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, norm: str) 
         n = delta.flatten(1).norm(dim=1).view(-1, *[1] * (delta.dim() - 1))
         delta = delta * torch.clamp(eps / n.clamp_min(1e-12), max=1.0)
     else:
-        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+        raise norm_error(norm)
     return (x + delta).clamp(0.0, 1.0) - x  # box clipping only shrinks each coordinate: norm stays <= eps
 
 

@@ -29,7 +29,7 @@ from nodes.checkpoint import (file_sha256, load_checkpoint, load_model, model_fr
                               trained_dataset)
 from nodes.classifier import ConvNODE
 from nodes.config import (ARCHS, CERTIFIED_METHODS, DATASETS, DEFAULT_ARCH, EPS_RAMPS, DEFAULT_REG_WEIGHT, FIELDS,
-                          HINGES, INITS, NORMS, PADDINGS,
+                          HINGES, INITS, PADDINGS, THREAT_NORMS,
                           READOUTS, REG_TARGETS, REGULARIZERS, SOLVERS, ModelConfig, TrainConfig)
 from nodes.data import EMBEDDED_NOTE, ImageData, load_dataset, resolve_data_root
 from nodes.device import DEVICES, module_device, resolve_device
@@ -45,10 +45,10 @@ _CHOICES: dict[str, Sequence[str]] = {
     "readout": READOUTS,
     "dataset": DATASETS,
     "reg": REGULARIZERS,
-    "reg_norm": NORMS,
+    "reg_norm": THREAT_NORMS,
     "reg_hinge": HINGES,
     "reg_target": REG_TARGETS,
-    "certified_norm": NORMS,
+    "certified_norm": THREAT_NORMS,
     "eps_ramp": EPS_RAMPS,
     "certified_method": CERTIFIED_METHODS,
     "init": INITS,
@@ -673,13 +673,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(build_parser(), argv)
 
 
-def certify_main(argv: Sequence[str] | None = None) -> int:
-    """`certify MODEL --eps E ...`: the alias of `cnode certify`."""
+def build_certify_parser() -> argparse.ArgumentParser:
+    """The parser of `certify`, the alias of `cnode certify`."""
     p = OneLineParser(prog="certify", description="Certified robustness radii of a ConvNODE checkpoint "
                       "(the same as `cnode certify`).")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_certify(p)
-    return run_cli(p, argv)
+    return p
+
+
+def certify_main(argv: Sequence[str] | None = None) -> int:
+    """`certify MODEL --eps E ...`: the alias of `cnode certify`."""
+    return run_cli(build_certify_parser(), argv)
 
 
 if __name__ == "__main__":

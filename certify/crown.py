@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from contraction.errors import CNodeError
+from contraction.errors import check_norm
 from certify.local import LocalBounds, box_margins, local_bounds
 from certify.radius import unproven
 from certify.unrolled import Unrolled
@@ -24,8 +24,7 @@ def backward_margins(net: Unrolled, bounds: LocalBounds, u: torch.Tensor, labels
     """CROWN-IBP lower bounds of z_y - z_j over the input set, [B, K], given intermediate bounds.
 
     +inf at j = y; only the margins in `pairs` ([B, K] bool, default all) are bounded, the others are -inf."""
-    if norm not in ("inf", "2"):
-        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+    check_norm(norm)
     B = u.shape[0]
     W, c = net.readout_weight, net.readout_bias
     K = W.shape[0]

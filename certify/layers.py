@@ -30,7 +30,7 @@ import torch
 from contraction.convops import (apply_conv, apply_conv_adjoint, apply_conv_columns, apply_conv_general, apply_conv_general_adjoint,
                                  centre_taps, conv_general_spectral_norm_tensor, conv_singular_range,
                                  conv_spectral_norm_tensor, largest_singular_value)
-from contraction.errors import CNodeError
+from contraction.errors import CNodeError, norm_error
 from contraction.floats import TINY, UNIT, gamma
 from contraction.slopes import Activation
 from contraction.weights import euler_factor_2, euler_factor_inf
@@ -316,7 +316,7 @@ class Conv(Affine):
             if self.same:
                 return conv_spectral_norm_tensor(self.weight, self.size, self.size, self.padding)
             return conv_general_spectral_norm_tensor(self.weight, self.size, self.stride, self.pad, self.padding)
-        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+        raise norm_error(norm)
 
     def transposed(self) -> "Conv":
         """T(K)^T as a conv without bias (square stride-1 same convs: the flipped, transposed kernel, same padding)."""
@@ -400,7 +400,7 @@ class Linear(Affine):
             return self.weight.abs().sum(1).amax()
         if norm == "2":
             return largest_singular_value(self.weight)
-        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+        raise norm_error(norm)
 
     def mix(self, inp: torch.Tensor, channels: int) -> "Linear":
         """W (G_in (x) I) for a channel matrix G_in [C, C] on a channel-major flattened input of `channels`."""
@@ -533,7 +533,7 @@ class EulerStep(Layer):
         if norm == "2":
             snorm = conv_spectral_norm_tensor(K, self.conv.size, self.conv.size, self.conv.padding)
             return euler_factor_2(K, a, b, self.h, snorm)
-        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+        raise norm_error(norm)
 
     def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], Pre]:
         """x+ in [lo + h sigma(z_lo), hi + h sigma(z_hi)] with [z_lo, z_hi] the conv's range over the box (sigma is
@@ -639,7 +639,7 @@ class GradientStep(Layer):
         if norm == "inf":
             ones = torch.ones(1, *self._shape(), dtype=conv.weight.dtype, device=conv.weight.device)
             return self._gain(a * ones, b * ones, ones, conv.apply_abs(ones)).amax()
-        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+        raise norm_error(norm)
 
     def _shape(self) -> tuple[int, int, int]:
         return (self.conv.weight.shape[1], self.conv.size, self.conv.size)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from contraction.errors import CNodeError
+from contraction.errors import check_norm
 from certify.attacks import per_input_eps
 from certify.layers import Symbolic, meet
 from certify.local import LocalBounds, local_bounds
@@ -82,8 +82,7 @@ def linear_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, nor
     met with the local boxes (`local`, computed here when not given): every box is at least as tight as theirs.
 
     Inputs go through in chunks of at most `budget` coefficients (n x layer size per input; at least one input)."""
-    if norm not in ("inf", "2"):
-        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+    check_norm(norm)
     e = per_input_eps(eps, u)
     if local is None:
         local = local_bounds(net, u, e.flatten(), norm)

@@ -3,7 +3,8 @@ certified factor x the layers after it, the last one as pairwise row differences
 
 The block's certificate may measure the state in a channel metric ||G x|| (G = diag(eta), eta the Perron weights,
 for the weighted max norm; G = R^T with P = R R^T for the LMI's ||x||_P). G enters the bound exactly where it can:
-a diagonal G is folded into the last conv before the block (sigma commutes with it), otherwise its norm ||G|| is
+a diagonal G is folded into the last conv before the block (the activation's slope matrix D, diagonal, commutes
+with it: ||G (sigma(z) - sigma(z'))|| <= b ||G (z - z')||), otherwise its norm ||G|| is
 a factor; G^-1 is folded into the first affine layer after the block (exact). Linf inputs: layer factors are
 absolute row sums, the last layer's pairs ||w_y - w_j||_1; L2 inputs: spectral norms and ||w_y - w_j||_2.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from contraction.certificates import Certificate, block_certificates
-from contraction.errors import CNodeError
+from contraction.errors import CNodeError, check_norm
 from certify.layers import Act, Conv, Flatten, Layer, Linear
 from certify.unrolled import Unrolled, unroll
 from nodes.classifier import ConvNODE
@@ -69,8 +70,7 @@ def pairwise_norms(W: torch.Tensor, dual: str, scale: torch.Tensor | None = None
 
 
 def _dual(norm: str) -> str:
-    if norm not in ("inf", "2"):
-        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+    check_norm(norm)
     return "1" if norm == "inf" else "2"
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from contraction.errors import CNodeError
+from contraction.errors import check_norm
 from certify.attacks import per_input_eps
 from certify.layers import Affine, Box, Pre, meet
 from certify.unrolled import Unrolled
@@ -59,8 +59,7 @@ def ibp_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, norm: 
     """Interval bound propagation (each layer's `interval` rule) over the same input set as `local_bounds`: looser,
     about one forward pass per bound, and what IBP / CROWN-IBP training differentiate through. In L2 the first
     affine layer's box is intersected with its exact range over the ball, as in `local_bounds`."""
-    if norm not in ("inf", "2"):
-        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+    check_norm(norm)
     lo_u, hi_u = input_box(u, eps)
     lo, hi = lo_u, hi_u
     boxes, pre = [], []
@@ -79,8 +78,7 @@ def local_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, norm
 
     `interval=False` skips the interval enclosures (mean value only: cheaper, for training). With them, every box is
     also met with IBP's chain of boxes (`ibp_bounds`, carried alongside), so it is never looser than IBP's."""
-    if norm not in ("inf", "2"):
-        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+    check_norm(norm)
     lo_u, hi_u = input_box(u, eps)
     # centre input inside the set: the box midpoint for Linf (the set is the box), u itself for L2
     box = Box(lo_u, hi_u, 0.5 * (lo_u + hi_u) if norm == "inf" else u)

@@ -1,4 +1,4 @@
-"""The evaluation protocol (METHOD.md section 6, ours) on one checkpoint.
+"""The evaluation protocol (docs/METHOD.md section 6, ours) on one checkpoint.
 
 Clean accuracy; Gaussian noise and salt-and-pepper, averaged over seeded draws; FGSM and PGD (Linf, 20 steps,
 step 2.5 eps / 20, random start) through the fixed-step solver; a gradient-free attack at one eps as a masking

@@ -1,4 +1,4 @@
-"""The float32 error of the network as it runs, derived over the whole input set (METHOD.md section 12).
+"""The float32 error of the network as it runs, derived over the whole input set (docs/METHOD.md section 12).
 
 The bound engine works on the real-arithmetic twin of the network (certify.unrolled: float64 copies of the float32
 weights and constants). The network that answers is the float32 one. For every input u' of the set (the eps-ball
@@ -33,7 +33,7 @@ ENGINE_MARGIN = 2.0**-10
 
 ERROR_MODEL = ("derived: each margin must exceed E_y + E_j, E_k a proven bound of |float32 logit - exact logit| over the "
                "input set (gamma_n sums in any order, correctly rounded +-*/, exp/log1p/tanh within 4 ulps, direct or "
-               "GEMM convolutions; METHOD.md section 12)")
+               "GEMM convolutions; docs/METHOD.md section 12)")
 
 
 def lipschitz_met(net: "Unrolled", u: torch.Tensor, eps: float | torch.Tensor, norm: str,

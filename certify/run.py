@@ -5,7 +5,7 @@ Float32: every certificate is for the network as it runs in float32. For Euler m
 derived float32 error bound over the ball (certify.roundoff; the global stage's radius pays it twice: at the input and
 in the ball), and the plan checks that the float32 logits on a sample lie inside it (a cross-check of the error
 model: outside, the certificate is withheld). Other solvers, which the engine does not unroll yet, keep the measured
-slack 4e-4 (1 + max|z|) after a float64 comparison on the sample (the report says which)."""
+slack 4 ROUNDOFF_REL (1 + max|z|) after a float64 comparison on the sample (the report says which)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from contraction.certificates import block_certificates
-from contraction.errors import CertificateWithheldError, CNodeError, DataError
+from contraction.errors import CertificateWithheldError, CNodeError, DataError, check_norm
 from certify.attacks import is_adversarial, pgd, square
 from nodes.train import eval_mode
 from certify.lipschitz import NetworkBound, best_network_bound
@@ -190,7 +190,8 @@ def roundoff_check(model: ConvNODE, net: Unrolled | None, sample: torch.Tensor) 
                                            "the round-off slack's safety margin; certificate withheld")
         return {"model": "measured", "relative_slack": ROUNDOFF_REL, "measured_relative_float32_error": measured,
                 "note": f"solver {model.config.solver!r} is not unrolled by the bound engine: each margin is reduced "
-                        "by 4e-4 * (1 + max|z|), checked against a float64 run on the first 64 inputs (not derived)"}
+                        f"by {4 * ROUNDOFF_REL:g} * (1 + max|z|) (radius.roundoff_slack), checked against a float64 "
+                        "run on the first 64 inputs (not derived)"}
     x = sample.to(net.readout_weight.device)
     with torch.no_grad():
         observed = (model(x.float()).double() - net(x.double())).abs()
@@ -234,8 +235,7 @@ def plan_certification(model: ConvNODE, sample: torch.Tensor, *, eps: float, nor
     Linf, a tight bound on a non-Euler model, float32 logits too far from float64."""
     t0 = time.perf_counter()
     eps = check_eps(eps)
-    if norm not in ("inf", "2"):
-        raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+    check_norm(norm)
     if bound not in BOUNDS:
         raise CNodeError(f"bound must be one of {list(BOUNDS)}, got {bound!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -300,7 +300,8 @@ def _global_radii(plan: CertifyPlan, z: torch.Tensor, y: torch.Tensor, x64: torc
 
     Derived slack (`err`: the error bound over the eps-ball): a radius r0 > eps needs the bound over its own ball, so
     those inputs get it recomputed over the r0-ball (the whole pixel box at most) and keep the smaller radius, never
-    below eps (r0 >= eps was proven with the eps-ball's slack). Measured slack (`err` None): 4e-4 (1 + max|z|)."""
+    below eps (r0 >= eps was proven with the eps-ball's slack). Measured slack (`err` None):
+    4 ROUNDOFF_REL (1 + max|z|)."""
     L = plan.network.constants().to(z.device)
     if err is None:
         return certified_radii(z, y, L, roundoff_slack(z, ROUNDOFF_REL))

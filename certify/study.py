@@ -1,5 +1,5 @@
-"""The paper's study (METHOD.md section 6, our protocol): nominal, Jacobian-regularized, weight-regularized and
-contractive-field ConvNODEs with the paper's recipe over a sweep of target rates rho (each Euler step as run
+"""The paper's study (docs/METHOD.md section 6, our protocol): nominal, Jacobian-regularized, weight-regularized
+and contractive-field ConvNODEs with the paper's recipe over a sweep of target rates rho (each Euler step as run
 shrinking by 1 - h rho), architectures (the paper's and `mini`) and seeds, on MNIST and FashionMNIST, each through
 the robustness protocol (with the block's factor as run); certified-trained checkpoints can join every table
 (`extra`). Writes results.json, results.md and study.png. `cnode study` is its command line."""
@@ -28,11 +28,12 @@ RATED = ("jacobian", "weight", "contractive")
 """The methods with a target rate: the two regularizers (each Euler step as run at 1 - h rho) and the contractive
 field (the rate built into the model)."""
 
-__all__ = ["StudyConfig", "StudyItem", "METHODS", "ARCHS", "QUICK", "PAPER_RECIPE", "REG_WEIGHT", "run_study", "study_items", "study_one",
-           "tables", "aggregate"]
+__all__ = ["StudyConfig", "StudyItem", "METHODS", "ARCHS", "QUICK", "PAPER_RECIPE", "REG_WEIGHT", "run_study",
+           "study_items", "study_one", "tables", "aggregate"]
 
-# The paper's recipe, every field explicit (the library's defaults may change; the study does not): Adam, readout at a tenth of the lr, no certified loss, PyTorch's initialisation (+ the negative
-# diagonal for the regularized models), the same for every method (a fair comparison).
+# The paper's recipe, every field explicit (the library's defaults may change; the study does not): Adam, readout
+# at a tenth of the lr, no certified loss, PyTorch's initialisation (+ the negative diagonal for the regularized
+# models), the same for every method and architecture (a fair comparison).
 PAPER_RECIPE = dict(batch_size=128, lr=1e-2, lr_decay=0.7, readout_lr_scale=0.1, certified_eps=0.0, init="default",
                     reg_norm="inf", reg_hinge="squared")
 REG_WEIGHT = {"jacobian": 0.1, "weight": 0.01}
@@ -45,7 +46,7 @@ class StudyConfig:
     out: str = "runs/study"
     datasets: tuple[str, ...] = ("mnist", "fashion-mnist")
     archs: tuple[str, ...] = ARCHS
-    rhos: tuple[float, ...] = (0.1, 0.3)  # step targets both Euler steps carry (paper h = 0.1: < 1; mini h = 0.2: < 0.5)
+    rhos: tuple[float, ...] = (0.1, 0.3)  # rates both Euler steps carry (paper h = 0.1: < 1; mini h = 0.2: < 0.5)
     methods: tuple[str, ...] = METHODS
     seeds: int = 1
     epochs: int = 2
@@ -80,8 +81,8 @@ class StudyConfig:
                                     f"study --archs {arch} --rhos {rho:g}")
 
 
-QUICK = dict(datasets=("mnist-mini",), archs=("paper",), rhos=(0.3, 0.9), epochs=1, train_limit=0, test_limit=100, draws=1,
-             square_queries=50)
+QUICK = dict(datasets=("mnist-mini",), archs=("paper",), rhos=(0.3, 0.9), epochs=1, train_limit=0, test_limit=100,
+             draws=1, square_queries=50)
 """The smoke-test settings (`cnode study --quick`)."""
 
 

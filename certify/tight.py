@@ -31,8 +31,7 @@ from certify.radius import unproven
 from certify.roundoff import ball_error, margin_slack
 from certify.unrolled import Unrolled
 
-__all__ = ["TIGHT_STAGES", "Escalation", "stage_margins", "escalate", "margin_lower_bounds", "certified_at",
-           "tight_radii"]
+__all__ = ["TIGHT_STAGES", "Escalation", "stage_margins", "escalate", "certified_at", "tight_radii"]
 
 TIGHT_STAGES = ("local", "crown", "linear")
 EXPENSIVE = ("linear",)  # stages preceded by the falsify hook
@@ -136,12 +135,6 @@ def _chain(method: str) -> tuple[str, ...]:
     if method not in TIGHT_STAGES:
         raise CNodeError(f"tight method must be one of {list(TIGHT_STAGES)}, got {method!r}")
     return TIGHT_STAGES[:TIGHT_STAGES.index(method) + 1]
-
-
-def margin_lower_bounds(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor,
-                        norm: str, method: str, slack: Slack = 0.0) -> torch.Tensor:
-    """[B, K] lower bounds of z_y - z_j over the input set (+inf at j = y): the best of the stages up to `method`."""
-    return escalate(net, u, labels, eps, norm, _chain(method), slack).margins
 
 
 def certified_at(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str,

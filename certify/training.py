@@ -8,7 +8,8 @@ differentiable lower bound of the margin z_y - z_j. The methods (`TrainConfig.ce
   backward linear-relaxation pass (certify.crown) over the IBP boxes; beta = 1 - eps(t) / eps_train falls from 1
   to 0 over the eps ramp (the linear bound guides the early, small-eps phase);
 - 'mtl-ibp' (De Palma et al. 2023): alpha * CE(IBP worst case) + (1 - alpha) * CE(u_adv), u_adv a PGD point in the
-  ball (`attack_steps` steps, random start);
+  ball (`attack_steps` steps from x at the default one step, i.e. FGSM; with more steps a random start seeded by
+  `seed`, the same draw every batch);
 - 'interval': m_j from the local boxes of certify.local (mean-value enclosures through every Euler step, no
   interval pass), tighter than IBP and slower;
 - 'lipschitz' (Lipschitz-margin training): m_j = (z_y - z_j)(u) - eps * L_yj, L_yj the global pairwise constant.

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from contraction.convops import apply_conv, apply_conv_adjoint, centre_taps, conv_singular_range, conv_spectral_norm
-from contraction.errors import CNodeError
+from contraction.errors import CNodeError, norm_error
 from contraction.weights import (
     check_slopes,
     euler_factor_1,
@@ -28,12 +28,12 @@ from contraction.weights import (
     step_rate_limit,
 )
 
-__all__ = ["Certificate", "BlockSpec", "block_certificates", "verdict", "best_certificate", "gradient_step_factors", "NORMS",
-           "FIELDS", "CERTIFIED", "NOT_CERTIFIED"]
+__all__ = ["Certificate", "BlockSpec", "block_certificates", "verdict", "best_certificate", "gradient_step_factors",
+           "CERTIFICATE_NORMS", "FIELDS", "CERTIFIED", "NOT_CERTIFIED"]
 
 CERTIFIED = "certified"
 NOT_CERTIFIED = "not_certified"
-NORMS = ("inf", "inf_weighted", "1", "2", "2_P")
+CERTIFICATE_NORMS = ("inf", "inf_weighted", "1", "2", "2_P")
 FIELDS = ("paper", "gradient", "contractive")
 """The block's vector field: 'paper' x' = sigma(K*x + b), 'gradient' x' = -K^T sigma(K*x + b), 'contractive' the
 paper's field with its kernel mapped so that each Euler step contracts in Linf (its certificates are the paper's
@@ -135,7 +135,7 @@ def _euler(spec: BlockSpec, norm: str) -> Certificate:
             steps.append(float(euler_factor_2(K, a, b, h, snorm)))
         method = "Gershgorin mu_2 + FFT spectral norm"
     else:
-        raise CNodeError(f"norm must be one of ['inf', 'inf_weighted', '1', '2'] for weight bounds, got {norm!r}")
+        raise norm_error(norm, ("inf", "inf_weighted", "1", "2"))
     hbc = max(float(h * b * centre_taps(K).abs().max()) for K in Ks)
     if norm in ("inf", "inf_weighted", "1"):
         cond = (f"Euler h={h:g}; h*b*max|K_iic| = {hbc:.3g} " +

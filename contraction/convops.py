@@ -29,7 +29,6 @@ __all__ = [
     "conv_spectral_norm_tensor",
     "conv_singular_range",
     "largest_singular_value",
-    "conv_inf_norm",
     "apply_conv_general",
     "apply_conv_general_adjoint",
     "apply_conv_columns",
@@ -199,11 +198,6 @@ def conv_symbols(K: torch.Tensor, H: int, W: int, offset: int | None = None) -> 
     taps = taps.index_add(2, where, K.flatten(2)).unflatten(2, (H, W))
     sym = torch.fft.fft2(taps, dim=(-2, -1)).conj().resolve_conj()  # y_hat(w) = sum_u K[u] e^{+i w u} x_hat(w)
     return sym.permute(2, 3, 0, 1)
-
-
-def conv_inf_norm(K: torch.Tensor, H: int, W: int, padding: str) -> float:
-    """||T(K)||_inf: the largest absolute row sum over output pixels (exact, boundary included)."""
-    return float(pixel_row_sums(check_kernel(K).detach(), H, W, padding).amax())
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad: int) -> int:

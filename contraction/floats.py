@@ -1,4 +1,4 @@
-"""The IEEE float32 error model the certificates rest on (METHOD.md section 12).
+"""The IEEE float32 error model the certificates rest on (docs/METHOD.md section 12).
 
 - Sums and dot products: for any summation order (BLAS blocking, split sums, FMA), the float32 value of
   sum_{k <= n} w_k x_k differs from the exact value by at most gamma_n sum_k |w_k| |x_k| (Higham, Accuracy and

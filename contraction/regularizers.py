@@ -14,7 +14,7 @@ from torch import nn
 
 from contraction.convops import (as_kernel, centre_taps, channel_abs_sums, check_kernel, conv_spectral_norm_tensor,
                                  layer_padding, offdiag_row_sums)
-from contraction.errors import CNodeError
+from contraction.errors import CNodeError, check_norm, norm_error
 from contraction.jacobian import mu_1_at, mu_2_estimate, mu_inf_at, step_norm_2_estimate, step_norm_inf_at
 from contraction.slopes import Activation
 from contraction.weights import euler_row_factors_inf, euler_row_terms_2, metzler_majorant
@@ -72,8 +72,7 @@ def weight_hinge(
     terms = []
     for layer in layers:
         K = as_kernel(layer)
-        if norm not in ("inf", "2"):
-            raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+        check_norm(norm)
         if target == "step":
             unit = h * (a if a > 0 else 1.0)  # excess / (h a) = s_i + rho / a while h b |c| <= 1
             if norm == "inf":
@@ -112,7 +111,7 @@ def contractive_centre_taps(K: torch.Tensor, activation: Activation, *, rho: flo
     if norm == "2":
         M = channel_abs_sums(K) - torch.diag_embed(centre_taps(K).abs())
         return -(2 * rho + b * (M.sum(1) + M.sum(0))) / (2 * a)
-    raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+    raise norm_error(norm)
 
 
 def _as_images(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -136,7 +135,7 @@ def jacobian_log_norm(
     if norm == "2":
         est, _ = mu_2_estimate(lambda z: activation(layer(z)), x, iters=iters, v0=v0, differentiable=True)
         return est
-    raise CNodeError(f"norm must be 'inf', '1' or '2', got {norm!r}")
+    raise norm_error(norm, ("inf", "1", "2"))
 
 
 def jacobian_step_norm(
@@ -151,7 +150,7 @@ def jacobian_step_norm(
         return step_norm_inf_at(d, as_kernel(layer), layer_padding(layer), h)
     if norm == "2":
         return step_norm_2_estimate(lambda z: activation(layer(z)), x, h, iters=iters, v0=v0, differentiable=True)[0]
-    raise CNodeError(f"norm must be 'inf' or '2', got {norm!r}")
+    raise norm_error(norm)
 
 
 def jacobian_hinge(

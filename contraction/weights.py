@@ -12,7 +12,7 @@ import math
 import torch
 
 from contraction.convops import centre_taps, channel_abs_sums, check_kernel
-from contraction.errors import CNodeError
+from contraction.errors import CNodeError, norm_error
 
 __all__ = [
     "check_slopes",
@@ -142,7 +142,7 @@ def step_rate_limit(a: float, b: float, h: float, norm: str) -> float:
         return a / (h * b) if b > 0 else 0.0
     if norm == "2":
         return (1.0 - math.sqrt(max(0.0, 1.0 - (a / b) ** 2))) / h if b > 0 else 0.0
-    raise CNodeError(f"norm must be one of {list(STEP_NORMS)}, got {norm!r}")
+    raise norm_error(norm, STEP_NORMS)
 
 
 CONTRACTIVE_INSET = 1e-3

@@ -7,27 +7,26 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from contraction.certificates import FIELDS
-from contraction.convops import conv_output_size
-from contraction.errors import CNodeError
+from contraction.convops import PADDINGS, conv_output_size
+from contraction.errors import THREAT_NORMS, CNodeError
 from contraction.slopes import ACTIVATIONS, Activation, get_activation
 from contraction.regularizers import REG_TARGETS
 from contraction.weights import CONTRACTIVE_INSET, check_step_rate
 
 __all__ = ["ModelConfig", "TrainConfig", "FIELDS", "REG_TARGETS", "ARCHS", "DEFAULT_ARCH", "INITS", "PADDINGS", "SOLVERS", "READOUTS",
-           "DATASETS", "REGULARIZERS", "HINGES", "NORMS", "DEFAULT_REG_WEIGHT", "CERTIFIED_METHODS", "EPS_RAMPS"]
+           "DATASETS", "REGULARIZERS", "HINGES", "THREAT_NORMS", "DEFAULT_REG_WEIGHT", "CERTIFIED_METHODS", "EPS_RAMPS"]
 
-PADDINGS = ("zeros", "circular")
 SOLVERS = ("euler", "rk4", "dopri5")
 READOUTS = ("linear", "avgpool")
 DATASETS = ("mnist", "fashion-mnist", "mnist-mini")
 REGULARIZERS = ("none", "jacobian", "weight")
 HINGES = ("squared", "linear")
-NORMS = ("inf", "2")
 INITS = ("default", "ibp", "contractive")
 DEFAULT_REG_WEIGHT = {"weight": 0.1, "jacobian": 0.1}
-DEFAULT_CERTIFIED_EPS = 0.015
 """The weight lambda of each regularizer when `reg_weight` is not given (measured in docs/RESULTS.md section 5:
 `cnode train --reg weight --rho 1.0 --epochs 1` reaches the certified rate on MNIST)."""
+DEFAULT_CERTIFIED_EPS = 0.015
+"""The default recipe's certified-training eps (Linf) when `certified_eps` is not given and no regularizer is."""
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
@@ -330,13 +329,13 @@ class TrainConfig(_Config):
         _check_int("train_limit", self.train_limit, 0)
         _check_choice("reg", self.reg, REGULARIZERS)
         _check_float("rho", self.rho, 0.0, strict=False)
-        _check_choice("reg_norm", self.reg_norm, NORMS)
+        _check_choice("reg_norm", self.reg_norm, THREAT_NORMS)
         _check_choice("reg_hinge", self.reg_hinge, HINGES)
         _check_choice("reg_target", self.reg_target, REG_TARGETS)
         if self.reg == "none" and self.rho > 0:
             raise CNodeError(f"rho {self.rho:g} given without a regularizer (reg is 'none'): it would do nothing; give "
                              "reg 'weight' or 'jacobian' (or the contractive field's rate, ModelConfig.rho)")
-        _check_choice("certified_norm", self.certified_norm, NORMS)
+        _check_choice("certified_norm", self.certified_norm, THREAT_NORMS)
         if self.reg_weight is None:  # the regularizer's documented default; stored resolved
             object.__setattr__(self, "reg_weight", DEFAULT_REG_WEIGHT.get(self.reg, 0.0))
         _check_float("reg_weight", self.reg_weight, 0.0, strict=False)

@@ -89,12 +89,12 @@ def test_torchrun_certification_equals_one_process_per_input(tmp_path):
     out = _torchrun(["certify", *flags, "--json", "two.json"], tmp_path)
     assert out.stdout.count("certified accuracy") == 1  # rank 0 reports
     one, two = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
-    # identical per input, the radius up to float64 round-off: the derived float32 slack is computed in float64 by
-    # and float32 convs whose summation order follows the thread count (1 per rank under torchrun, 2 here)
+    # identical per input (verdicts, stages, predictions); the radius up to the float32 convolutions' summation order,
+    # which follows the thread count (1 per rank under torchrun, 2 here): a few float32 ulps of the margins
     strip = lambda samples: [{k: v for k, v in x.items() if k != "radius"} for x in samples]  # noqa: E731
     assert strip(one["samples"]) == strip(two["samples"]) and two["processes"] == 2
     for a, b in zip(one["samples"], two["samples"]):
-        assert b["radius"] == pytest.approx(a["radius"], rel=1e-9, abs=1e-9)
+        assert b["radius"] == pytest.approx(a["radius"], rel=1e-5, abs=1e-9)
     assert one["pgd"] == two["pgd"] and one["certified_by"] == two["certified_by"]
 
 
