@@ -19,6 +19,8 @@ __all__ = [
     "apply_conv",
     "apply_conv_adjoint",
     "centre_taps",
+    "centre_mask",
+    "with_centre_taps",
     "channel_abs_sums",
     "offdiag_row_sums",
     "offdiag_col_sums",
@@ -99,6 +101,21 @@ def centre_taps(K: torch.Tensor) -> torch.Tensor:
     K = check_kernel(K, square=True)
     c = K.shape[-1] // 2
     return K[:, :, c, c].diagonal()
+
+
+def centre_mask(K: torch.Tensor) -> torch.Tensor:
+    """1 at the centre taps K[i, i, c, c], 0 elsewhere (K's shape, dtype and device)."""
+    K = check_kernel(K, square=True)
+    c = K.shape[-1] // 2
+    mask = torch.zeros_like(K)
+    mask[:, :, c, c] = torch.eye(K.shape[0], dtype=K.dtype, device=K.device)
+    return mask
+
+
+def with_centre_taps(K: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """K with its centre taps replaced by `centre` [C] (differentiable in both)."""
+    mask = centre_mask(K)
+    return K * (1 - mask) + mask * centre[:, None, None, None]
 
 
 def channel_abs_sums(K: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from contraction.convops import centre_taps, channel_abs_sums, check_kernel
+from contraction.convops import centre_mask, centre_taps, channel_abs_sums, check_kernel, with_centre_taps
 from contraction.errors import CNodeError, norm_error
 
 __all__ = [
@@ -199,19 +199,13 @@ def contractive_kernel(W: torch.Tensor, a: float, b: float, h: float, rho: float
     if not R_max > 0:
         raise CNodeError(f"the contractive field's rate {rho:g} is not below the Euler step's limit "
                          f"{step_rate_limit(a, b, h, 'inf'):.4g} (h = {h:g}, slopes [{a:g}, {b:g}])")
-    C, k = W.shape[0], W.shape[-1]
-    m = k // 2
-    eye = torch.eye(C, dtype=W.dtype, device=W.device)
-    centre_mask = torch.zeros_like(W)
-    centre_mask[:, :, m, m] = eye
-    off = W * (1 - centre_mask)
+    off = W * (1 - centre_mask(W))
     R = off.abs().sum(dim=(1, 2, 3))
     scale = R_max / torch.maximum(R, torch.full_like(R, R_max))  # min(1, R_max / R), no division by zero
-    off = off * scale[:, None, None, None]
     R = R * scale
     hi = -(R + r / a)
     c = hi - torch.sigmoid(centre_taps(W)) * (hi + limit)
-    return off + centre_mask * c[:, None, None, None]
+    return with_centre_taps(off * scale[:, None, None, None], c)
 
 
 def euler_factor_1(K: torch.Tensor, a: float, b: float, h: float) -> torch.Tensor:

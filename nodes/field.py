@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from contraction.convops import apply_conv, apply_conv_adjoint, conv_spectral_norm_tensor
+from contraction.convops import apply_conv, apply_conv_adjoint, centre_mask, conv_spectral_norm_tensor, with_centre_taps
 from contraction.slopes import Activation
 from contraction.weights import contractive_cap, contractive_kernel
 
@@ -116,12 +116,10 @@ class ContractiveField(ConvField):
         W = self.conv.weight
         a, b = self.activation.a, self.activation.b
         cap = contractive_cap(a, b, self.h, self.rho)
-        m = W.shape[-1] // 2
-        idx = torch.arange(W.shape[0])
-        W[idx, idx, m, m] = 0.0
-        R = W.abs().sum(dim=(1, 2, 3))
-        W.mul_((fill * cap / R.clamp_min(1e-12)).clamp(max=1.0)[:, None, None, None])
-        W[idx, idx, m, m] = centre
+        off = W * (1 - centre_mask(W))
+        R = off.abs().sum(dim=(1, 2, 3))
+        off = off * (fill * cap / R.clamp_min(1e-12)).clamp(max=1.0)[:, None, None, None]
+        W.copy_(with_centre_taps(off, torch.full_like(R, centre)))
 
     @property
     def padding(self) -> str:

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from contraction.convops import conv_spectral_norm
+from contraction.convops import centre_mask, conv_spectral_norm, with_centre_taps
 from contraction.regularizers import contractive_centre_taps
 from contraction.weights import euler_factor_2, euler_factor_inf, step_rate_limit
 from nodes.classifier import ConvNODE
@@ -47,9 +47,7 @@ def contractive_init_(model: ConvNODE, config: TrainConfig, *, margin: float = 0
         r = (1 + margin) * config.rho + margin
         for field in model.block.fields:
             K = field.conv.weight
-            c = K.shape[-1] // 2
-            idx = torch.arange(K.shape[0])
-            K[idx, idx, c, c] = contractive_centre_taps(K, model.activation, rho=r, norm=config.reg_norm)
+            K.copy_(with_centre_taps(K, contractive_centre_taps(K, model.activation, rho=r, norm=config.reg_norm)))
         return model
     a, b, h, norm = act.a, act.b, cfg.h, config.reg_norm
     limit = step_rate_limit(a, b, h, norm)
@@ -57,11 +55,7 @@ def contractive_init_(model: ConvNODE, config: TrainConfig, *, margin: float = 0
     for field in model.block.fields:
         K = field.conv.weight
         W = K.detach().to(torch.float64)
-        m = W.shape[-1] // 2
-        idx = torch.arange(W.shape[0])
-        centre = torch.zeros_like(W)
-        centre[idx, idx, m, m] = 1.0
-        off = W * (1 - centre)
+        off = W * (1 - centre_mask(W))
 
         def factor(scale: float) -> float:
             V = off * scale
@@ -70,7 +64,7 @@ def contractive_init_(model: ConvNODE, config: TrainConfig, *, margin: float = 0
                 c = -0.5 * (R + r / a + 1.0 / (h * b)) if a > 0 else -R
             else:
                 c = torch.full((W.shape[0],), -a / (h * b * b) if b > 0 else 0.0, dtype=W.dtype)
-            V = V + centre * c[:, None, None, None]
+            V = with_centre_taps(V, c)
             if norm == "inf":
                 return float(euler_factor_inf(V, a, b, h)), V
             return float(euler_factor_2(V, a, b, h, conv_spectral_norm(V, cfg.block_size, cfg.block_size,
