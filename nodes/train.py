@@ -265,6 +265,42 @@ def train(
     ranks, the test accuracy is counted in shares, and only rank 0 writes the checkpoint and calls `on_epoch`.
     Every rank keeps the same random streams, so rank 0's training state resumes every rank."""
     check_combination(model.config, config)
+    run = _prepare(model, config, regularizer, objective, initialise, device, resume, dist)
+    was_training = model.training
+    for epoch in range(run.first, config.epochs):
+        start = time.perf_counter()
+        totals = _epoch(run, train_data, epoch, progress)
+        _record(run, totals, time.perf_counter() - start, test_data)
+        if checkpoint is not None and dist.main:
+            _save(run, checkpoint, epoch, test_data)
+        if on_epoch is not None and dist.main:
+            on_epoch(epoch, run.history)
+    model.train(was_training)  # the caller's mode, as it was
+    return run.history
+
+
+@dataclass
+class _Run:
+    """Everything one training run carries from epoch to epoch."""
+
+    model: ConvNODE
+    config: TrainConfig
+    device: torch.device
+    dist: Dist
+    runner: nn.Module  # the batch loss (_Step), wrapped in DistributedDataParallel under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    gen: torch.Generator  # the shuffling stream
+    reg_gen: torch.Generator  # the regularizer's stream
+    history: History
+    first: int  # the first epoch to run (> 0 on resume)
+    certified: bool  # a certified objective is in the loss
+
+
+def _prepare(model: ConvNODE, config: TrainConfig, regularizer: Regularizer | None, objective: Objective | None,
+             initialise: bool, device: str | torch.device | None, resume: TrainingState | None, dist: Dist) -> _Run:
+    """Seeds, device, initialisation, the config's regularizer and objective (unless given), optimizer and schedule,
+    the resumed state; the batch loss wrapped for the ranks."""
     gen = seed_everything(config.seed)
     reg_gen = torch.Generator().manual_seed(config.seed)
     device = place(model, device)
@@ -275,8 +311,7 @@ def train(
     if objective is None:
         objective = make_objective(config)
     optimizer, scheduler = _optimizer(model, config)
-    history = History()
-    first = 0
+    history, first = History(), 0
     if resume is not None:
         optimizer.load_state_dict(resume.optimizer)
         scheduler.load_state_dict(resume.scheduler)
@@ -284,71 +319,77 @@ def train(
         history, first = resume.history, resume.epoch
     use_reg = regularizer is not None and config.reg_weight > 0
     use_obj = objective is not None and config.certified_eps > 0
-    params = list(model.parameters())
-    step = _Step(model, config, regularizer if use_reg else None, objective if use_obj else None)
-    runner: nn.Module = step
+    runner: nn.Module = _Step(model, config, regularizer if use_reg else None, objective if use_obj else None)
     if dist.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        runner = DistributedDataParallel(step, device_ids=[device] if device.type == "cuda" else None)
-    was_training = model.training
-    for epoch in range(first, config.epochs):
-        model.train()
-        start = time.perf_counter()
-        total, reg_total, seen, proven, bounded = 0.0, 0.0, 0, 0, 0
-        eps = 0.0
-        nb = (len(train_data) + config.batch_size - 1) // config.batch_size
-        bar = tqdm(
-            _rank_batches(train_data, config, gen, dist),
-            total=nb,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=None if progress and dist.main else True,  # None: a live bar on a terminal, nothing in a log
-            leave=False,
-        )
-        for i, (x, y) in enumerate(bar):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            eps = eps_schedule(config, epoch, i, nb) if use_obj else 0.0
-            loss, reg, got, tried = runner(x, y, eps)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            total += float(loss.detach()) * len(y)
-            reg_total += float(reg) * len(y)
-            proven, bounded = proven + int(got), bounded + int(tried)
-            seen += len(y)
-            post = {"loss": f"{total / seen:.4f}"}
-            if use_obj:
-                post.update(eps=f"{eps:.4g}", cert=f"{proven / bounded:.1%}" if bounded else "-")
-            bar.set_postfix(post, refresh=False)
-        total, reg_total, seen, proven, bounded = dist.all_sum([total, reg_total, seen, proven, bounded])
-        scheduler.step()
-        history.epoch_seconds.append(time.perf_counter() - start)
-        history.train_loss.append(total / max(seen, 1))
-        history.reg_value.append(reg_total / max(seen, 1))
-        history.certified.append(proven / bounded if bounded else float("nan"))
-        history.eps.append(eps)
-        if test_data is not None:
-            history.test_accuracy.append(evaluate(model, test_data, dist=dist))
-        log.info(
-            "epoch %d: loss %.4f, reg %.4f, test acc %s, %.1f s",
-            epoch + 1,
-            history.train_loss[-1],
-            history.reg_value[-1],
-            f"{history.test_accuracy[-1]:.4f}" if history.test_accuracy else "-",
-            history.epoch_seconds[-1],
-        )
-        if checkpoint is not None and dist.main:
-            state = TrainingState(epoch + 1, optimizer.state_dict(), scheduler.state_dict(),
-                                  _rng_state(gen, reg_gen), history)
-            save_model(checkpoint, model, train_config=config,
-                       metrics={**history_metrics(history, test_data), "device": str(device)},
-                       training_state=state.to_dict())
-        if on_epoch is not None and dist.main:
-            on_epoch(epoch, history)
-    model.train(was_training)  # the caller's mode, as it was
-    return history
+        runner = DistributedDataParallel(runner, device_ids=[device] if device.type == "cuda" else None)
+    return _Run(model, config, device, dist, runner, optimizer, scheduler, gen, reg_gen, history, first, use_obj)
+
+
+@dataclass
+class _EpochTotals:
+    """One epoch's sums over every rank's batches."""
+
+    loss: float = 0.0  # sum of batch loss x batch size
+    reg: float = 0.0  # sum of regularizer value x batch size
+    seen: int = 0
+    proven: int = 0  # inputs the training bound proved
+    bounded: int = 0  # inputs it bounded
+    eps: float = 0.0  # the last batch's eps
+
+
+def _epoch(run: _Run, data: ImageData, epoch: int, progress: bool) -> _EpochTotals:
+    """One pass over this rank's batches (one optimizer step each) with a progress bar; totals summed over ranks."""
+    config, t = run.config, _EpochTotals()
+    run.model.train()
+    params = list(run.model.parameters())
+    nb = (len(data) + config.batch_size - 1) // config.batch_size
+    bar = tqdm(_rank_batches(data, config, run.gen, run.dist), total=nb, desc=f"epoch {epoch + 1}/{config.epochs}",
+               disable=None if progress and run.dist.main else True,  # None: a live bar on a terminal, not in a log
+               leave=False)
+    for i, (x, y) in enumerate(bar):
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        t.eps = eps_schedule(config, epoch, i, nb) if run.certified else 0.0
+        loss, reg, got, tried = run.runner(x, y, t.eps)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        run.optimizer.step()
+        t.loss += float(loss.detach()) * len(y)
+        t.reg += float(reg) * len(y)
+        t.proven, t.bounded, t.seen = t.proven + int(got), t.bounded + int(tried), t.seen + len(y)
+        post = {"loss": f"{t.loss / t.seen:.4f}"}
+        if run.certified:
+            post.update(eps=f"{t.eps:.4g}", cert=f"{t.proven / t.bounded:.1%}" if t.bounded else "-")
+        bar.set_postfix(post, refresh=False)
+    t.loss, t.reg, t.seen, t.proven, t.bounded = run.dist.all_sum([t.loss, t.reg, t.seen, t.proven, t.bounded])
+    return t
+
+
+def _record(run: _Run, t: _EpochTotals, seconds: float, test_data: ImageData | None) -> None:
+    """The schedule's step and the epoch's line in the history (test accuracy counted in shares over the ranks)."""
+    run.scheduler.step()
+    h = run.history
+    h.epoch_seconds.append(seconds)
+    h.train_loss.append(t.loss / max(t.seen, 1))
+    h.reg_value.append(t.reg / max(t.seen, 1))
+    h.certified.append(t.proven / t.bounded if t.bounded else float("nan"))
+    h.eps.append(t.eps)
+    if test_data is not None:
+        h.test_accuracy.append(evaluate(run.model, test_data, dist=run.dist))
+    log.info("epoch %d: loss %.4f, reg %.4f, test acc %s, %.1f s", len(h.train_loss), h.train_loss[-1],
+             h.reg_value[-1], f"{h.test_accuracy[-1]:.4f}" if h.test_accuracy else "-", h.epoch_seconds[-1])
+
+
+def _save(run: _Run, checkpoint: str | os.PathLike[str], epoch: int, test_data: ImageData | None) -> None:
+    """Model, configs, metrics and the TrainingState after `epoch`, written atomically (rank 0)."""
+    state = TrainingState(epoch + 1, run.optimizer.state_dict(), run.scheduler.state_dict(),
+                          _rng_state(run.gen, run.reg_gen), run.history)
+    save_model(checkpoint, run.model, train_config=run.config,
+               metrics={**history_metrics(run.history, test_data), "device": str(run.device)},
+               training_state=state.to_dict())
 
 
 def history_metrics(history: History, test_data: ImageData | None = None) -> dict:
