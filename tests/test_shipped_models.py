@@ -58,3 +58,27 @@ def test_measured_figures_of_the_frontier_models_are_consistent():
             assert radius["certified_global"] <= tight <= radius["pgd_accuracy"] and radius["pgd_broken_certified"] == 0
         assert r["pgd_broken_certified"] == 0 and r["attack_check"]["broken"] == 0 and r["certify_exit_code"] == 0
         assert m["command"].startswith("cnode train ") and f"--certified-eps {m['check']['eps']:g}" in m["command"]
+
+
+@pytest.mark.parametrize("entry", [m for m in MANIFEST if "block_factor_inf" in m["check"]], ids=lambda m: m["file"])
+def test_shipped_contractive_model_contracts_as_run(entry):
+    """The contractive field's shipped model: the Euler map as run is certified contractive in Linf (every step and
+    the block, the manifest's figures), and pairs of states pushed through the block shrink by at least that."""
+    from contraction.certificates import block_certificates
+
+    path = MODELS / entry["file"]
+    model = model_from_checkpoint(load_checkpoint(path), path)
+    assert model.config.field == "contractive"
+    (cert,) = block_certificates(model.block.spec(), ("inf",))
+    assert cert.certified and cert.factor < 1 and max(cert.step_factors) < 1
+    assert cert.factor == pytest.approx(entry["check"]["block_factor_inf"], abs=1e-4)
+    assert max(cert.step_factors) == pytest.approx(entry["check"]["worst_step_inf"], abs=1e-4)
+    assert max(cert.step_factors) <= 1 - model.config.h * model.config.rho  # the rate the field is built for
+    g = torch.Generator().manual_seed(0)
+    c, s = model.config.channels, model.config.block_size
+    x = torch.randn(8, c, s, s, generator=g)
+    y = x + 0.1 * torch.randn(8, c, s, s, generator=g)
+    with torch.no_grad():
+        fx, fy = model.block(x), model.block(y)
+    ratio = (fx - fy).flatten(1).abs().amax(1) / (x - y).flatten(1).abs().amax(1)
+    assert bool((ratio <= cert.factor * (1 + 1e-4)).all())
