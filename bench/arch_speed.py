@@ -12,7 +12,7 @@ import time
 import torch
 
 from certify.run import certify_model
-from certify.training import certified_objective
+from certify.bounds.objectives import certified_objective
 from nodes import ConvNODE, ModelConfig, TrainConfig, load_dataset, load_model, train
 from nodes.data import resolve_data_root
 

@@ -11,7 +11,6 @@ import time
 
 import torch
 
-import certify  # noqa: F401  (registers the certified objectives)
 from nodes import ConvNODE, ModelConfig, TrainConfig, load_dataset, train
 from nodes.config import CERTIFIED_METHODS
 

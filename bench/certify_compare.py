@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from certify.attacks import pgd
+from certify.bounds.attacks import pgd
 from certify.run import certify_model
 from nodes import load_dataset
 from nodes.checkpoint import load_checkpoint, model_from_checkpoint, trained_dataset

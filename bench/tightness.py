@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from certify.attacks import is_adversarial, pgd
+from certify.bounds.attacks import is_adversarial, pgd
 from certify.run import certify_model
 from nodes import load_dataset
 from nodes.checkpoint import load_checkpoint, model_from_checkpoint, trained_dataset

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from contraction.errors import CNodeError
-from certify.run import STAGES
+from certify.run import CertifyReport
 
 __all__ = ["MATCH", "merge_reports", "load_parts", "format_merged"]
 
@@ -64,23 +64,17 @@ def merge_reports(parts: list[tuple[str, dict]]) -> dict[str, Any]:
     if [s["index"] for s in samples] != list(range(n)):
         raise CNodeError(f"the parts' inputs are not exactly 0..{n - 1} once each")
     first = parts[0][1]
-    m = len(samples)
-    radii = sorted(s["radius"] for s in samples)
-    by = [s["certified_by"] for s in samples]
+    report = CertifyReport.from_samples(
+        samples, dataset=first["dataset"], norm=first["norm"], eps=first["eps"], bound=first["bound"],
+        timing={k: sum(rep["timing"].get(k, 0.0) for _, rep in parts)
+                for k in dict.fromkeys(k for _, rep in parts for k in rep["timing"])},
+        roundoff={**first["roundoff"], **{k: max(rep["roundoff"][k] for _, rep in parts) for k in first["roundoff"]
+                                          if k.endswith(("_max", "_error"))}})
+    whole = report.to_dict()  # every figure as the one-process report computes it
     merged: dict[str, Any] = {k: first[k] for k in first if k not in ("samples", "shard", "timing", "pgd",
                                                                      "attack_check")}
     merged.update(
-        n=m,
-        clean_accuracy=sum(s["prediction"] == s["label"] for s in samples) / m if m else 0.0,
-        certified_accuracy=sum(s["certified"] for s in samples) / m if m else 0.0,
-        median_radius=radii[(m - 1) // 2] if m else 0.0,  # torch.median's lower median, as CertifyReport's
-        certified_by={st: by.count(st) for st in STAGES if st in by},
-        falsified=sum(bool(s.get("falsified")) for s in samples),
-        timing={k: sum(rep["timing"].get(k, 0.0) for _, rep in parts)
-                for k in dict.fromkeys(k for _, rep in parts for k in rep["timing"])},
-        nonfinite=sum(bool(s.get("nonfinite")) for s in samples),
-        roundoff={**first["roundoff"], **{k: max(rep["roundoff"][k] for _, rep in parts) for k in first["roundoff"]
-                                          if k.endswith(("_max", "_error"))}},
+        {k: v for k, v in whole.items() if k not in ("samples", "attack_check", "pgd", "shard")},
         shard=None,
         merged_from=[path for _, path in sorted(seen.items())],
         pgd=_merged_pgd(parts, samples),

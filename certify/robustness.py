@@ -15,14 +15,14 @@ import torch
 from tqdm import tqdm
 
 from contraction.errors import CNodeError
-from certify.attacks import fgsm, pgd, square
+from certify.bounds.attacks import fgsm, pgd, square
 from certify.noise import gaussian_noise, salt_and_pepper
 from certify.run import certify_model
 from contraction.certificates import block_certificates
 from nodes.classifier import ConvNODE
-from nodes.data import ImageData, batches
-from nodes.device import module_device, place
-from nodes.train import eval_mode
+from nodes.data import ImageData
+from nodes.device import place
+from nodes.train import evaluate
 
 __all__ = ["robustness", "format_robustness", "block_factors", "GAUSSIAN", "SALT_PEPPER", "ATTACK_EPS", "L2_EPS"]
 
@@ -30,18 +30,6 @@ GAUSSIAN = (0.1, 0.2, 0.3)
 SALT_PEPPER = (0.05, 0.1, 0.2)
 ATTACK_EPS = (0.05, 0.1, 0.2, 0.3)
 L2_EPS = (0.5,)
-
-
-def _accuracy(model: ConvNODE, data: ImageData, transform, batch_size: int) -> float:
-    correct = 0
-    device = module_device(model)
-    with eval_mode(model):
-        for i, (x, y) in enumerate(batches(data, batch_size)):
-            x, y = x.to(device), y.to(device)
-            xt = transform(x, i)
-            with torch.no_grad():
-                correct += int((model(xt).argmax(1) == y).sum())
-    return correct / max(len(data), 1)
 
 
 def robustness(model: ConvNODE, data: ImageData, *, gaussian: Sequence[float] = GAUSSIAN,
@@ -65,29 +53,29 @@ def robustness(model: ConvNODE, data: ImageData, *, gaussian: Sequence[float] = 
         bar.set_postfix_str(label)
         bar.update(1)
 
-    out["clean"] = _accuracy(model, data, lambda x, i: x, batch_size)
+    def accuracy(transform=None) -> float:  # transform(x, y, batch index) -> the inputs evaluated
+        return evaluate(model, data, batch_size=batch_size, transform=transform)
+
+    out["clean"] = accuracy()
     tick("clean")
     for key, corrupt, levels in (("gaussian", gaussian_noise, gaussian), ("salt_pepper", salt_and_pepper, salt_pepper)):
         out[key] = {}
         for level in levels:  # seed per draw and batch: the same corruptions for every model
-            accs = [_accuracy(model, data, lambda x, i, s=s: corrupt(x, level, seed=1000 * s + i), batch_size)
-                    for s in range(draws)]
+            accs = [accuracy(lambda x, y, i, s=s: corrupt(x, level, seed=1000 * s + i)) for s in range(draws)]
             out[key][str(level)] = sum(accs) / draws
             tick(f"{key} {level}")
-    ys = [y.to(module_device(model)) for _, y in batches(data, batch_size)]  # labels per batch, for the attacks
     for name in ("fgsm", "pgd"):
         out[name] = {}
         for eps in attack_eps:
             if name == "fgsm":
-                attack = lambda x, i, e=eps: fgsm(model, x, ys[i], eps=e)  # noqa: E731
+                attack = lambda x, y, i, e=eps: fgsm(model, x, y, eps=e)  # noqa: E731
             else:
-                attack = lambda x, i, e=eps: pgd(model, x, ys[i], eps=e, steps=pgd_steps,  # noqa: E731
-                                                 step_size=2.5 * e / pgd_steps, seed=i)
-            out[name][str(eps)] = _accuracy(model, data, attack, batch_size)
+                attack = lambda x, y, i, e=eps: pgd(model, x, y, eps=e, steps=pgd_steps,  # noqa: E731
+                                                    step_size=2.5 * e / pgd_steps, seed=i)
+            out[name][str(eps)] = accuracy(attack)
             tick(f"{name} {eps}")
     out["square"] = {"eps": square_eps, "queries": square_queries,
-                     "accuracy": _accuracy(model, data, lambda x, i: square(model, x, ys[i], eps=square_eps,
-                                                                          queries=square_queries), batch_size)}
+                     "accuracy": accuracy(lambda x, y, i: square(model, x, y, eps=square_eps, queries=square_queries))}
     out["square"]["pgd_accuracy"] = out["pgd"].get(str(square_eps))
     tick("gradient-free")
     out["certified"] = {}
@@ -99,9 +87,9 @@ def robustness(model: ConvNODE, data: ImageData, *, gaussian: Sequence[float] = 
     if l2_eps:
         out["pgd_l2"], out["certified_l2"] = {}, {}
     for eps in l2_eps:
-        attack = lambda x, i, e=eps: pgd(model, x, ys[i], eps=e, norm="2", steps=pgd_steps,  # noqa: E731
-                                         step_size=2.5 * e / pgd_steps, seed=i)
-        out["pgd_l2"][str(eps)] = _accuracy(model, data, attack, batch_size)
+        attack = lambda x, y, i, e=eps: pgd(model, x, y, eps=e, norm="2", steps=pgd_steps,  # noqa: E731
+                                            step_size=2.5 * e / pgd_steps, seed=i)
+        out["pgd_l2"][str(eps)] = accuracy(attack)
         tick(f"pgd L2 {eps}")
         report = certify_model(model, data, eps=eps, norm="2", bound=bound, batch_size=batch_size)
         out["certified_l2"][str(eps)] = report.certified_accuracy

@@ -1,8 +1,8 @@
-"""Orchestration: plan (validate, round-off check, network bound) -> batches (radii, tight stages) -> report
-(+ optional attack check).
+"""Certifying a model: plan (validate, round-off check, network bound) -> batches (radii, tight stages) -> one
+report, gathered over processes and shards (the checks by attack: certify.checks).
 
 Float32: every certificate is for the network as it runs in float32. For Euler models each margin's slack is the
-derived float32 error bound over the ball (certify.roundoff; the global stage's radius pays it twice: at the input and
+derived float32 error bound over the ball (certify.bounds.roundoff; the global stage's radius pays it twice: at the input and
 in the ball), and the plan checks that the float32 logits on a sample lie inside it (a cross-check of the error
 model: outside, the certificate is withheld). Other solvers, which the engine does not unroll yet, keep the measured
 slack 4 ROUNDOFF_REL (1 + max|z|) after a float64 comparison on the sample (the report says which)."""
@@ -12,29 +12,30 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 from tqdm import tqdm
 
 from contraction.certificates import block_certificates
 from contraction.errors import CertificateWithheldError, CNodeError, DataError, check_norm
-from certify.attacks import is_adversarial, pgd, square
-from nodes.train import eval_mode
-from certify.lipschitz import NetworkBound, best_network_bound
-from certify.local import local_bounds
-from certify.radius import certified_accuracy, certified_radii, float32_below, roundoff_slack
-from certify.roundoff import ERROR_MODEL, ball_error, float32_error, margin_slack
-from certify.tight import TIGHT_STAGES, escalate, tight_radii
-from certify.unrolled import Unrolled, unroll
+from certify.bounds.attacks import is_adversarial, pgd
+from certify.bounds.lipschitz import NetworkBound, best_network_bound
+from certify.bounds.local import local_bounds
+from certify.bounds.radius import certified_accuracy, certified_radii, float32_below, roundoff_slack
+from certify.bounds.roundoff import ERROR_MODEL, ball_error, float32_error, margin_slack
+from certify.bounds.tight import TIGHT_STAGES, escalate, tight_radii
+from certify.bounds.unrolled import Unrolled, unroll
 from nodes.classifier import ConvNODE
 from nodes.data import ImageData, batches
-from nodes.device import exact_float32, module_device, place
+from nodes.device import eval_mode, exact_float32, module_device, place
 from nodes.distributed import SINGLE, Dist, batch_shard
 
-__all__ = ["CertifyReport", "CertifyPlan", "BatchResult", "AttackCheck", "PGDCheck", "plan_certification",
-           "certify_batch", "certify_model", "certify_tensors", "attack_check", "pgd_check", "check_eps", "BOUNDS",
-           "BoundMethod"]
+if TYPE_CHECKING:  # the checks' results (certify.checks) are attached to a report
+    from certify.checks import AttackCheck, PGDCheck
+
+__all__ = ["CertifyReport", "CertifyPlan", "BatchResult", "plan_certification", "certify_batch", "certify_model",
+           "certify_tensors", "check_eps", "BOUNDS", "BoundMethod"]
 
 RADIUS_CAP = {"inf": 0.5, "2": 10.0}  # bisection's upper end for --radius
 ROUNDOFF_REL = 1e-4
@@ -42,7 +43,7 @@ ROUNDOFF_REL = 1e-4
 
 @dataclass(frozen=True)
 class BoundMethod:
-    """A `--bound` choice: the block certificates of the global stage, then the tight stages (certify.tight) in
+    """A `--bound` choice: the block certificates of the global stage, then the tight stages (certify.bounds.tight) in
     order, each on the inputs still unproven; `falsify`: attack those inputs before the expensive stages."""
 
     tight: tuple[str, ...]
@@ -78,7 +79,7 @@ class CertifyReport:
     dataset: str
     norm: str
     eps: float
-    bound: NetworkBound
+    bound: NetworkBound | dict[str, Any]  # a dict in a report rebuilt from JSON (`from_samples`)
     labels: torch.Tensor
     predictions: torch.Tensor
     radii: torch.Tensor
@@ -88,7 +89,7 @@ class CertifyReport:
     falsified: torch.Tensor | None = None
     nonfinite: torch.Tensor | None = None  # per input: a bound or slack was NaN or infinite (left open, counted)
     attack: AttackCheck | None = None
-    pgd: "PGDCheck | None" = None
+    pgd: PGDCheck | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     indices: torch.Tensor | None = None  # each input's index in the selected inputs (default 0..n-1; a shard's)
     shard: tuple[int, int, int] | None = None  # (i, n, inputs selected) of a `--shard i/n` report
@@ -128,19 +129,36 @@ class CertifyReport:
     def median_radius(self) -> float:
         return float(self.radii.median()) if self.n else 0.0
 
+    def verdicts(self) -> str:
+        """One character per input: c certified, . correct but not certified, x misclassified."""
+        return "".join("c" if c else ("x" if p != y else ".") for c, p, y in
+                       zip(self.certified_mask.tolist(), self.predictions.tolist(), self.labels.tolist()))
+
+    def figures(self) -> dict[str, Any]:
+        """The summary of the per-input results (what `to_dict` reports and `cnode merge` recomputes from parts)."""
+        return {"n": self.n, "clean_accuracy": self.clean_accuracy, "certified_accuracy": self.certified_accuracy,
+                "median_radius": self.median_radius, "certified_by": self.certified_counts(),
+                "falsified": self.falsified_count, "nonfinite": self.nonfinite_count}
+
+    @classmethod
+    def from_samples(cls, samples: list[dict[str, Any]], *, dataset: str, norm: str, eps: float, bound: Any,
+                     timing: dict[str, float], roundoff: dict[str, Any]) -> "CertifyReport":
+        """A report from the per-input results of `to_dict()['samples']` (`bound`: the network bound's dict)."""
+        def column(key: str, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor([s.get(key, False) for s in samples], dtype=dtype)
+
+        return cls(dataset, norm, eps, bound, column("label", torch.long), column("prediction", torch.long),
+                   column("radius", torch.float64), [s["certified_by"] for s in samples], timing, roundoff,
+                   column("falsified", torch.bool), column("nonfinite", torch.bool),
+                   indices=column("index", torch.long))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "dataset": self.dataset,
             "norm": self.norm,
             "eps": self.eps,
-            "n": self.n,
-            "clean_accuracy": self.clean_accuracy,
-            "certified_accuracy": self.certified_accuracy,
-            "median_radius": self.median_radius,
-            "certified_by": self.certified_counts(),
-            "falsified": self.falsified_count,
-            "nonfinite": self.nonfinite_count,
-            "bound": self.bound.to_dict(),
+            **self.figures(),
+            "bound": self.bound.to_dict() if isinstance(self.bound, NetworkBound) else self.bound,
             "roundoff": self.roundoff,
             "timing": self.timing,
             "attack_check": self.attack.to_dict() if self.attack is not None else None,
@@ -283,7 +301,7 @@ class BatchResult:
     seconds: dict[str, float]
 
 
-def _falsifier(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, norm: str):  # -> certify.tight.Falsify
+def _falsifier(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, norm: str):  # -> certify.bounds.tight.Falsify
     """The escalation's attack on inputs `idx` of the batch at eps: PGD (margin loss, fixed seed) on the model as it
     runs; True where it found an adversarial input."""
     def falsify(idx: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
@@ -450,103 +468,3 @@ def certify_tensors(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, *, eps: f
                                                           for i in range(r.start, r.stop, size)),
                     len(y), eps=eps, norm=norm, bound=bound, batch_size=batch_size, progress=progress, radius=radius,
                     device=device)
-
-
-@dataclass(frozen=True)
-class AttackCheck:
-    """Attacks on certified inputs inside their proven radius: `broken` must be 0 (else the certificate is unsound)."""
-
-    attacked: int
-    broken_by: dict[str, int]
-    pgd_steps: int
-    pgd_restarts: int
-    square_queries: int
-
-    @property
-    def broken(self) -> int:
-        return sum(self.broken_by.values())
-
-    @property
-    def status(self) -> str:
-        return "unsound" if self.broken else "not_broken"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"attacked": self.attacked, "broken": self.broken, "broken_by": dict(self.broken_by),
-                "status": self.status, "pgd": {"steps": self.pgd_steps, "restarts": self.pgd_restarts,
-                                               "loss": "margin"}, "square": {"queries": self.square_queries}}
-
-
-def _images(inputs: ImageData | torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
-    """The float images [len(sel), C, S, S] in [0, 1] at indices `sel` of a dataset or of a float image tensor."""
-    x = inputs.images[sel].float() / 255.0 if isinstance(inputs, ImageData) else inputs[sel.to(inputs.device)]
-    return x.float()
-
-
-@exact_float32()  # the arithmetic the certificate is for
-def attack_check(
-    model: ConvNODE, inputs: ImageData | torch.Tensor, report: CertifyReport, *, limit: int = 200, restarts: int = 3,
-    steps: int = 40, queries: int = 300, batch_size: int = 100,
-) -> AttackCheck:
-    """Attack the certified inputs inside their certified radius (PGD with restarts and the gradient-free search).
-
-    `inputs`: the dataset or the float images [N, C, S, S] the report was computed on, in the same order."""
-    idx = torch.nonzero(report.radii > 0).flatten()[:limit]
-    broken = {"pgd": 0, "square": 0}
-    device = module_device(model)
-    index = report.index()
-    for start in range(0, len(idx), batch_size):
-        sel = idx[start:start + batch_size]
-        x, y = _images(inputs, index[sel]).to(device), report.labels[sel].to(device)
-        r = float32_below(report.radii[sel]).to(device)  # inside the proven radius
-        for name, adv in (
-            ("pgd", pgd(model, x, y, eps=r, norm=report.norm, steps=steps, restarts=restarts, loss="margin")),
-            ("square", square(model, x, y, eps=r, norm=report.norm, queries=queries)),
-        ):
-            broken[name] += int(is_adversarial(model, adv, y).sum())
-    return AttackCheck(int(len(idx)), broken, steps, restarts, queries)
-
-
-@dataclass(frozen=True)
-class PGDCheck:
-    """PGD at the report's eps on every input: `accuracy` is an upper bound of the robust accuracy (certified
-    accuracy must not exceed it); `broken_certified` counts certified inputs PGD changed (must be 0)."""
-
-    n: int
-    accuracy: float
-    broken_certified: int
-    steps: int
-    restarts: int
-    robust: torch.Tensor | None = None  # per input: PGD did not change a correct prediction
-
-    @property
-    def status(self) -> str:
-        return "unsound" if self.broken_certified else "not_broken"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "accuracy": self.accuracy, "broken_certified": self.broken_certified,
-                "status": self.status, "steps": self.steps, "restarts": self.restarts, "loss": "ce"}
-
-
-@exact_float32()  # the arithmetic the certificate is for
-def pgd_check(model: ConvNODE, inputs: ImageData | torch.Tensor, report: CertifyReport, *, steps: int = 100,
-              restarts: int = 1, batch_size: int = 500, progress: bool = False, dist: Dist = SINGLE) -> PGDCheck:
-    """PGD-`steps` (cross-entropy, random start) at the report's eps on every input the report covers, in order:
-    the empirical robust accuracy beside the certified one, and a soundness check of every certificate at eps.
-    `inputs` holds the report's inputs at the report's indices. With several processes (`dist`) the ranks take
-    contiguous whole batches and gather: the same per-input result as one process."""
-    if steps < 1 or restarts < 1:
-        raise CNodeError("PGD needs steps >= 1 and restarts >= 1")
-    device = module_device(model)
-    index = report.index()
-    mine = batch_shard(report.n, batch_size, dist.rank, dist.world)
-    parts = []
-    starts = range(mine.start, mine.stop, batch_size)
-    for start in tqdm(starts, desc="pgd", leave=False, disable=None if progress and dist.main else True):
-        sel = torch.arange(start, min(start + batch_size, mine.stop))
-        x, y = _images(inputs, index[sel]).to(device), report.labels[sel].to(device)
-        adv = pgd(model, x, y, eps=float32_below(report.eps), norm=report.norm, steps=steps, restarts=restarts)
-        wrong = is_adversarial(model, adv, y).cpu() | (report.predictions[sel] != report.labels[sel])
-        parts.append(~wrong)
-    robust = torch.cat([p for part in dist.all_gather(parts) for p in part]) if report.n else torch.zeros(0, dtype=torch.bool)
-    broken = int((~robust & report.certified_mask).sum())
-    return PGDCheck(report.n, float(robust.double().mean()) if report.n else 0.0, broken, steps, restarts, robust)

@@ -3,7 +3,7 @@ weight certificates and regularizers."""
 
 __version__ = "0.4.0"
 
-from contraction.certificates import BlockSpec, Certificate, best_certificate, block_certificates, verdict
+from contraction.certificates import BlockSpec, Certificate, block_certificates, verdict
 from contraction.errors import CNodeError
 from contraction.jacobian import mu_1_at, mu_2_estimate, mu_inf_at
 from contraction.measures import mu_1, mu_2, mu_2_weighted, mu_inf, mu_inf_weighted
@@ -36,5 +36,4 @@ __all__ = [
     "BlockSpec",
     "Certificate",
     "block_certificates",
-    "best_certificate",
 ]

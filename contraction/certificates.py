@@ -20,6 +20,8 @@ from contraction.weights import (
     euler_factor_2,
     euler_factor_inf,
     euler_perron_weights,
+    gradient_factor_2,
+    gradient_row_gain,
     mu_1_bound,
     mu_2_gershgorin_bound,
     mu_inf_bound,
@@ -28,7 +30,7 @@ from contraction.weights import (
     step_rate_limit,
 )
 
-__all__ = ["Certificate", "BlockSpec", "block_certificates", "verdict", "best_certificate", "gradient_step_factors",
+__all__ = ["Certificate", "BlockSpec", "block_certificates", "verdict", "gradient_step_factors",
            "CERTIFICATE_NORMS", "FIELDS", "CERTIFIED", "NOT_CERTIFIED"]
 
 CERTIFIED = "certified"
@@ -171,10 +173,10 @@ def gradient_step_factors(K: torch.Tensor, a: float, b: float, h: float, H: int,
     ones = torch.ones(1, K.shape[1], H, W, dtype=K.dtype)
     n = apply_conv_adjoint(torch.ones(1, K.shape[0], H, W, dtype=K.dtype), K.square(), padding)[0]
     mass = apply_conv_adjoint(apply_conv(ones, K.abs(), padding), K.abs(), padding)[0]
-    off = h * b * (mass - n).clamp_min(0.0)
-    inf = torch.maximum((1 - h * a * n).abs(), (1 - h * b * n).abs()).add(off).amax()
-    mu_inf = (-a * n + b * (mass - n).clamp_min(0.0)).amax()
-    return {"2": max(h * b * smax**2 - 1.0, 1.0 - h * a * smin**2), "rate_2": a * smin**2, "inf": float(inf),
+    off = b * (mass - n).clamp_min(0.0)
+    inf = gradient_row_gain(a * n, b * n, 1.0, off, h).amax()
+    mu_inf = (-a * n + off).amax()
+    return {"2": float(gradient_factor_2(a, b, h, smin, smax)), "rate_2": a * smin**2, "inf": float(inf),
             "mu_inf": float(mu_inf), "s_min": smin, "s_max": smax}
 
 
@@ -242,10 +244,3 @@ def block_certificates(spec: BlockSpec, norms: Sequence[str] = ("inf", "inf_weig
         ]
     with torch.no_grad():
         return [(_gradient if spec.field == "gradient" else _euler)(spec, n) for n in norms]
-
-
-def best_certificate(certs: Sequence[Certificate], norm_family: str) -> Certificate | None:
-    """The certified certificate with the smallest factor among those usable for `inf` or `2` inputs."""
-    family = {"inf": ("inf", "inf_weighted"), "2": ("2", "2_P")}[norm_family]
-    usable = [c for c in certs if c.certified and c.norm in family and c.factor is not None]
-    return min(usable, key=lambda c: c.factor) if usable else None

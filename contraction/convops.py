@@ -233,7 +233,7 @@ def apply_conv_general(x: torch.Tensor, K: torch.Tensor, stride: int, pad: int, 
 def apply_conv_columns(x: torch.Tensor, K: torch.Tensor, stride: int, pad: int, padding: str) -> torch.Tensor:
     """`apply_conv_general` on G columns stored last: x [C_in, H, W, G] -> [C_out, H_out, W_out, G].
 
-    The layout of linear bounds (certify.linear: one column per input coordinate and image). One matrix product
+    The layout of linear bounds (certify.bounds.linear: one column per input coordinate and image). One matrix product
     per output row and tap, each over W_out x G contiguous values: several times faster than conv2d on the
     columns as a batch in float64 (whose CPU path is an im2col loop), and no padded copy for zero padding."""
     _check_padding(padding)

@@ -23,6 +23,9 @@ __all__ = [
     "mu_inf_weighted_bound",
     "euler_factor_inf",
     "euler_row_factors_inf",
+    "euler_row_gain",
+    "gradient_row_gain",
+    "gradient_factor_2",
     "euler_row_terms_2",
     "step_rate_limit",
     "check_step_rate",
@@ -89,8 +92,30 @@ def mu_2_gershgorin_bound(K: torch.Tensor, a: float, b: float) -> torch.Tensor:
     return (_worst(c, a, b) + 0.5 * b * (M.sum(1) + M.sum(0) - 2 * c.abs())).amax()
 
 
-def _row_factor(c: torch.Tensor, off: torch.Tensor, h: float, d: float) -> torch.Tensor:
-    return (1.0 + h * d * c).abs() + h * d * off
+def euler_row_gain(c: torch.Tensor, r: torch.Tensor | float, off: torch.Tensor, h: float,
+                   dl: torch.Tensor | float, du: torch.Tensor | float) -> torch.Tensor:
+    """A bound of a row of |(I + h D T) e| for |e| <= r and every slope d in [dl, du] on the row (dl >= 0): the
+    diagonal's |1 + h d c| r plus the off-diagonal mass h d off (off: the row's |T| r without its diagonal term),
+    convex in d, so the larger of its values at d = dl and d = du. The one home of the Euler step's row factor: the
+    weight bounds take r = 1 and [a, b], the bound engine's mean-value boxes the local slope range."""
+    return torch.maximum((1.0 + h * dl * c).abs() * r + h * dl * off, (1.0 + h * du * c).abs() * r + h * du * off)
+
+
+def gradient_row_gain(gl: torch.Tensor, gu: torch.Tensor, r: torch.Tensor | float, off: torch.Tensor,
+                      h: float) -> torch.Tensor:
+    """A bound of a row of |(I - h T^T D T) e| for |e| <= r (the gradient field's Euler step): the diagonal 1 - h g
+    with g = (T^T D T)_pp between gl and gu (the diagonal at the smallest and largest slopes), times r, plus the
+    off-diagonal mass h off (off: the row's |T|^T D |T| r without its diagonal term)."""
+    return torch.maximum((1.0 - h * gl).abs(), (1.0 - h * gu).abs()) * r + h * off
+
+
+def gradient_factor_2(a: float, b: float, h: float, smin: torch.Tensor | float,
+                      smax: torch.Tensor | float) -> torch.Tensor:
+    """||I - h T^T D T||_2 <= max(h b s_max^2 - 1, 1 - h a s_min^2) for every diagonal D in [a, b]: T^T D T is
+    symmetric with eigenvalues in [a s_min^2, b s_max^2] (s_min, s_max: T's singular range; differentiable in s_max
+    when it is a tensor)."""
+    smax = torch.as_tensor(smax, dtype=torch.float64) if not isinstance(smax, torch.Tensor) else smax
+    return torch.maximum(h * b * smax.square() - 1.0, torch.as_tensor(1.0 - h * a * float(smin) ** 2, dtype=smax.dtype))
 
 
 def euler_row_factors_inf(K: torch.Tensor, a: float, b: float, h: float,
@@ -104,8 +129,7 @@ def euler_row_factors_inf(K: torch.Tensor, a: float, b: float, h: float,
     if eta is not None:
         eta = eta.to(M.dtype)
         off = off * eta[:, None] / eta[None, :]
-    R = off.sum(1)
-    return torch.maximum(_row_factor(c, R, h, a), _row_factor(c, R, h, b))
+    return euler_row_gain(c, 1.0, off.sum(1), h, a, b)
 
 
 def euler_factor_inf(K: torch.Tensor, a: float, b: float, h: float, eta: torch.Tensor | None = None) -> torch.Tensor:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from certify.layers import EulerStep
-from certify.local import ibp_bounds, input_box, local_bounds
-from certify.unrolled import unroll
+from certify.bounds.layers import EulerStep
+from certify.bounds.local import ibp_bounds, input_box, local_bounds
+from certify.bounds.unrolled import unroll
 from contraction.certificates import block_certificates
 from nodes import load_dataset, load_model
 

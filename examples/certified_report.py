@@ -8,8 +8,9 @@ import time
 
 import torch
 
-from certify.attacks import pgd
-from certify.run import attack_check, certify_model
+from certify.bounds.attacks import pgd
+from certify.run import certify_model
+from certify.checks import attack_check
 from nodes import load_dataset
 from nodes.checkpoint import load_checkpoint, model_from_checkpoint, trained_dataset
 

@@ -8,8 +8,9 @@ the certificate that won, and an attack check (PGD with restarts + gradient-free
 import argparse
 import time
 
-from certify.radius import certified_accuracy
-from certify.run import attack_check, certify_model
+from certify.bounds.radius import certified_accuracy
+from certify.run import certify_model
+from certify.checks import attack_check
 from nodes import load_checkpoint, load_dataset, model_from_checkpoint, trained_dataset
 
 EPS = {"inf": (0.01, 0.05, 0.1), "2": (0.1, 0.5, 1.0, 1.58)}

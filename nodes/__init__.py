@@ -1,31 +1,28 @@
-"""ConvNODE classifiers: configs, data, model, training and checkpoints."""
+"""ConvNODE classifiers: configs, data, model, training and checkpoints.
+
+The model (config.py, field.py, block.py, classifier.py, init.py, regularize.py, device.py) sits below the bound
+engine (certify.bounds), which reads it; training (train.py) sits above the engine, whose certified objectives it
+uses; data.py, checkpoint.py and distributed.py serve both. The names below load on first use, so importing one
+module of the package loads nothing else of it."""
+
+from __future__ import annotations
 
 from contraction import __version__
-from nodes.checkpoint import (load_checkpoint, load_model, model_from_checkpoint, save_model, strip_training_state,
-                              trained_dataset)
-from nodes.classifier import ConvNODE
-from nodes.config import ModelConfig, TrainConfig
-from nodes.data import ImageData, load_dataset, resolve_data_root
-from nodes.train import History, TrainingState, eval_mode, evaluate, fit, train
+from contraction.lazy import lazy_exports
 
-__all__ = [
-    "__version__",
-    "ConvNODE",
-    "ModelConfig",
-    "TrainConfig",
-    "ImageData",
-    "load_dataset",
-    "resolve_data_root",
-    "train",
-    "fit",
-    "evaluate",
-    "History",
-    "TrainingState",
-    "strip_training_state",
-    "save_model",
-    "load_model",
-    "load_checkpoint",
-    "model_from_checkpoint",
-    "trained_dataset",
-    "eval_mode",
-]
+_EXPORTS = {
+    "ConvNODE": "nodes.classifier",
+    "ModelConfig": "nodes.config", "TrainConfig": "nodes.config",
+    "ImageData": "nodes.data", "load_dataset": "nodes.data", "resolve_data_root": "nodes.data",
+    "train": "nodes.train", "fit": "nodes.train", "evaluate": "nodes.train", "History": "nodes.train",
+    "TrainingState": "nodes.train",
+    "strip_training_state": "nodes.checkpoint", "save_model": "nodes.checkpoint", "load_model": "nodes.checkpoint",
+    "load_checkpoint": "nodes.checkpoint", "model_from_checkpoint": "nodes.checkpoint",
+    "trained_dataset": "nodes.checkpoint",
+    "eval_mode": "nodes.device",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+__getattr__, __dir__ = lazy_exports("nodes", _EXPORTS, globals())

@@ -236,10 +236,11 @@ ARCHS: dict[str, dict[str, Any]] = {
 DEFAULT_ARCH = "mini"
 """The architecture `cnode train` uses unless `--arch` says otherwise (`ModelConfig()` itself is the paper's)."""
 
-CERTIFIED_METHODS = ("ibp", "crown-ibp", "mtl-ibp", "interval", "lipschitz")
-"""Certified losses (certify.training): interval bound propagation; CROWN-IBP (linear bounds over IBP boxes, mixed
+CERTIFIED_METHODS = ("ibp", "crown-ibp", "mtl-ibp", "local", "lipschitz")
+"""Certified losses (certify.bounds.objectives): interval bound propagation; CROWN-IBP (linear bounds over IBP boxes, mixed
 with IBP by beta falling from 1 to 0 over the eps ramp); MTL-IBP (alpha CE(IBP worst case) + (1 - alpha) CE(PGD
-point)); the local boxes with the mean-value pass ('interval'); the Lipschitz margin ('lipschitz')."""
+point)); the mean-value boxes of `--bound local` without its interval pass ('local'; named 'interval' in
+checkpoints written before); the Lipschitz margin ('lipschitz')."""
 EPS_RAMPS = ("linear", "smooth")
 
 
@@ -299,6 +300,7 @@ class TrainConfig(_Config):
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("reg", self.reg, REGULARIZERS)  # the defaults below resolve from it
         if self.certified_eps is None:  # the default recipe's light certified loss, unless a regularizer is asked
             object.__setattr__(self, "certified_eps", DEFAULT_CERTIFIED_EPS if self.reg == "none" else 0.0)
         _check_float("certified_eps", self.certified_eps, 0.0, strict=False)
@@ -327,7 +329,6 @@ class TrainConfig(_Config):
         _check_float("readout_lr_scale", self.readout_lr_scale, 0.0)
         _check_int("seed", self.seed, 0)
         _check_int("train_limit", self.train_limit, 0)
-        _check_choice("reg", self.reg, REGULARIZERS)
         _check_float("rho", self.rho, 0.0, strict=False)
         _check_choice("reg_norm", self.reg_norm, THREAT_NORMS)
         _check_choice("reg_hinge", self.reg_hinge, HINGES)
@@ -351,6 +352,8 @@ class TrainConfig(_Config):
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         """A config from a checkpoint; configs written before 0.3 had one `norm` for both the regularizer and the
         certified loss, and the linear hinge."""
+        if isinstance(data, dict) and data.get("certified_method") == "interval":  # its name in checkpoints written before
+            data = {**data, "certified_method": "local"}
         if isinstance(data, dict) and data.get("reg", "none") != "none" and "reg_target" not in data:
             data = {**data, "reg_target": "flow"}  # written before 0.5: every target was the flow's
         if isinstance(data, dict) and "norm" in data:

@@ -9,7 +9,7 @@ import torch
 
 from contraction.errors import CNodeError
 
-__all__ = ["DEVICES", "resolve_device", "module_device", "place", "exact_float32"]
+__all__ = ["DEVICES", "resolve_device", "module_device", "place", "exact_float32", "eval_mode"]
 
 DEVICES = ("auto", "cpu", "cuda")
 """The choices of `--device` (`cuda:N` is accepted too)."""
@@ -71,3 +71,14 @@ def exact_float32() -> Iterator[None]:
         torch.backends.cudnn.allow_tf32 = conv
         torch.backends.cuda.matmul.allow_tf32 = mm
         torch.backends.cudnn.enabled = cudnn
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run `model` in eval mode and restore its previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

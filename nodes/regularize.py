@@ -1,5 +1,5 @@
 """Plugging the contraction regularizers into ConvNODE training: R(model, states), built from a TrainConfig through
-the `REGULARIZERS` registry keyed by `TrainConfig.reg`."""
+the `REGULARIZER_FACTORIES` registry keyed by `TrainConfig.reg`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from contraction.regularizers import jacobian_hinge, weight_hinge
 from nodes.classifier import ConvNODE
 from nodes.config import TrainConfig
 
-__all__ = ["Regularizer", "REGULARIZERS", "make_regularizer", "negative_diagonal_init_"]
+__all__ = ["Regularizer", "REGULARIZER_FACTORIES", "make_regularizer", "negative_diagonal_init_"]
 
 Regularizer = Callable[[ConvNODE, list[torch.Tensor]], torch.Tensor]
 """R(model, states) -> scalar; the loss is CE + reg_weight * R."""
@@ -51,8 +51,8 @@ def _jacobian(config: TrainConfig, gen: torch.Generator, *, samples_per_step: in
     return jacobian_reg
 
 
-REGULARIZERS: dict[str, Callable[[TrainConfig, torch.Generator], Regularizer]] = {"weight": _weight,
-                                                                                  "jacobian": _jacobian}
+REGULARIZER_FACTORIES: dict[str, Callable[[TrainConfig, torch.Generator], Regularizer]] = {"weight": _weight,
+                                                                                           "jacobian": _jacobian}
 """Regularizer factories keyed by `TrainConfig.reg` ('none' is no regularizer)."""
 
 
@@ -62,10 +62,10 @@ def make_regularizer(config: TrainConfig, *, seed: int | None = None,
     is `generator`, else a new one seeded with `seed`, by default the config's seed."""
     if config.reg == "none":
         return None
-    if config.reg not in REGULARIZERS:
-        raise CNodeError(f"unknown regularizer {config.reg!r}; known: {sorted(REGULARIZERS)}")
+    if config.reg not in REGULARIZER_FACTORIES:
+        raise CNodeError(f"unknown regularizer {config.reg!r}; known: {sorted(REGULARIZER_FACTORIES)}")
     gen = generator if generator is not None else torch.Generator().manual_seed(config.seed if seed is None else seed)
-    return REGULARIZERS[config.reg](config, gen)
+    return REGULARIZER_FACTORIES[config.reg](config, gen)
 
 
 @torch.no_grad()

@@ -3,13 +3,12 @@ regularizer and certified objective come from the TrainConfig's names (registrie
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,13 +22,13 @@ from nodes.checkpoint import save_model
 from nodes.classifier import ConvNODE
 from nodes.config import ModelConfig, TrainConfig
 from nodes.data import ImageData, batches
-from nodes.device import module_device, place
+from nodes.device import eval_mode, module_device, place
 from nodes.distributed import SINGLE, Dist
 from nodes.init import initialise_
-from nodes.objectives import Objective, make_objective
+from certify.bounds.objectives import Objective, make_objective
 from nodes.regularize import Regularizer, make_regularizer
 
-__all__ = ["train", "fit", "evaluate", "eval_mode", "seed_everything", "eps_schedule", "ramp", "Regularizer",
+__all__ = ["train", "fit", "evaluate", "seed_everything", "eps_schedule", "ramp", "Regularizer",
            "Objective", "History", "TrainingState", "history_metrics"]
 
 log = logging.getLogger(__name__)
@@ -84,22 +83,12 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run `model` in eval mode and restore its previous mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-@torch.no_grad()
 def evaluate(model: ConvNODE, data: ImageData, *, batch_size: int = 500, progress: bool = False,
-             dist: Dist = SINGLE) -> float:
-    """Clean accuracy of `model` on `data`, batches on the model's device (its train/eval mode is restored). With
-    several processes (`dist`), each counts its contiguous share of the images and the counts are summed."""
+             dist: Dist = SINGLE, transform: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None
+             ) -> float:
+    """Accuracy of `model` on `data` (clean, or on `transform(x, y, i)` of every batch i: noise, an attack, run with
+    gradients on), batches on the model's device (its train/eval mode is restored). With several processes
+    (`dist`), each counts its contiguous share of the images and the counts are summed."""
     device = module_device(model)
     with eval_mode(model):
         correct = 0
@@ -107,8 +96,12 @@ def evaluate(model: ConvNODE, data: ImageData, *, batch_size: int = 500, progres
         it = batches(part, batch_size)
         if progress:
             it = tqdm(it, total=(len(part) + batch_size - 1) // batch_size, desc="evaluate", leave=False, disable=None)
-        for x, y in it:
-            correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
+        for i, (x, y) in enumerate(it):
+            x, y = x.to(device), y.to(device)
+            if transform is not None:
+                x = transform(x, y, i)
+            with torch.no_grad():
+                correct += int((model(x).argmax(1) == y).sum())
         return dist.all_sum([correct])[0] / max(len(data), 1)
 
 

@@ -10,7 +10,8 @@ import torch
 
 from tests import profiles  # noqa: F401  (registers and loads the hypothesis profile)
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# one thread per xdist worker (`make test` runs two workers: no OpenMP spin-waits competing for the cores), else two
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, torch.get_num_threads())))
 
 REPO = Path(__file__).resolve().parent.parent
 

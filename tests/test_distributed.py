@@ -117,27 +117,30 @@ def test_sharded_and_merged_certification_equals_one_process(tmp_path, capsys):
 
 
 def test_merge_refuses_parts_that_do_not_belong_together(tmp_path):
+    """Three real shards merge; parts that differ in eps, model, shard count, or are not shards, are refused (each
+    made from a real part by changing only that field)."""
     model = load_model(MODEL)
-    data = load_dataset("mnist-mini", "test", limit=120)
+    data = load_dataset("mnist-mini", "test", limit=30)
+    reports = [certify_model(model, data, eps=0.1, bound="local", batch_size=10, shard=(i, 3)).to_dict()
+               for i in range(3)]
 
-    def part(i, n, eps=0.1, tamper=None):
-        rep = certify_model(model, data, eps=eps, bound="local", batch_size=40, shard=(i, n)).to_dict()
-        rep.update(model="m.pt", model_sha256="abc")
+    def part(i, tamper=None):
+        rep = {**json.loads(json.dumps(reports[i])), "model": "m.pt", "model_sha256": "abc"}
         if tamper:
             tamper(rep)
-        path = tmp_path / f"{i}_{n}_{eps}_{tamper is not None}.json"
+        path = tmp_path / f"{i}_{len(list(tmp_path.iterdir()))}.json"
         path.write_text(json.dumps(rep))
         return str(path)
 
-    good = [part(i, 3) for i in range(3)]
-    assert merge_reports(load_parts(good))["n"] == 120
+    good = [part(i) for i in range(3)]
+    assert merge_reports(load_parts(good))["n"] == 30
     cases = {
         "missing": ([good[0], good[1]], "missing"),
         "twice": ([good[0], good[0], good[1], good[2]], "twice"),
-        "eps": ([good[0], good[1], part(2, 3, eps=0.05)], "eps"),
-        "model": ([good[0], good[1], part(2, 3, tamper=lambda r: r.update(model_sha256="def"))], "model_sha256"),
-        "count": ([good[0], part(1, 2)], "shard count"),
-        "not a shard": ([good[0], part(1, 3, tamper=lambda r: r.update(shard=None))], "not a report"),
+        "eps": ([good[0], good[1], part(2, lambda r: r.update(eps=0.05))], "eps"),
+        "model": ([good[0], good[1], part(2, lambda r: r.update(model_sha256="def"))], "model_sha256"),
+        "count": ([good[0], part(1, lambda r: r["shard"].update(index=1, count=2))], "shard count"),
+        "not a shard": ([good[0], part(1, lambda r: r.update(shard=None))], "not a report"),
     }
     for name, (paths, match) in cases.items():
         with pytest.raises(CNodeError, match=match):

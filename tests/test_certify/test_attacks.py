@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from certify.attacks import fgsm, pgd, project, square
+from certify.bounds.attacks import fgsm, pgd, project, square
 from certify.noise import gaussian_noise, salt_and_pepper
 from contraction.errors import CNodeError
 from nodes import ConvNODE, ModelConfig

@@ -8,17 +8,27 @@ from tests.profiles import budget
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from certify.layers import Act, Affine, Box, Conv, EulerStep, Normalize
-from certify.lipschitz import layer_constants, network_bounds
-from certify.local import box_margins, ibp_bounds, local_margins
-from certify.crown import crown_margins
-from certify.radius import certified_radii
+from certify.bounds.layers import Act, Affine, Box, Conv, EulerStep, Normalize
+from certify.bounds.lipschitz import layer_constants, network_bounds
+from certify.bounds.local import box_margins, ibp_bounds
+from certify.bounds.radius import certified_radii
 from certify.run import certify_model
 from nodes.data import ImageData
-from certify.unrolled import unroll
+from certify.bounds.tight import stage_margins
+from certify.bounds.unrolled import unroll
 from contraction.measures import norm_2, norm_inf
 from nodes import ConvNODE, ModelConfig
 from tests.strategies import model_configs, random_model, seeds
+
+
+def local_margins(net, u, y, eps, norm):
+    """The local stage's margins (certify.bounds.tight.stage_margins)."""
+    return stage_margins("local", net, u, y, eps, norm)[0]
+
+
+def crown_margins(net, u, y, eps, norm):
+    """The crown stage's margins (the larger of CROWN-IBP's and the boxes')."""
+    return stage_margins("crown", net, u, y, eps, norm)[0]
 
 
 def _jacobian(fn, x):
@@ -131,8 +141,8 @@ def test_act_layer_box_is_the_exact_image():
 
 def test_attacks_never_break_a_certificate_of_a_trained_downsampling_model():
     """A small model of the mini preset's shape (strided stem, hidden head layer), interval-trained briefly."""
-    from certify.run import attack_check
-    from certify.training import certified_objective
+    from certify.checks import attack_check
+    from certify.bounds.objectives import certified_objective
     from nodes import TrainConfig, load_dataset
     from nodes.train import fit
 

@@ -4,10 +4,11 @@ certificate's, the certificate is non-vacuous after brief training, and L2 attac
 import pytest
 import torch
 
-from certify.lipschitz import best_network_bound, layer_constants
-from certify.run import attack_check, certify_model, pgd_check
-from certify.training import lipschitz_constants
-from certify.unrolled import unroll
+from certify.bounds.lipschitz import best_network_bound, layer_constants
+from certify.run import certify_model
+from certify.checks import attack_check, pgd_check
+from certify.bounds.objectives import lipschitz_constants
+from certify.bounds.unrolled import unroll
 from contraction.certificates import block_certificates
 from nodes import ConvNODE, ModelConfig, TrainConfig, load_dataset
 from nodes.train import fit

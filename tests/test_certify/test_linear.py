@@ -1,4 +1,4 @@
-"""Linear intermediate bounds (certify.linear) and the per-input escalation (certify.tight) against brute force:
+"""Linear intermediate bounds (certify.bounds.linear) and the per-input escalation (certify.bounds.tight) against brute force:
 the columns-last conv against conv2d, every layer's symbolic enclosure against sampled, vertex and attacked
 inputs, boxes never looser than the local ones, chunking invisible, stages never losing an input a cheaper one
 proved, and attacks never breaking a certificate of the linear stage."""
@@ -8,13 +8,13 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from certify.attacks import pgd
-from certify.layers import Symbolic
-from certify.linear import linear_bounds, symbolic_range
-from certify.local import input_box, local_bounds
-from certify.run import attack_check, certify_model
-from certify.tight import TIGHT_STAGES, certified_at, escalate, stage_margins
-from certify.unrolled import unroll
+from certify.bounds.attacks import pgd
+from certify.bounds.layers import Symbolic
+from certify.bounds.linear import linear_bounds, symbolic_range
+from certify.bounds.local import input_box, local_bounds
+from certify.run import certify_model
+from certify.bounds.tight import TIGHT_STAGES, certified_at, escalate, stage_margins
+from certify.bounds.unrolled import unroll
 from contraction.convops import apply_conv_columns, apply_conv_general
 from nodes import ModelConfig, load_dataset
 from tests.profiles import budget

@@ -8,14 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certify.attacks import pgd
-from certify.layers import Conv, EulerStep
-from certify.local import local_bounds
-from certify.radius import certified_radii, float32_below, unproven
-from certify.roundoff import ball_error, float32_error, margin_slack
+from certify.bounds.attacks import pgd
+from certify.bounds.layers import Conv, EulerStep
+from certify.bounds.local import local_bounds
+from certify.bounds.radius import certified_radii, float32_below, unproven
+from certify.bounds.roundoff import ball_error, float32_error, margin_slack
 from certify.run import certify_model, certify_tensors
-from certify.tight import TIGHT_STAGES, escalate
-from certify.unrolled import unroll
+from certify.bounds.tight import TIGHT_STAGES, escalate
+from certify.bounds.unrolled import unroll
 from contraction.convops import conv_matrix
 from contraction.errors import CertificateWithheldError, CNodeError
 from nodes import ConvNODE, ModelConfig, load_dataset

@@ -6,10 +6,10 @@ from tests.profiles import budget
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certify.attacks import pgd, square
-from certify.lipschitz import best_network_bound, network_bounds
-from certify.unrolled import unroll
-from certify.radius import certified_radii
+from certify.bounds.attacks import pgd, square
+from certify.bounds.lipschitz import best_network_bound, network_bounds
+from certify.bounds.unrolled import unroll
+from certify.bounds.radius import certified_radii
 from certify.run import certify_model
 from contraction.certificates import block_certificates
 from contraction.convops import conv_matrix
@@ -132,7 +132,7 @@ def test_pgd_check_bounds_certified_accuracy_and_catches_a_forged_certificate(ti
     correct input 'certified' at a large eps) is caught: the attack breaks some of those certificates."""
     import dataclasses
 
-    from certify.run import pgd_check
+    from certify.checks import pgd_check
 
     model, _ = tiny_trained
     data = load_dataset("mnist-mini", "test", limit=60)

@@ -7,19 +7,30 @@ from tests.profiles import budget
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certify.attacks import pgd
-from certify.crown import backward_margins, crown_margins
-from certify.lipschitz import best_network_bound
-from certify.local import box_margins, local_bounds, local_margins
-from certify.radius import certified_radii
-from certify.relax import relax
-from certify.run import AttackCheck, CertifyReport, attack_check, certify_model, certify_tensors
-from certify.tight import certified_at, tight_radii
-from certify.unrolled import unroll
+from certify.bounds.attacks import pgd
+from certify.bounds.crown import backward_margins
+from certify.bounds.lipschitz import best_network_bound
+from certify.bounds.local import box_margins, local_bounds
+from certify.bounds.radius import certified_radii
+from certify.bounds.relax import relax
+from certify.run import CertifyReport, certify_model, certify_tensors
+from certify.checks import AttackCheck, attack_check
+from certify.bounds.tight import certified_at, stage_margins, tight_radii
+from certify.bounds.unrolled import unroll
 from contraction.errors import CNodeError, DataError
 from contraction.slopes import get_activation
 from nodes import ConvNODE, ModelConfig, load_dataset
 from tests.strategies import model_configs, seeds
+
+
+def local_margins(net, u, y, eps, norm):
+    """The local stage's margins (certify.bounds.tight.stage_margins)."""
+    return stage_margins("local", net, u, y, eps, norm)[0]
+
+
+def crown_margins(net, u, y, eps, norm):
+    """The crown stage's margins (the larger of CROWN-IBP's and the boxes')."""
+    return stage_margins("crown", net, u, y, eps, norm)[0]
 
 ACTS = ["smooth_leaky_relu", "leaky_relu", "tanh"]
 
@@ -200,8 +211,8 @@ def test_certify_tensors_matches_certify_model_and_refuses_bad_tensors(tiny_trai
 def test_auto_radii_with_the_falsifier_survive_attacks(tiny_trained):
     """radius=True with auto (bisection, derived float32 slack at every eps tried, PGD falsifier): no attack inside
     any reported radius changes the float32 prediction."""
-    from certify.attacks import pgd, square
-    from certify.radius import float32_below
+    from certify.bounds.attacks import pgd, square
+    from certify.bounds.radius import float32_below
 
     model, _ = tiny_trained
     data = load_dataset("mnist-mini", "test", limit=40)

@@ -9,14 +9,14 @@ from tests.profiles import budget
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certify.attacks import pgd
+from certify.bounds.attacks import pgd
 from certify.cli import main as cnode_main
-from certify.tight import certified_at
-from certify.lipschitz import best_network_bound
-from certify.radius import certified_radii
-from certify.training import (certified_loss, certified_margins, certified_objective, crown_beta,
+from certify.bounds.tight import certified_at
+from certify.bounds.lipschitz import best_network_bound
+from certify.bounds.radius import certified_radii
+from certify.bounds.objectives import (certified_loss, certified_margins, certified_objective, crown_beta,
                               lipschitz_constants)
-from certify.unrolled import unroll
+from certify.bounds.unrolled import unroll
 from nodes import ConvNODE, ModelConfig, TrainConfig, load_dataset, train
 from nodes.checkpoint import load_checkpoint
 from nodes.config import CERTIFIED_METHODS
@@ -114,7 +114,7 @@ def test_interval_training_raises_certified_accuracy_on_a_fixed_batch(plain_batc
         with torch.no_grad():
             return int(certified_at(unroll(m), x.double(), y, 0.05, "inf", "crown").sum())
 
-    before, after = certified(model), certified(_finetune(model, data, "interval", 0.05))
+    before, after = certified(model), certified(_finetune(model, data, "local", 0.05))
     assert after >= before + 15, (before, after)
 
 
@@ -133,11 +133,11 @@ def test_lipschitz_training_raises_the_global_radii_on_a_fixed_batch(plain_batch
 def test_cnode_train_certified_flags(tmp_path, capsys):
     out = tmp_path / "cert.pt"
     argv = ["train", "--dataset", "mnist-mini", "--epochs", "1", "--train-limit", "128", "--test-limit", "64",
-            "--channels", "2", "--steps", "2", "--certified-eps", "0.05", "--certified-method", "interval",
+            "--channels", "2", "--steps", "2", "--certified-eps", "0.05", "--certified-method", "local",
             "--quiet", "--out", str(out)]
     assert cnode_main(argv) == 0
     cfg = load_checkpoint(out)["train_config"]
-    assert cfg["certified_eps"] == 0.05 and cfg["certified_method"] == "interval"
+    assert cfg["certified_eps"] == 0.05 and cfg["certified_method"] == "local"
     assert cnode_main(argv[:-2] + ["--certified-mix", "1.5", "--out", str(out)]) == 2
 
 

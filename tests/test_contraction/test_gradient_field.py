@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from contraction.certificates import BlockSpec, block_certificates, gradient_step_factors
 from contraction.convops import conv_matrix, conv_singular_range
-from contraction.lmi import conv_blocks, dense_blocks, lmi_block_certificate, solve_step_lmi, verify_step_factor
+from contraction.lmi import dense_blocks, lmi_block_certificate, solve_step_lmi, verify_step_factor
 from contraction.measures import mu_2, mu_inf, norm_2, norm_inf
 from tests.profiles import budget
 from tests.strategies import kernels, paddings, seeds, slope_pairs

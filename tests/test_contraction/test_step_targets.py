@@ -216,7 +216,7 @@ def test_the_euler_steps_interval_rule_holds_every_point_and_sees_contraction(se
     """IBP's rule for an Euler step (interval arithmetic met with the mean-value box around the midpoint): every
     point of the box maps inside it, it is never wider than interval arithmetic, and through a step certified
     contractive in Linf its largest half-width shrinks by the step's factor."""
-    from certify.unrolled import unroll
+    from certify.bounds.unrolled import unroll
 
     torch.manual_seed(seed)
     cfg = ModelConfig.preset("mini", channels=3, field=field, rho=rho if field == "contractive" else 0.0,

@@ -36,7 +36,7 @@ def test_cli_refuses_cuda_without_one(tmp_path, capsys):
 @CUDA
 def test_training_evaluation_and_certification_on_cuda_match_the_cpu():
     from certify import certify_model
-    from certify.attacks import pgd
+    from certify.bounds.attacks import pgd
     from certify.noise import gaussian_noise
 
     data = load_dataset("mnist-mini", "train", limit=256)

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certify.layers import GradientStep
-from certify.unrolled import unroll
+from certify.bounds.layers import GradientStep
+from certify.bounds.unrolled import unroll
 from contraction.certificates import block_certificates
 from contraction.convops import conv_matrix
 from nodes import ConvNODE

@@ -4,7 +4,6 @@ schedule fields (lr milestones, gradient clipping) as the stored optimizer state
 import pytest
 import torch
 
-import certify  # noqa: F401  (registers the certified objectives)
 from certify.cli import main as cnode_main
 from nodes import ConvNODE, ModelConfig, TrainConfig, load_dataset, train
 from nodes.checkpoint import load_checkpoint, model_from_checkpoint
@@ -111,7 +110,7 @@ def test_cnode_train_resume_strip_and_refusals(tmp_path, capsys, monkeypatch):
     assert cnode_main(["train", "--resume", str(slim), "--epochs", "3", "--out", str(slim), "-q"]) == 2
     assert "no training state" in capsys.readouterr().err
     # Ctrl-C: a clear line and exit 130, the checkpoint untouched
-    import certify.cli as cli
+    from certify.cli import training as cli
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -40,8 +40,8 @@ def test_evaluate_restores_the_callers_mode():
 
 
 def test_ibp_init_keeps_input_box_widths_at_the_start_and_the_config_applies_it():
-    from certify.local import local_bounds
-    from certify.unrolled import unroll
+    from certify.bounds.local import local_bounds
+    from certify.bounds.unrolled import unroll
     from nodes.init import initialise_
 
     x, _ = load_dataset("mnist-mini", "test").tensors(0, 20)
@@ -87,10 +87,15 @@ def test_train_builds_the_initialisation_and_regularizer_its_config_names():
 
 
 def test_certified_objective_comes_from_the_config_registry(monkeypatch):
-    import certify  # noqa: F401  (registers the objectives)
+    from certify.bounds import objectives
     from contraction.errors import CNodeError
-    from nodes import objectives
+    from nodes.config import CERTIFIED_METHODS
 
+    from nodes.config import REGULARIZERS
+    from nodes.regularize import REGULARIZER_FACTORIES
+
+    assert set(objectives.OBJECTIVES) == set(CERTIFIED_METHODS)  # every method the config accepts trains
+    assert set(REGULARIZER_FACTORIES) == set(REGULARIZERS) - {"none"}
     data = load_dataset("mnist-mini", "train", limit=128)
     losses = {}
     for eps in (0.0, 0.05):
@@ -100,10 +105,29 @@ def test_certified_objective_comes_from_the_config_registry(monkeypatch):
                           certified_warmup=0.0)
         losses[eps] = train(m, data, cfg, progress=False).train_loss[0]
     assert losses[0.05] > losses[0.0]  # the worst-case loss over the ball was mixed in
-    monkeypatch.setattr(objectives, "OBJECTIVES", {})
-    with pytest.raises(CNodeError, match="import certify"):
+    monkeypatch.setattr(objectives, "OBJECTIVES", {})  # the loop looks the config's name up in the registry
+    with pytest.raises(CNodeError, match="certified method must be one of"):
         train(ConvNODE(ModelConfig(channels=2, steps=1)), data, TrainConfig(dataset="mnist-mini", epochs=1),
               progress=False)
+
+
+def test_default_recipe_trains_with_import_nodes_alone():
+    """`TrainConfig()` (whose default recipe has a certified loss) trains in a fresh interpreter that imported only
+    `nodes`: the objectives come with nodes.train, not from a side effect of `import certify`; and importing the
+    engine does not load the application (certify.run, the CLI)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, nodes\n"
+            "assert 'certify.run' not in sys.modules and 'certify.cli' not in sys.modules, sorted(sys.modules)\n"
+            "data = nodes.load_dataset('mnist-mini', 'train', limit=64)\n"
+            "cfg = nodes.TrainConfig(dataset='mnist-mini', epochs=1, batch_size=32)\n"
+            "assert cfg.certified_eps > 0\n"
+            "h = nodes.train(nodes.ConvNODE(nodes.ModelConfig(channels=2, steps=1)), data, cfg, progress=False)\n"
+            "print(h.certified[-1] == h.certified[-1])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "True"  # the certified loss ran (the training bound's fraction is a number)
 
 
 @pytest.mark.parametrize("norm", ["inf", "2"])

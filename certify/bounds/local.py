@@ -1,12 +1,12 @@
 """Local bounds over an input set: boxes of every layer's output and of every pre-activation, with local slopes.
 
 Input set: the eps-ball around u (Linf or L2) intersected with the pixel box [0, 1]. Each layer's `bounds` rule
-carries the box forward (certify.layers): affine layers give each output's exact range over the box; sigma is
+carries the box forward (certify.bounds.layers): affine layers give each output's exact range over the box; sigma is
 increasing; an Euler step intersects interval arithmetic with a mean-value enclosure around a centre trajectory
 (run from an input inside the set) using the local slope range of each neuron, which keeps the correlation
 between x and sigma(T x) that interval arithmetic loses. In L2 the first affine layer's box is also intersected
 with its exact range over the ball. The box of the last layer's input gives a lower bound of every margin
-z_y - z_j over the set (`local_margins`)."""
+z_y - z_j over the set (`box_margins` of the boxes)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import torch
 
 from contraction.errors import check_norm
-from certify.attacks import per_input_eps
-from certify.layers import Affine, Box, Pre, meet
-from certify.unrolled import Unrolled
+from certify.bounds.attacks import per_input_eps
+from certify.bounds.layers import Affine, Box, Pre, meet
+from certify.bounds.unrolled import Unrolled
 
-__all__ = ["LocalBounds", "input_box", "ibp_bounds", "local_bounds", "margin_specs", "box_margins", "local_margins"]
+__all__ = ["LocalBounds", "input_box", "ibp_bounds", "local_bounds", "margin_specs", "box_margins"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class LocalBounds:
     input_lo: torch.Tensor
     input_hi: torch.Tensor
     balls: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-    """Optional L2 balls (centre, radius [B]) holding each layer's input (`certify.roundoff.lipschitz_met`)."""
+    """Optional L2 balls (centre, radius [B]) holding each layer's input (`certify.bounds.roundoff.lipschitz_met`)."""
 
     @property
     def lo(self) -> torch.Tensor:
@@ -113,9 +113,3 @@ def box_margins(net: Unrolled, labels: torch.Tensor, lo: torch.Tensor, hi: torch
     mid, rad = 0.5 * (lo + hi).flatten(1), 0.5 * (hi - lo).flatten(1)
     m = torch.einsum("bkn,bn->bk", rows, mid) - torch.einsum("bkn,bn->bk", rows.abs(), rad) + offs
     return m.masked_fill(torch.nn.functional.one_hot(labels, m.shape[1]).bool(), torch.inf)
-
-
-def local_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str) -> torch.Tensor:
-    """Lower bounds of z_y - z_j over the input set from the local boxes, [B, K] (+inf at j = y)."""
-    b = local_bounds(net, u, eps, norm)
-    return box_margins(net, labels, b.lo, b.hi)

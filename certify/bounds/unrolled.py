@@ -7,7 +7,7 @@ layer (its weights divided by H W and repeated over the pixels).
 The layers are the real-arithmetic twin of the network as it runs in its own dtype: every constant the network rounds
 (the normalisation's mean and std, cast to the input's dtype) is taken as rounded; each Euler step records the step
 the network takes (`h_run`: t_{k+1} - t_k of torchdiffeq's grid in that dtype) for the float32 rules, which bound the
-rest (certify.roundoff)."""
+rest (certify.bounds.roundoff)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from torch import nn
 from contraction.convops import conv_output_size
 from contraction.errors import CNodeError
 from contraction.slopes import Activation
-from certify.layers import STEP_LAYERS, Act, Conv, Flatten, Layer, Linear, Normalize
+from certify.bounds.layers import STEP_LAYERS, Act, Conv, Flatten, Layer, Linear, Normalize
 from nodes.classifier import ConvNODE
 
 __all__ = ["Unrolled", "unroll"]

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from contraction.errors import CNodeError, norm_error
-from nodes.train import eval_mode
+from nodes.device import eval_mode
 
-__all__ = ["eval_mode", "per_input_eps", "project", "pgd", "fgsm", "square", "margin_loss", "is_adversarial"]
+__all__ = ["per_input_eps", "project", "pgd", "fgsm", "square", "margin_loss", "is_adversarial"]
 
 
 def per_input_eps(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,8 @@ import torch
 
 from contraction.certificates import Certificate, block_certificates
 from contraction.errors import CNodeError, check_norm
-from certify.layers import Act, Conv, Flatten, Layer, Linear
-from certify.unrolled import Unrolled, unroll
+from certify.bounds.layers import Act, Conv, Flatten, Layer, Linear
+from certify.bounds.unrolled import Unrolled, unroll
 from nodes.classifier import ConvNODE
 from nodes.device import module_device
 

@@ -1,8 +1,8 @@
 """Linear bound propagation (CROWN-IBP style) for the margins z_y - z_j over the input set.
 
-Intermediate bounds come from `certify.local` (intervals + local slopes); one backward pass then carries the
+Intermediate bounds come from `certify.bounds.local` (intervals + local slopes); one backward pass then carries the
 linear functional lambda . x from the last layer's input to the network's input through each layer's `backward`
-rule (certify.layers: affine layers exactly, sigma and the Euler steps x+ = x + h sigma(T x + b) through the
+rule (certify.bounds.layers: affine layers exactly, sigma and the Euler steps x+ = x + h sigma(T x + b) through the
 relaxation k z + lower <= sigma(z) <= k z + upper on each neuron's interval), and at the input takes the exact
 minimum of a linear function over the box (Linf) or the ball (L2). All margins of a batch go back together as rows."""
 
@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from contraction.errors import check_norm
-from certify.local import LocalBounds, box_margins, local_bounds
-from certify.radius import unproven
-from certify.unrolled import Unrolled
+from certify.bounds.local import LocalBounds, box_margins, local_bounds
+from certify.bounds.radius import unproven
+from certify.bounds.unrolled import Unrolled
 
-__all__ = ["crown_margins", "box_and_crown_margins", "backward_margins"]
+__all__ = ["box_and_crown_margins", "backward_margins"]
 
 
 def backward_margins(net: Unrolled, bounds: LocalBounds, u: torch.Tensor, labels: torch.Tensor,
@@ -63,9 +63,3 @@ def box_and_crown_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, 
     box = box_margins(net, labels, bounds.lo, bounds.hi)
     todo = unproven(box, slack)
     return box, torch.maximum(backward_margins(net, bounds, u, labels, eps, norm, todo), box)
-
-
-def crown_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str,
-                  slack: torch.Tensor | float = 0.0) -> torch.Tensor:
-    """Lower bounds of z_y - z_j over the input set: the larger of the CROWN-IBP and the local-box bound."""
-    return box_and_crown_margins(net, u, labels, eps, norm, slack)[1]

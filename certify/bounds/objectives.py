@@ -1,42 +1,61 @@
-"""Certified training: cross-entropy of the certified worst-case logits over the eps-ball.
+"""Certified training objectives: cross-entropy of the certified worst-case logits over the eps-ball, and their
+registry keyed by `TrainConfig.certified_method` (nodes.train imports it: training needs the engine, so the engine
+sits below training and knows the model, never the training loop).
 
 For every wrong class j the logit z_j - z_y is replaced by an upper bound over the ball, -m_j, with m_j a
 differentiable lower bound of the margin z_y - z_j. The methods (`TrainConfig.certified_method`):
-- 'ibp': m_j from interval bound propagation (each layer's `interval` rule, certify.local.ibp_bounds): about the
+- 'ibp': m_j from interval bound propagation (each layer's `interval` rule, certify.bounds.local.ibp_bounds): about the
   cost of two forward passes, the fast path;
 - 'crown-ibp' (Zhang et al. 2020): beta * CROWN-IBP + (1 - beta) * IBP margins, the CROWN-IBP bound being one
-  backward linear-relaxation pass (certify.crown) over the IBP boxes; beta = 1 - eps(t) / eps_train falls from 1
+  backward linear-relaxation pass (certify.bounds.crown) over the IBP boxes; beta = 1 - eps(t) / eps_train falls from 1
   to 0 over the eps ramp (the linear bound guides the early, small-eps phase);
 - 'mtl-ibp' (De Palma et al. 2023): alpha * CE(IBP worst case) + (1 - alpha) * CE(u_adv), u_adv a PGD point in the
   ball (`attack_steps` steps from x at the default one step, i.e. FGSM; with more steps a random start seeded by
   `seed`, the same draw every batch);
-- 'interval': m_j from the local boxes of certify.local (mean-value enclosures through every Euler step, no
-  interval pass), tighter than IBP and slower;
+- 'local': m_j from the mean-value boxes of certify.bounds.local (the mean-value enclosure of every Euler step, as
+  `--bound local` computes them but without its interval pass: `local_bounds(interval=False)`), tighter than IBP
+  and slower;
 - 'lipschitz' (Lipschitz-margin training): m_j = (z_y - z_j)(u) - eps * L_yj, L_yj the global pairwise constant.
 The certified loss is CE([-m_j]_j, y) (the y entry is 0), an upper bound of the worst-case CE over the ball; an
 input counts as certified in training when every m_j > 0."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
 from contraction.errors import CNodeError
-from certify.attacks import pgd
-from certify.crown import backward_margins
-from certify.lipschitz import layer_constants
-from certify.local import box_margins, ibp_bounds, local_bounds
-from certify.unrolled import unroll
+from certify.bounds.attacks import pgd
+from certify.bounds.crown import backward_margins
+from certify.bounds.lipschitz import layer_constants
+from certify.bounds.local import box_margins, ibp_bounds, local_bounds
+from certify.bounds.unrolled import unroll
 from nodes.classifier import ConvNODE
 from nodes.config import CERTIFIED_METHODS, TrainConfig
-from nodes.objectives import RobustLoss, register_objective
 
-__all__ = ["lipschitz_constants", "certified_margins", "certified_loss", "certified_objective", "crown_beta"]
+__all__ = ["RobustLoss", "Objective", "OBJECTIVES", "make_objective", "lipschitz_constants", "certified_margins",
+           "certified_loss", "certified_objective", "crown_beta"]
+
+
+@dataclass(frozen=True)
+class RobustLoss:
+    """A robust loss of one batch and which of its inputs the training bound proves (every margin > 0 over the
+    ball; None when the objective bounds nothing, e.g. at eps 0)."""
+
+    loss: torch.Tensor
+    certified: torch.Tensor | None = None
+
+
+Objective = Callable[[ConvNODE, torch.Tensor, torch.Tensor, torch.Tensor, float], RobustLoss]
+"""L(model, x, y, logits, eps) -> RobustLoss (e.g. cross-entropy of certified worst-case logits at eps)."""
 
 
 def lipschitz_constants(model: ConvNODE, norm: str) -> torch.Tensor:
     """Differentiable pairwise constants L_yj [K, K] of the whole network (each layer's own factor, the Euler steps'
-    per-step bounds: the global bound of certify.lipschitz without the channel metric)."""
+    per-step bounds: the global bound of certify.bounds.lipschitz without the channel metric)."""
     if model.config.solver != "euler":
         raise CNodeError(f"certified training follows the Euler steps; this model uses {model.config.solver!r}")
     return layer_constants(unroll(model, dtype=None, detach=False), norm)
@@ -58,7 +77,7 @@ def certified_margins(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, eps: fl
         raise CNodeError(f"certified method must be one of {list(CERTIFIED_METHODS)}, got {method!r}")
     net = unroll(model, dtype=None, detach=False)  # refuses a model whose solver is not Euler
     is_y = F.one_hot(y, net.readout_weight.shape[0]).bool()
-    if method == "interval":
+    if method == "local":
         b = local_bounds(net, x, eps, norm, interval=False)
     else:  # ibp, crown-ibp, mtl-ibp
         b = ibp_bounds(net, x, eps, norm)
@@ -75,7 +94,7 @@ def certified_loss(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, eps: float
     return F.cross_entropy(-certified_margins(model, x, y, eps, norm, method, logits, beta=beta), y)
 
 
-def certified_objective(config: TrainConfig):  # -> Objective
+def certified_objective(config: TrainConfig) -> Objective:
     """The training hook for nodes.train: the config's certified method and threat norm, trained at
     `train_eps_factor` x the scheduled eps."""
     method, norm, factor = config.certified_method, config.certified_norm, config.train_eps_factor
@@ -94,5 +113,14 @@ def certified_objective(config: TrainConfig):  # -> Objective
     return objective
 
 
-for _method in CERTIFIED_METHODS:  # every method the config accepts, one objective factory each
-    register_objective(_method)(certified_objective)
+OBJECTIVES: dict[str, Callable[[TrainConfig], Objective]] = {method: certified_objective for method in CERTIFIED_METHODS}
+"""Objective factories keyed by certified method name (every method the config accepts)."""
+
+
+def make_objective(config: TrainConfig) -> Objective | None:
+    """The certified objective the config names (None when `certified_eps` is 0)."""
+    if config.certified_eps <= 0:
+        return None
+    if config.certified_method not in OBJECTIVES:
+        raise CNodeError(f"certified method must be one of {list(OBJECTIVES)}, got {config.certified_method!r}")
+    return OBJECTIVES[config.certified_method](config)

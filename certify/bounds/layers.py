@@ -10,11 +10,11 @@
   (CROWN-style), with the sound relaxation `k z + lower <= sigma(z) <= k z + upper` on each neuron's interval;
 - `symbolic(s, pre, concretize)`: carry a linear enclosure `x = A u + c + r * delta` (|delta| <= 1) of the layer's
   input in terms of the network's input u forward to its output (forward linear relaxation: the intermediate
-  bounds of certify.linear), for nonlinear layers through the same relaxation on the pre-activation's interval
+  bounds of certify.bounds.linear), for nonlinear layers through the same relaxation on the pre-activation's interval
   (its symbolic range over the input set, `concretize`, met with the box `pre`);
 - `roundoff(lo, hi, pre, err)`: the float32 rule: a bound of |fl32(layer)(x^) - layer(x)| for every x in the box
   [lo, hi] (the exact network's values over the input set) and every float32 x^ with |x^ - x| <= err, the layer as
-  PyTorch runs it in float32 (contraction.floats' error model; certify.roundoff carries it to the logits).
+  PyTorch runs it in float32 (contraction.floats' error model; certify.bounds.roundoff carries it to the logits).
 
 Affine layers (Normalize, Conv, Flatten, Linear) share their interval and backward rules through four primitives:
 the linear part `apply`, `apply_abs` (|A| r), `adjoint` (A^T y) and the bias."""
@@ -33,8 +33,8 @@ from contraction.convops import (apply_conv, apply_conv_adjoint, apply_conv_colu
 from contraction.errors import CNodeError, norm_error
 from contraction.floats import TINY, UNIT, gamma
 from contraction.slopes import Activation
-from contraction.weights import euler_factor_2, euler_factor_inf
-from certify.relax import relax
+from contraction.weights import euler_factor_2, euler_factor_inf, euler_row_gain, gradient_factor_2, gradient_row_gain
+from certify.bounds.relax import relax
 
 __all__ = ["Box", "Symbolic", "columns", "Layer", "Affine", "Normalize", "Conv", "Flatten", "Linear", "Act", "EulerStep",
            "GradientStep", "STEP_LAYERS"]
@@ -425,7 +425,7 @@ def _symbolic_box(z: Symbolic, pre: Pre, concretize: Concretize) -> tuple[torch.
 
 
 def _centre_line(act: Activation, box: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """(k, mid, half): sigma(z) in k z + [mid - half, mid + half] on the box (certify.relax's parallel lines)."""
+    """(k, mid, half): sigma(z) in k z + [mid - half, mid + half] on the box (certify.bounds.relax's parallel lines)."""
     r = relax(act, box[0], box[1])
     dtype = box[0].dtype
     return r.slope.to(dtype), (0.5 * (r.lower + r.upper)).to(dtype), (0.5 * (r.upper - r.lower)).to(dtype)
@@ -567,9 +567,8 @@ class EulerStep(Layer):
     def _gain(self, dl: torch.Tensor, du: torch.Tensor, r: torch.Tensor, abs_r: torch.Tensor) -> torch.Tensor:
         """A bound of |(I + h D T) e| for |e| <= r and dl <= D <= du (abs_r = |T| r): the centre tap's
         |1 + h d c| r plus the off-centre mass h d (|T| r - |c| r), convex in d, so its larger value at d = dl, du."""
-        h, c = self.h, self.conv.centre()
-        off = (abs_r - c.abs() * r).clamp_min(0.0)
-        return torch.maximum((1 + h * dl * c).abs() * r + h * dl * off, (1 + h * du * c).abs() * r + h * du * off)
+        c = self.conv.centre()
+        return euler_row_gain(c, r, (abs_r - c.abs() * r).clamp_min(0.0), self.h, dl, du)
 
     def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
                  propagate: bool = True) -> torch.Tensor:
@@ -635,7 +634,7 @@ class GradientStep(Layer):
             smin = 0.0  # training (a live bound given): s_min taken as 0, the non-expansive factor; it has no gradient
             if conv.padding == "circular" and self.smax is None:
                 smin = conv_singular_range(conv.weight, conv.size, conv.size, conv.padding)[0]
-            return torch.maximum(h * b * smax.square() - 1.0, torch.as_tensor(1.0 - h * a * smin**2, dtype=smax.dtype))
+            return gradient_factor_2(a, b, h, smin, smax)
         if norm == "inf":
             ones = torch.ones(1, *self._shape(), dtype=conv.weight.dtype, device=conv.weight.device)
             return self._gain(a * ones, b * ones, ones, conv.apply_abs(ones)).amax()
@@ -652,10 +651,8 @@ class GradientStep(Layer):
     def _gain(self, dl: torch.Tensor, du: torch.Tensor, r: torch.Tensor, abs_r: torch.Tensor) -> torch.Tensor:
         """A bound of |(I - h T^T D T) e| for |e| <= r and dl <= D <= du (0 <= dl): the diagonal 1 - h g, g between
         the diagonals at dl and du, and the off-diagonal mass h |T|^T du |T| r less its diagonal part."""
-        h = self.h
-        gl, gu = self._diag(dl), self._diag(du)
-        off = (self.adj.apply_abs(du * abs_r) - gu * r).clamp_min(0.0)
-        return torch.maximum((1 - h * gl).abs(), (1 - h * gu).abs()) * r + h * off
+        gu = self._diag(du)
+        return gradient_row_gain(self._diag(dl), gu, r, (self.adj.apply_abs(du * abs_r) - gu * r).clamp_min(0.0), self.h)
 
     def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], Pre]:
         """Interval arithmetic: z over the box, sigma(z) in [sigma(z_lo), sigma(z_hi)], T^T of that box, then

@@ -1,8 +1,8 @@
 """The float32 error of the network as it runs, derived over the whole input set (docs/METHOD.md section 12).
 
-The bound engine works on the real-arithmetic twin of the network (certify.unrolled: float64 copies of the float32
+The bound engine works on the real-arithmetic twin of the network (certify.bounds.unrolled: float64 copies of the float32
 weights and constants). The network that answers is the float32 one. For every input u' of the set (the eps-ball
-intersected with [0, 1]) each layer's `roundoff` rule (certify.layers) bounds |fl32 output - exact output| from the
+intersected with [0, 1]) each layer's `roundoff` rule (certify.bounds.layers) bounds |fl32 output - exact output| from the
 error of its input and the magnitudes of the exact values over the set (the engine's own boxes): affine layers by
 gamma_n (|A| |x| + |b|) for any summation order, sigma by its slope and its float32 evaluation error, each Euler step by
 its mean-value gain |I + h D T| on the incoming error plus its conv's, sigma's, multiply's and add's own errors and the
@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from certify.layers import Affine
+from certify.bounds.layers import Affine
 from contraction.floats import TINY
 
 if TYPE_CHECKING:
-    from certify.local import LocalBounds
-    from certify.unrolled import Unrolled
+    from certify.bounds.local import LocalBounds
+    from certify.bounds.unrolled import Unrolled
 
 __all__ = ["ENGINE_MARGIN", "float32_error", "ball_error", "margin_slack", "ERROR_MODEL", "lipschitz_met"]
 
@@ -43,8 +43,8 @@ def lipschitz_met(net: "Unrolled", u: torch.Tensor, eps: float | torch.Tensor, n
     at most any p-norm), and an Euler step's pre-activation T x + b within ||T|| L_{k-1} eps. Over large L2 balls the
     mean-value boxes cover the whole pixel box; this keeps the magnitudes the float32 error is proportional to.
     In L2 the balls themselves (centre, L_{k-1} eps) are kept for the affine layers' magnitudes (`ball_rounding`)."""
-    from certify.attacks import per_input_eps
-    from certify.local import LocalBounds
+    from certify.bounds.attacks import per_input_eps
+    from certify.bounds.local import LocalBounds
 
     e = per_input_eps(eps, u).flatten()
     outs = net.outputs(u)

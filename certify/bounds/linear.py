@@ -2,11 +2,11 @@
 
 Forward linear relaxation (symbolic intervals with a shared linear part): each layer's input is enclosed as
 x = A u + c + r * delta over the input set (A [*shape, B, n]: a column per input coordinate, |delta| <= 1), carried
-forward by each layer's `symbolic` rule (certify.layers): affine layers map A exactly; sigma and the Euler steps use
+forward by each layer's `symbolic` rule (certify.bounds.layers): affine layers map A exactly; sigma and the Euler steps use
 the parallel-line relaxation k z + mid +- half of the pre-activation's interval, so the linear part stays exact
 (A picks up (I + h diag(k) T) per Euler step) and only the relaxation's half-width enters the error r. Each
 pre-activation's interval is the symbolic range over the input set (concretised exactly: the box for Linf, and
-for L2 also the ball, A u0 +- eps ||A_i||) met with the local box of certify.local, and so is the box of the last
+for L2 also the ball, A u0 +- eps ||A_i||) met with the local box of certify.bounds.local, and so is the box of the last
 layer's input (the other output boxes stay the local ones: nothing downstream reads them): never looser than the
 local boxes. Where the interval and mean-value boxes lose the correlation between layers (ordinarily trained
 models, whose Euler steps amplify a box by up to 1e7), the linear part keeps it: the error r carries only the
@@ -20,10 +20,10 @@ from __future__ import annotations
 import torch
 
 from contraction.errors import check_norm
-from certify.attacks import per_input_eps
-from certify.layers import Symbolic, meet
-from certify.local import LocalBounds, local_bounds
-from certify.unrolled import Unrolled
+from certify.bounds.attacks import per_input_eps
+from certify.bounds.layers import Symbolic, meet
+from certify.bounds.local import LocalBounds, local_bounds
+from certify.bounds.unrolled import Unrolled
 
 __all__ = ["DEFAULT_BUDGET", "symbolic_range", "linear_bounds"]
 

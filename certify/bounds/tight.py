@@ -3,17 +3,17 @@
 The stages, cheapest first (each certifies an input when every lower bound of z_y - z_j, j != y, over the closed
 eps-ball intersected with [0, 1] is a number above its float32 round-off slack; float64 on an unrolled copy of the
 model; a NaN or infinite bound leaves its input open and is counted):
-- 'local': interval + mean-value boxes through every layer (certify.local);
-- 'crown': one linear backward pass over those boxes (CROWN-IBP style, certify.crown), for the margins the boxes
+- 'local': interval + mean-value boxes through every layer (certify.bounds.local);
+- 'crown': one linear backward pass over those boxes (CROWN-IBP style, certify.bounds.crown), for the margins the boxes
   leave open;
-- 'linear': linear intermediate bounds (certify.linear) met with the boxes, then the backward pass over them.
+- 'linear': linear intermediate bounds (certify.bounds.linear) met with the boxes, then the backward pass over them.
 `escalate` runs them in order, each only on the inputs the earlier ones left unproven (sharing the local boxes),
 and keeps the best bound of every margin so far: a later stage never loses what an earlier one proved. A
 `falsify` hook (an attack) may drop inputs with an adversarial example before the expensive 'linear' stage: no
 bound can prove those.
 
 The slack: given (scalar, per input or per margin), or `None`: derived, the float32 error bound of every logit over
-the same ball from the local boxes (certify.roundoff), so each certificate holds for the float32 network as it runs."""
+the same ball from the local boxes (certify.bounds.roundoff), so each certificate holds for the float32 network as it runs."""
 
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ from typing import Callable, Union
 import torch
 
 from contraction.errors import CNodeError
-from certify.crown import box_and_crown_margins
-from certify.linear import linear_bounds
-from certify.local import LocalBounds, box_margins, local_bounds
-from certify.radius import unproven
-from certify.roundoff import ball_error, margin_slack
-from certify.unrolled import Unrolled
+from certify.bounds.crown import box_and_crown_margins
+from certify.bounds.linear import linear_bounds
+from certify.bounds.local import LocalBounds, box_margins, local_bounds
+from certify.bounds.radius import unproven
+from certify.bounds.roundoff import ball_error, margin_slack
+from certify.bounds.unrolled import Unrolled
 
 __all__ = ["TIGHT_STAGES", "Escalation", "stage_margins", "escalate", "certified_at", "tight_radii"]
 
