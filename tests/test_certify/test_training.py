@@ -106,7 +106,7 @@ def _finetune(model, data, method, eps):
     return model
 
 
-def test_interval_training_raises_certified_accuracy_on_a_fixed_batch(plain_batch_model):
+def test_local_training_raises_certified_accuracy_on_a_fixed_batch(plain_batch_model):
     model, data = plain_batch_model
     x, y = data.tensors(0, 128)
 
