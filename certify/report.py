@@ -40,8 +40,6 @@ def format_report(report: CertifyReport, model_path: str = "") -> str:
     if ro.get("model") == "derived":
         lines.insert(-1, f"  float32 round-off       derived over each ball (observed/bound on {ro['sample']} inputs: median "
                          f"{ro['observed_over_derived_median']:.2g}, max {ro['observed_over_derived_max']:.2g})")
-    elif ro:
-        lines.insert(-1, f"  float32 round-off       measured, not derived: {ro.get('note', '')}")
     if report.nonfinite_count:
         lines.insert(3, f"  non-finite bounds       {report.nonfinite_count:8d}   (a bound or its float32 slack overflowed or "
                         "was NaN: those inputs are left open)")

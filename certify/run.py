@@ -1,15 +1,14 @@
 """Certifying a model: plan (validate, round-off check, network bound) -> batches (radii, tight stages) -> one
 report, gathered over processes and shards (the checks by attack: certify.checks).
 
-Float32: every certificate is for the network as it runs in float32. For Euler models each margin's slack is the
-derived float32 error bound over the ball (certify.bounds.roundoff; the global stage's radius pays it twice: at the input and
-in the ball), and the plan checks that the float32 logits on a sample lie inside it (a cross-check of the error
-model: outside, the certificate is withheld). Other solvers, which the engine does not unroll yet, keep the measured
-slack 4 ROUNDOFF_REL (1 + max|z|) after a float64 comparison on the sample (the report says which)."""
+Float32: every certificate is for the network as it runs in float32: each margin's slack is the derived float32
+error bound over the ball (certify.bounds.roundoff; the global stage's radius pays it twice: at the input and in the
+ball), and the plan checks that the float32 logits on a sample lie inside it (a cross-check of the error model:
+outside, the certificate is withheld). The error is derived through Euler steps, so only Euler models get radii
+(the other fixed-step solvers have block certificates: `cnode evaluate`)."""
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -22,7 +21,7 @@ from contraction.errors import CertificateWithheldError, CNodeError, DataError, 
 from certify.bounds.attacks import is_adversarial, pgd
 from certify.bounds.lipschitz import NetworkBound, best_network_bound
 from certify.bounds.local import local_bounds
-from certify.bounds.radius import certified_accuracy, certified_radii, float32_below, roundoff_slack
+from certify.bounds.radius import certified_accuracy, certified_radii, float32_below
 from certify.bounds.roundoff import ERROR_MODEL, ball_error, float32_error, margin_slack
 from certify.bounds.tight import TIGHT_STAGES, escalate, tight_radii
 from certify.bounds.unrolled import Unrolled, unroll
@@ -38,7 +37,6 @@ __all__ = ["CertifyReport", "CertifyPlan", "BatchResult", "plan_certification", 
            "certify_tensors", "check_eps", "BOUNDS", "BoundMethod"]
 
 RADIUS_CAP = {"inf": 0.5, "2": 10.0}  # bisection's upper end for --radius
-ROUNDOFF_REL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -185,31 +183,11 @@ def check_eps(eps: float) -> float:
     return float(eps)
 
 
-def _measured_roundoff(model: ConvNODE, x: torch.Tensor) -> float:
-    """Largest |z32 - z64| / (1 + max|z|) on a check batch (float64 copy of the model)."""
-    model64 = copy.deepcopy(model).double()
-    with torch.no_grad():
-        z64 = model64(x.double())
-        z32 = model(x.float()).double()
-    return float(((z32 - z64).abs().amax(1) / (1 + z64.abs().amax(1))).max())
-
-
-def roundoff_check(model: ConvNODE, net: Unrolled | None, sample: torch.Tensor) -> dict[str, Any]:
-    """The float32 error model, checked on `sample` before any certificate is given.
-
-    Euler models (`net`: the real-arithmetic twin): the float32 logits must lie within the derived bound of their
-    exact values at every sample input (else CertificateWithheldError: the arithmetic is not the one the bound
-    models, e.g. TF32, FFT or Winograd convolutions); returns the observed error against the bound (ratios).
-    Other solvers: the measured relative error must stay below a tenth of the measured slack's ROUNDOFF_REL."""
-    if net is None:
-        measured = _measured_roundoff(model, sample) if len(sample) else 0.0
-        if measured > 0.1 * ROUNDOFF_REL:
-            raise CertificateWithheldError(f"float32 logits differ from float64 by {measured:.2e} (relative), above "
-                                           "the round-off slack's safety margin; certificate withheld")
-        return {"model": "measured", "relative_slack": ROUNDOFF_REL, "measured_relative_float32_error": measured,
-                "note": f"solver {model.config.solver!r} is not unrolled by the bound engine: each margin is reduced "
-                        f"by {4 * ROUNDOFF_REL:g} * (1 + max|z|) (radius.roundoff_slack), checked against a float64 "
-                        "run on the first 64 inputs (not derived)"}
+def roundoff_check(model: ConvNODE, net: Unrolled, sample: torch.Tensor) -> dict[str, Any]:
+    """The float32 error model, checked on `sample` before any certificate is given: the float32 logits must lie
+    within the derived bound of their exact values (`net`: the real-arithmetic twin) at every sample input (else
+    CertificateWithheldError: the arithmetic is not the one the bound models, e.g. TF32, FFT or Winograd
+    convolutions); returns the observed error against the bound (ratios)."""
     x = sample.to(net.readout_weight.device)
     with torch.no_grad():
         observed = (model(x.float()).double() - net(x.double())).abs()
@@ -238,7 +216,7 @@ class CertifyPlan:
     tight: tuple[str, ...]
     falsify: bool
     network: NetworkBound
-    unrolled: Unrolled | None  # the real-arithmetic twin (Euler models): derived slack and the tight stages
+    unrolled: Unrolled  # the real-arithmetic twin: the derived float32 slack and the tight stages
     batch_size: int
     radius: bool
     roundoff: dict[str, Any]
@@ -259,16 +237,16 @@ def plan_certification(model: ConvNODE, sample: torch.Tensor, *, eps: float, nor
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise CNodeError(f"batch size must be an integer >= 1, got {batch_size!r}")
     method = BOUNDS[bound]
-    euler = model.config.solver == "euler"
-    tight = method.tight if euler or bound != "auto" else ()  # auto falls back to the global bound
-    if tight and not euler:
-        raise CNodeError(f"--bound {bound} follows the Euler steps; this model uses {model.config.solver!r} "
-                         "(use --bound global, or train with --solver euler)")
+    if model.config.solver != "euler":
+        raise CNodeError(f"certified radii hold for the network as run in float32, whose error the bound engine derives "
+                         f"through Euler steps; this model uses {model.config.solver!r} (its block certificates: "
+                         "`cnode evaluate`; train with --solver euler for radii)")
+    tight = method.tight
     if method.lmi and norm != "2":
         raise CNodeError("the LMI certifies the 2-norm: use --norm 2 with --bound lmi")
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         raise CNodeError("the model has non-finite weights (NaN or inf): nothing can be certified")
-    net = unroll(model) if euler else None
+    net = unroll(model)
     with eval_mode(model):
         roundoff = roundoff_check(model, net, sample)
     spec = model.block.spec()
@@ -311,23 +289,19 @@ def _falsifier(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, norm: str):  #
     return falsify
 
 
-def _global_radii(plan: CertifyPlan, z: torch.Tensor, y: torch.Tensor, x64: torch.Tensor | None,
-                  err: torch.Tensor | None) -> torch.Tensor:
+def _global_radii(plan: CertifyPlan, z: torch.Tensor, y: torch.Tensor, x64: torch.Tensor,
+                  err: torch.Tensor) -> torch.Tensor:
     """Lipschitz radii of the float32 network: min_j (z_y - z_j - 2 s_yj) / L_yj, s_yj the margin's float32 slack
     over the ball (paid at the input and at the point in the ball).
 
     Derived slack (`err`: the error bound over the eps-ball): a radius r0 > eps needs the bound over its own ball, so
     those inputs get it recomputed over the r0-ball (the whole pixel box at most) and keep the smaller radius, never
-    below eps (r0 >= eps was proven with the eps-ball's slack). Measured slack (`err` None):
-    4 ROUNDOFF_REL (1 + max|z|)."""
+    below eps (r0 >= eps was proven with the eps-ball's slack)."""
     L = plan.network.constants().to(z.device)
-    if err is None:
-        return certified_radii(z, y, L, roundoff_slack(z, ROUNDOFF_REL))
     r = certified_radii(z, y, L, 2 * margin_slack(err, y))
     wide = torch.nonzero(r > plan.eps).flatten()
-    if len(wide) and x64 is not None:
+    if len(wide):
         net = plan.unrolled
-        assert net is not None
         whole = 1.0 if plan.norm == "inf" else float(x64[0].numel()) ** 0.5  # a larger ball is the whole pixel box
         ball = r[wide].clamp(max=whole)
         e = ball_error(net, x64[wide], ball, plan.norm, local_bounds(net, x64[wide], ball, plan.norm))
@@ -347,21 +321,18 @@ def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.
     with eval_mode(model), torch.no_grad():
         z = model(x)
     net, tight = plan.unrolled, plan.tight
-    x64 = x.to(torch.float64) if net is not None else None
-    local = local_bounds(net, x64, plan.eps, plan.norm) if net is not None else None
-    err = ball_error(net, x64, plan.eps, plan.norm, local) if net is not None else None
-    slack = margin_slack(err, y) if err is not None else roundoff_slack(z, ROUNDOFF_REL)
+    x64 = x.to(torch.float64)
+    local = local_bounds(net, x64, plan.eps, plan.norm)
+    err = ball_error(net, x64, plan.eps, plan.norm, local)
+    slack = margin_slack(err, y)
     r = _global_radii(plan, z, y, x64, err)
-    nonfinite = ~torch.isfinite(z).all(1)
-    if err is not None:
-        nonfinite |= ~torch.isfinite(err).all(1)
+    nonfinite = ~torch.isfinite(z).all(1) | ~torch.isfinite(err).all(1)
     ok = r >= plan.eps
     names = ["global" if c else "" for c in ok.tolist()]
     falsified = torch.zeros(len(y), dtype=torch.bool)
     seconds["global"] += time.perf_counter() - ts
     todo = torch.nonzero(~ok & (z.argmax(1) == y)).flatten()
     if len(todo) and tight:
-        assert net is not None and local is not None
         hook = _falsifier(model, x[todo], y[todo], plan.norm) if plan.falsify else None
         esc = escalate(net, x64[todo], y[todo], plan.eps, plan.norm, tight, slack[todo], hook, local.select(todo))
         for i, s in zip(todo.tolist(), esc.stage.tolist()):

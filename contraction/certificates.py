@@ -6,13 +6,16 @@ block as integrated; `not_certified` means no sound bound is available and the n
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
-from contraction.convops import apply_conv, apply_conv_adjoint, centre_taps, conv_singular_range, conv_spectral_norm
+from contraction.convops import (apply_conv, apply_conv_adjoint, centre_taps, channel_abs_sums, conv_singular_range,
+                                 conv_spectral_norm)
+from contraction.runge_kutta import TABLEAUS, step_factor
 from contraction.errors import CNodeError, norm_error
 from contraction.weights import (
     check_slopes,
@@ -211,7 +214,7 @@ def verdict(cert: Certificate) -> str:
     steps = cert.step_factors
     worst = max(steps) if steps else cert.factor
     if cert.factor < 1.0:
-        return (f"{cert.norm}: the network as run contracts: every Euler step shrinks distances by a factor <= "
+        return (f"{cert.norm}: the network as run contracts: every solver step shrinks distances by a factor <= "
                 f"{worst:.4g}, the block by {cert.factor:.4g}")
     if cert.factor == 1.0:
         return f"{cert.norm}: the network as run is non-expansive (block factor 1)"
@@ -225,12 +228,56 @@ def verdict(cert: Certificate) -> str:
     return line
 
 
+def _field_lipschitz(spec: BlockSpec, K: torch.Tensor, norm: str, weights: tuple[float, ...] | None) -> float:
+    """L >= sup_D ||J_f|| in `norm` for the block's field at kernel K (D diagonal in [a, b]): the paper's field
+    J_f = D T (b times T's norm: absolute row sums, column sums, channel-weighted row sums, the spectral norm); the
+    gradient field J_f = -T^T D T (b ||T||_2^2; the row sums of |T|^T |T|, symmetric)."""
+    K = K.detach().to(torch.float64)
+    b = spec.b
+    if spec.field == "gradient":
+        if norm == "2":
+            return b * conv_spectral_norm(K, spec.height, spec.width, spec.padding) ** 2
+        ones = torch.ones(1, K.shape[1], spec.height, spec.width, dtype=K.dtype)
+        return b * float(apply_conv_adjoint(apply_conv(ones, K.abs(), spec.padding), K.abs(), spec.padding).amax())
+    A = channel_abs_sums(K)  # >= every pixel's row (column) mass of T per channel pair
+    if norm == "2":
+        return b * conv_spectral_norm(K, spec.height, spec.width, spec.padding)
+    if norm == "1":
+        return b * float(A.sum(0).amax())
+    if norm == "inf_weighted" and weights is not None:
+        eta = torch.tensor(weights, dtype=A.dtype)
+        return b * float((A * eta[:, None] / eta[None, :]).sum(1).amax())  # the weighted norm of euler_factor_inf
+    return b * float(A.sum(1).amax())
+
+
+def _as_solver(spec: BlockSpec, euler: Certificate) -> Certificate:
+    """The Runge-Kutta step's certificate from the Euler step's (contraction.runge_kutta): each step's factor from
+    the Euler factor E(h) of its kernel and the field's L."""
+    if not euler.certified:
+        return euler
+    tableau = TABLEAUS[spec.solver]
+    steps, terms = [], []
+    for K, e in zip(spec.kernels, euler.step_factors):
+        lip = _field_lipschitz(spec, K, euler.norm, euler.weights)
+        steps.append(step_factor(spec.solver, spec.h, e, lip))
+        terms.append(spec.h * lip)
+    how = ("min of E(h) + h L sum b_i e_i and Heun's Shu-Osher (1 + E(h)^2) / 2" if tableau.shu_osher
+           else "E(h) + h L sum b_i e_i")
+    return dataclasses.replace(
+        euler, method=f"{spec.solver} from {euler.method}", factor=math.prod(steps), step_factors=tuple(steps),
+        condition=f"{spec.solver} step ({tableau.stages} stages, as torchdiffeq runs it) bounded through the Euler "
+                  f"factor E(h) and L >= ||J_f|| (max h L = {max(terms):.3g}): {how}; Euler: {euler.condition}",
+        extra={**euler.extra, "euler_step_factors": list(euler.step_factors), "max_h_L": max(terms)})
+
+
 def block_certificates(spec: BlockSpec, norms: Sequence[str] = ("inf", "inf_weighted", "1", "2")) -> list[Certificate]:
     """Weight-only certificates of the block in each norm, for the solver actually run.
 
     Euler: the per-step factors are proven bounds of ||I + h D T_k|| for every admissible D, their product
-    bounds the block. Other solvers: `not_certified` (no sound discrete bound implemented)."""
-    if spec.solver != "euler":
+    bounds the block. The fixed-step Runge-Kutta solvers (midpoint, heun2, heun3, rk4): each step's factor bounded
+    through the Euler factor (contraction.runge_kutta). Adaptive solvers: `not_certified` (the steps depend on the
+    input)."""
+    if spec.solver not in TABLEAUS:
         return [
             Certificate(
                 method="weights",
@@ -238,9 +285,11 @@ def block_certificates(spec: BlockSpec, norms: Sequence[str] = ("inf", "inf_weig
                 status=NOT_CERTIFIED,
                 rate=None,
                 factor=None,
-                condition=f"solver {spec.solver!r}: no sound discrete-step bound; train with --solver euler",
+                condition=f"solver {spec.solver!r}: adaptive steps chosen per input, no discrete-step bound; a "
+                          f"fixed-step solver ({', '.join(TABLEAUS)}) is certified",
             )
             for n in norms
         ]
     with torch.no_grad():
-        return [(_gradient if spec.field == "gradient" else _euler)(spec, n) for n in norms]
+        certs = [(_gradient if spec.field == "gradient" else _euler)(spec, n) for n in norms]
+        return certs if spec.solver == "euler" else [_as_solver(spec, c) for c in certs]

@@ -215,8 +215,9 @@ def check_combination(model_config: ModelConfig, config: TrainConfig) -> None:
                          "regularizers, --init contractive and --neg-init act on the paper's field (use --field paper)")
     if config.reg != "none" and config.reg_target == "step":
         if model_config.solver != "euler":
-            raise CNodeError(f"the step target is the Euler step's; solver {model_config.solver!r} has no certified "
-                             "step factor (use --solver euler, or --reg-target flow for the flow's rate)")
+            raise CNodeError(f"the step target is the Euler step's factor; solver {model_config.solver!r} is certified "
+                             "(cnode evaluate) but not targeted (use --solver euler, or --reg-target flow for the "
+                             "flow's rate)")
         act = model_config.act
         check_step_rate(config.rho, act.a, act.b, model_config.T, model_config.steps, config.reg_norm,
                         f"--reg {config.reg} --rho {config.rho:g} --reg-norm {config.reg_norm}")

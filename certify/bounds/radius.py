@@ -6,7 +6,7 @@ import torch
 
 from contraction.errors import CNodeError
 
-__all__ = ["certified_radii", "certified_accuracy", "roundoff_slack", "as_slack", "unproven", "float32_below"]
+__all__ = ["certified_radii", "certified_accuracy", "as_slack", "unproven", "float32_below"]
 
 
 def float32_below(t: torch.Tensor | float) -> torch.Tensor:
@@ -27,14 +27,6 @@ def unproven(margins: torch.Tensor, slack: torch.Tensor | float = 0.0) -> torch.
     """[B, K] True where a margin's lower bound does not exceed its slack: fail closed, so a NaN bound or slack (which
     compares false) is unproven too."""
     return ~(margins > as_slack(slack, margins))
-
-
-def roundoff_slack(logits: torch.Tensor, rel: float = 1e-4) -> torch.Tensor:
-    """Slack subtracted from each margin for float32 evaluation: 4 tau, tau = rel * (1 + max|z|).
-
-    tau bounds the error of one float32 logit; a margin is a difference of two logits, evaluated once at u and
-    once at u' in the ball. `rel` must exceed the measured float32 error (certify.run checks it in float64)."""
-    return 4 * rel * (1 + logits.detach().to(torch.float64).abs().amax(1))
 
 
 def certified_radii(
