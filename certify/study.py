@@ -29,7 +29,7 @@ RATED = ("jacobian", "weight", "contractive")
 field (the rate built into the model)."""
 
 __all__ = ["StudyConfig", "StudyItem", "METHODS", "ARCHS", "QUICK", "PAPER_RECIPE", "REG_WEIGHT", "run_study",
-           "study_items", "study_one", "tables", "aggregate"]
+           "study_items", "study_one", "tables", "aggregate", "recipe"]
 
 # The paper's recipe, every field explicit (the library's defaults may change; the study does not): Adam, readout
 # at a tenth of the lr, no certified loss, PyTorch's initialisation (+ the negative diagonal for the regularized
@@ -119,39 +119,43 @@ def model_config(arch: str, method: str, rho: float) -> ModelConfig:
     return ModelConfig.preset(arch, **field)
 
 
-def train_one(item: StudyItem, args: StudyConfig) -> None:
-    """The preset and the paper's recipe; the regularizers add their hinge at rate rho (and the lab's negative
+def recipe(dataset: str, method: str, rho: float, seed: int, args: StudyConfig) -> TrainConfig:
+    """The paper's recipe for one model; the regularizers add their hinge at rate rho (and the lab's negative
     diagonal), the contractive field builds the rate into the model (no regularizer, no diagonal)."""
-    method, rho = item.method, item.rho
     reg = dict(reg=method, rho=rho, reg_weight=REG_WEIGHT[method], neg_init=True) if method in REG_WEIGHT else {}
-    tcfg = TrainConfig(dataset=item.dataset, epochs=args.epochs, seed=item.seed, train_limit=args.train_limit,
-                       **PAPER_RECIPE, **reg)
+    return TrainConfig(dataset=dataset, epochs=args.epochs, seed=seed, train_limit=args.train_limit, **PAPER_RECIPE,
+                       **reg)
+
+
+def train_one(item: StudyItem, args: StudyConfig) -> None:
+    """The preset and the paper's recipe (`recipe`, `model_config`), saved to the item's path."""
+    tcfg = recipe(item.dataset, item.method, item.rho, item.seed, args)
     data = load_dataset(item.dataset, "train", data_root=args.data_root, limit=args.train_limit or None)
-    model, history = fit(model_config(item.arch, method, rho), tcfg, data, None, device=args.device, progress=False)
+    model, history = fit(model_config(item.arch, item.method, item.rho), tcfg, data, None, device=args.device,
+                         progress=False)
     save_model(item.path, model, train_config=tcfg, metrics={"train_seconds": sum(history.epoch_seconds)})
 
 
 def check_reused(ckpt: dict, method: str, rho: float, seed: int, args: StudyConfig, path: Path,
                  arch: str = "paper") -> None:
-    """Refuse to resume from a checkpoint trained with another recipe than this run's (epochs, images, rate, seed,
-    architecture)."""
-    tcfg, mcfg = ckpt.get("train_config") or {}, ckpt.get("model_config") or {}
-    want_model = dataclasses.asdict(model_config(arch, method, rho))
-    want = {"epochs": args.epochs, "train_limit": args.train_limit, "seed": seed,
-            "reg": method if method in REG_WEIGHT else "none", "rho": rho if method in REG_WEIGHT else 0.0,
-            "field": want_model["field"], "field_rho": want_model["rho"],
-            "steps": want_model["steps"], "stem": want_model["stem"], "head": want_model["head"]}
-    found = {**tcfg, "field": mcfg.get("field", "paper"), "field_rho": mcfg.get("rho", 0.0),
-             **{k: _tuples(mcfg[k]) if k in mcfg else want[k] for k in ("steps", "stem", "head")}}
-    diff = {k: (found.get(k), v) for k, v in want.items() if found.get(k) != v}
+    """Refuse to resume from a checkpoint trained with another recipe than this run's: every model-config field
+    (the architecture, the field and its rate) and every training field the checkpoint records (epochs, images,
+    seed, the regularizer and its rate, the paper's optimiser settings) must equal what this run would train."""
+    try:
+        found_model = ModelConfig.from_dict(ckpt.get("model_config") or {})
+        stored = ckpt.get("train_config") or {}
+        found_train = TrainConfig.from_dict(stored)
+    except CNodeError as e:
+        raise CNodeError(f"{path}: unreadable recipe ({e}); remove it or use another --out") from None
+    want_train = recipe(found_train.dataset, method, rho, seed, args)
+    diff = {f.name: (getattr(found_model, f.name), getattr(want, f.name))
+            for want in (model_config(arch, method, rho),) for f in dataclasses.fields(want)
+            if getattr(found_model, f.name) != getattr(want, f.name)}
+    diff.update({k: (getattr(found_train, k), getattr(want_train, k)) for k in stored
+                 if hasattr(want_train, k) and getattr(found_train, k) != getattr(want_train, k)})
     if diff:
         raise CNodeError(f"{path} was trained with another recipe ({diff}, as (found, wanted)); "
                          "remove it or use another --out")
-
-
-def _tuples(v):
-    """Nested lists (a config read back from JSON) as nested tuples, to compare with a dataclass's fields."""
-    return tuple(_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
 def _panels(agg: list[dict]) -> list[tuple[str, str]]:

@@ -87,6 +87,13 @@ def test_resuming_refuses_a_checkpoint_of_another_recipe(tmp_path):
     with pytest.raises(CNodeError, match="another recipe"):
         study.check_reused(ckpt(plain, dataclasses.asdict(ModelConfig.preset("paper"))), "nominal", 0.0, 1, args,
                            tmp_path / "m.pt", arch="mini")
+    # every field counts, not a chosen few: the optimiser's settings and any model field
+    with pytest.raises(CNodeError, match="lr"):
+        study.check_reused(ckpt({**plain, "lr": 1e-3}), "nominal", 0.0, 1, args, tmp_path / "m.pt")
+    with pytest.raises(CNodeError, match="kernel_size"):
+        study.check_reused(ckpt(plain, {**paper, "kernel_size": 5}), "nominal", 0.0, 1, args, tmp_path / "m.pt")
+    real = study.recipe("mnist", "weight", 0.5, 1, args).to_dict()  # a whole stored recipe is reused as is
+    study.check_reused(ckpt(real), "weight", 0.5, 1, args, tmp_path / "m.pt")
     with pytest.raises(CNodeError, match="archs"):
         study.StudyConfig(archs=("huge",))
 
