@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from contraction.errors import check_norm
-from certify.bounds.local import LocalBounds, box_margins, local_bounds
+from certify.bounds.local import LayerBounds, box_margins, local_bounds
 from certify.bounds.radius import unproven
 from certify.bounds.unrolled import Unrolled
 
 __all__ = ["box_and_crown_margins", "backward_margins"]
 
 
-def backward_margins(net: Unrolled, bounds: LocalBounds, u: torch.Tensor, labels: torch.Tensor,
+def backward_margins(net: Unrolled, bounds: LayerBounds, u: torch.Tensor, labels: torch.Tensor,
                      eps: float | torch.Tensor, norm: str, pairs: torch.Tensor | None = None) -> torch.Tensor:
     """CROWN-IBP lower bounds of z_y - z_j over the input set, [B, K], given intermediate bounds.
 
@@ -51,7 +51,7 @@ def backward_margins(net: Unrolled, bounds: LocalBounds, u: torch.Tensor, labels
 
 
 def box_and_crown_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor,
-                          norm: str, slack: torch.Tensor | float = 0.0, bounds: LocalBounds | None = None
+                          norm: str, slack: torch.Tensor | float = 0.0, bounds: LayerBounds | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """(box margins, crown margins) over the input set, [B, K] each, from one set of intermediate bounds (`bounds`,
     the local boxes when not given).

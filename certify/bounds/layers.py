@@ -302,8 +302,8 @@ class Conv(Affine):
             K = K.new_zeros((*K.shape[:2], self.size, self.size)).index_add(2, idx, K)
         return K.flatten(1).norm(dim=1)[:, None, None]
 
-    def centre(self) -> torch.Tensor:
-        """Centre taps [C, 1, 1] (the diagonal of T(K) at every pixel; square stride-1 same convs)."""
+    def diagonal(self) -> torch.Tensor:
+        """The diagonal of T(K) at every pixel, [C, 1, 1]: the centre taps (square stride-1 same convs)."""
         return centre_taps(self.weight)[:, None, None]
 
     def lipschitz(self, norm: str) -> torch.Tensor:
@@ -424,7 +424,7 @@ def _symbolic_box(z: Symbolic, pre: Pre, concretize: Concretize) -> tuple[torch.
     return box if pre is None else meet(box, pre)
 
 
-def _centre_line(act: Activation, box: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+def _mid_line(act: Activation, box: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """(k, mid, half): sigma(z) in k z + [mid - half, mid + half] on the box (certify.bounds.relax's parallel lines)."""
     r = relax(act, box[0], box[1])
     dtype = box[0].dtype
@@ -472,9 +472,9 @@ class Act(Layer):
         return g, const + c
 
     def symbolic(self, s: Symbolic, pre: Pre, concretize: Concretize) -> tuple[Symbolic, Pre]:
-        """sigma(z) = k z + mid + half * delta on the pre-activation's interval (the relaxation's centre line)."""
+        """sigma(z) = k z + mid + half * delta on the pre-activation's interval (the relaxation's mid line)."""
         box = _symbolic_box(s, pre, concretize)
-        k, mid, half = _centre_line(self.act, box)
+        k, mid, half = _mid_line(self.act, box)
         return Symbolic(columns(k) * s.A, k * s.c + mid, k * s.r + half), box
 
     def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
@@ -567,7 +567,7 @@ class EulerStep(Layer):
     def _gain(self, dl: torch.Tensor, du: torch.Tensor, r: torch.Tensor, abs_r: torch.Tensor) -> torch.Tensor:
         """A bound of |(I + h D T) e| for |e| <= r and dl <= D <= du (abs_r = |T| r): the centre tap's
         |1 + h d c| r plus the off-centre mass h d (|T| r - |c| r), convex in d, so its larger value at d = dl, du."""
-        c = self.conv.centre()
+        c = self.conv.diagonal()
         return euler_row_gain(c, r, (abs_r - c.abs() * r).clamp_min(0.0), self.h, dl, du)
 
     def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
@@ -588,8 +588,8 @@ class EulerStep(Layer):
         layer, h = self.conv, self.h
         z = Symbolic(layer.apply_columns(s.A), layer(s.c), layer.apply_abs(s.r))
         box = _symbolic_box(z, pre, concretize)
-        k, mid, half = _centre_line(self.act, box)
-        c = layer.centre()
+        k, mid, half = _mid_line(self.act, box)
+        c = layer.diagonal()
         off = (z.r - c.abs() * s.r).clamp_min(0.0)
         r = (1 + h * k * c).abs() * s.r + h * k * off + h * half
         return Symbolic(z.A.mul_(columns(h * k)).add_(s.A), s.c + h * (k * z.c + mid), r), box
@@ -689,7 +689,7 @@ class GradientStep(Layer):
         conv, adj, h = self.conv, self.adj, self.h
         z = Symbolic(conv.apply_columns(s.A), conv(s.c), conv.apply_abs(s.r))
         box = _symbolic_box(z, pre, concretize)
-        k, mid, half = _centre_line(self.act, box)
+        k, mid, half = _mid_line(self.act, box)
         r = self._gain(k, k, s.r, z.r) + h * adj.apply_abs(half)
         A = s.A - h * adj.apply_columns(z.A.mul_(columns(k)))
         return Symbolic(A, s.c - h * adj.apply(k * z.c + mid), r), box

@@ -22,7 +22,7 @@ import torch
 from contraction.errors import check_norm
 from certify.bounds.attacks import per_input_eps
 from certify.bounds.layers import Symbolic, meet
-from certify.bounds.local import LocalBounds, local_bounds
+from certify.bounds.local import LayerBounds, local_bounds
 from certify.bounds.unrolled import Unrolled
 
 __all__ = ["DEFAULT_BUDGET", "symbolic_range", "linear_bounds"]
@@ -48,7 +48,7 @@ def symbolic_range(s: Symbolic, lo_u: torch.Tensor, hi_u: torch.Tensor, u: torch
     return lo.reshape(shape), hi.reshape(shape)
 
 
-def _linear_chunk(net: Unrolled, u: torch.Tensor, eps: torch.Tensor, norm: str, local: LocalBounds) -> LocalBounds:
+def _linear_chunk(net: Unrolled, u: torch.Tensor, eps: torch.Tensor, norm: str, local: LayerBounds) -> LayerBounds:
     lo_u, hi_u = local.input_lo, local.input_hi
     ball = eps.flatten() if norm == "2" else None
 
@@ -64,7 +64,7 @@ def _linear_chunk(net: Unrolled, u: torch.Tensor, eps: torch.Tensor, norm: str, 
         s, p = layer.symbolic(s, local.pre[i], concretize)
         pre.append(p)
     boxes = list(local.boxes[:-1]) + [meet(concretize(s), local.boxes[last])]
-    return LocalBounds(boxes, pre, lo_u, hi_u)
+    return LayerBounds(boxes, pre, lo_u, hi_u)
 
 
 def _widest(net: Unrolled, u: torch.Tensor) -> int:
@@ -77,7 +77,7 @@ def _widest(net: Unrolled, u: torch.Tensor) -> int:
 
 
 def linear_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, norm: str, *,
-                  local: LocalBounds | None = None, budget: int = DEFAULT_BUDGET) -> LocalBounds:
+                  local: LayerBounds | None = None, budget: int = DEFAULT_BUDGET) -> LayerBounds:
     """Boxes of every layer (and pre-activation) over {u' in [0,1]^n : ||u' - u|| <= eps} from linear bounds,
     met with the local boxes (`local`, computed here when not given): every box is at least as tight as theirs.
 
@@ -90,14 +90,14 @@ def linear_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, nor
     parts = []
     for i in range(0, u.shape[0], step):
         sl = slice(i, i + step)
-        sub = LocalBounds([(lo[sl], hi[sl]) for lo, hi in local.boxes],
+        sub = LayerBounds([(lo[sl], hi[sl]) for lo, hi in local.boxes],
                           [None if p is None else (p[0][sl], p[1][sl]) for p in local.pre],
                           local.input_lo[sl], local.input_hi[sl])
         parts.append(_linear_chunk(net, u[sl], e[sl], norm, sub))
     if len(parts) == 1:
         return parts[0]
     cat = lambda pairs: (torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs]))  # noqa: E731
-    return LocalBounds([cat([p.boxes[k] for p in parts]) for k in range(len(local.boxes))],
+    return LayerBounds([cat([p.boxes[k] for p in parts]) for k in range(len(local.boxes))],
                        [None if local.pre[k] is None else cat([p.pre[k] for p in parts])
                         for k in range(len(local.pre))],
                        local.input_lo, local.input_hi)

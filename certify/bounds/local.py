@@ -19,13 +19,14 @@ from certify.bounds.attacks import per_input_eps
 from certify.bounds.layers import Affine, Box, Pre, meet
 from certify.bounds.unrolled import Unrolled
 
-__all__ = ["LocalBounds", "input_box", "ibp_bounds", "local_bounds", "margin_specs", "box_margins"]
+__all__ = ["LayerBounds", "input_box", "ibp_bounds", "local_bounds", "margin_specs", "box_margins"]
 
 
 @dataclass(frozen=True)
-class LocalBounds:
-    """Sound boxes over the input set: `boxes[i]` of layer i's output (all layers but the last), `pre[i]` of the
-    pre-activation of nonlinear layer i (None for affine layers); (lo, hi) = the box of the last layer's input."""
+class LayerBounds:
+    """Sound boxes of every layer over the input set (what IBP, the mean-value boxes and the linear stage return):
+    `boxes[i]` of layer i's output (all layers but the last), `pre[i]` of the pre-activation of nonlinear layer i
+    (None for affine layers); (lo, hi) = the box of the last layer's input."""
 
     boxes: list[tuple[torch.Tensor, torch.Tensor]]
     pre: list[Pre]
@@ -38,10 +39,10 @@ class LocalBounds:
     def lo(self) -> torch.Tensor:
         return self.boxes[-1][0]
 
-    def select(self, rows: torch.Tensor) -> "LocalBounds":
+    def select(self, rows: torch.Tensor) -> "LayerBounds":
         """The bounds of the inputs `rows` (an index or boolean mask over the batch)."""
         pick = lambda pair: None if pair is None else (pair[0][rows], pair[1][rows])  # noqa: E731
-        return LocalBounds([pick(b) for b in self.boxes], [pick(p) for p in self.pre], self.input_lo[rows],
+        return LayerBounds([pick(b) for b in self.boxes], [pick(p) for p in self.pre], self.input_lo[rows],
                            self.input_hi[rows], None if self.balls is None else [pick(b) for b in self.balls])
 
     @property
@@ -55,7 +56,7 @@ def input_box(u: torch.Tensor, eps: float | torch.Tensor) -> tuple[torch.Tensor,
     return (u - e).clamp(0.0, 1.0), (u + e).clamp(0.0, 1.0)
 
 
-def ibp_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, norm: str) -> LocalBounds:
+def ibp_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, norm: str) -> LayerBounds:
     """Interval bound propagation (each layer's `interval` rule) over the same input set as `local_bounds`: looser,
     about one forward pass per bound, and what IBP / CROWN-IBP training differentiate through. In L2 the first
     affine layer's box is intersected with its exact range over the ball, as in `local_bounds`."""
@@ -69,11 +70,11 @@ def ibp_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, norm: 
             lo, hi = meet((lo, hi), layer.ball_bounds(u, per_input_eps(eps, u).flatten()))
         boxes.append((lo, hi))
         pre.append(p)
-    return LocalBounds(boxes, pre, lo_u, hi_u)
+    return LayerBounds(boxes, pre, lo_u, hi_u)
 
 
 def local_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, norm: str, *,
-                 interval: bool = True) -> LocalBounds:
+                 interval: bool = True) -> LayerBounds:
     """Boxes of every layer over {u' in [0,1]^n : ||u' - u|| <= eps} (per-input eps allowed).
 
     `interval=False` skips the interval enclosures (mean value only: cheaper, for training). With them, every box is
@@ -98,7 +99,7 @@ def local_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, norm
                 p = meet(p, ibp_pre)
         boxes.append((box.lo, box.hi))
         pre.append(p)
-    return LocalBounds(boxes, pre, lo_u, hi_u)
+    return LayerBounds(boxes, pre, lo_u, hi_u)
 
 
 def margin_specs(net: Unrolled, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ from certify.bounds.layers import Affine
 from contraction.floats import TINY
 
 if TYPE_CHECKING:
-    from certify.bounds.local import LocalBounds
+    from certify.bounds.local import LayerBounds
     from certify.bounds.unrolled import Unrolled
 
 __all__ = ["ENGINE_MARGIN", "float32_error", "ball_error", "margin_slack", "ERROR_MODEL", "lipschitz_met"]
@@ -37,14 +37,14 @@ ERROR_MODEL = ("derived: each margin must exceed E_y + E_j, E_k a proven bound o
 
 
 def lipschitz_met(net: "Unrolled", u: torch.Tensor, eps: float | torch.Tensor, norm: str,
-                  bounds: "LocalBounds") -> "LocalBounds":
+                  bounds: "LayerBounds") -> "LayerBounds":
     """The boxes of `bounds` met with the Lipschitz balls around the centre input u: every coordinate of layer k's
     output lies within L_k eps of its value at u (L_k the product of the layers' factors in `norm`, a coordinate being
     at most any p-norm), and an Euler step's pre-activation T x + b within ||T|| L_{k-1} eps. Over large L2 balls the
     mean-value boxes cover the whole pixel box; this keeps the magnitudes the float32 error is proportional to.
     In L2 the balls themselves (centre, L_{k-1} eps) are kept for the affine layers' magnitudes (`ball_rounding`)."""
     from certify.bounds.attacks import per_input_eps
-    from certify.bounds.local import LocalBounds
+    from certify.bounds.local import LayerBounds
 
     e = per_input_eps(eps, u).flatten()
     outs = net.outputs(u)
@@ -68,10 +68,10 @@ def lipschitz_met(net: "Unrolled", u: torch.Tensor, eps: float | torch.Tensor, n
         lo, hi = torch.maximum(bounds.boxes[i][0], c - r), torch.minimum(bounds.boxes[i][1], c + r)
         boxes.append((lo, torch.maximum(hi, lo)))
         pre.append(p)
-    return LocalBounds(boxes, pre, bounds.input_lo, bounds.input_hi, balls if norm == "2" else None)
+    return LayerBounds(boxes, pre, bounds.input_lo, bounds.input_hi, balls if norm == "2" else None)
 
 
-def float32_error(net: "Unrolled", bounds: "LocalBounds") -> torch.Tensor:
+def float32_error(net: "Unrolled", bounds: "LayerBounds") -> torch.Tensor:
     """[B, K] bounds of |fl32(z_k)(u') - z_k(u')| for every input u' of the set `bounds` was computed on (its boxes of
     every layer's exact output and pre-activation), the network evaluated in float32 as it runs.
 
@@ -109,7 +109,7 @@ def float32_error(net: "Unrolled", bounds: "LocalBounds") -> torch.Tensor:
 
 
 def ball_error(net: "Unrolled", u: torch.Tensor, eps: float | torch.Tensor, norm: str,
-               bounds: "LocalBounds") -> torch.Tensor:
+               bounds: "LayerBounds") -> torch.Tensor:
     """`float32_error` over the ball of radius eps around u (`bounds`: boxes over it), the boxes first met with the
     Lipschitz balls (`lipschitz_met`)."""
     return float32_error(net, lipschitz_met(net, u, eps, norm, bounds))

@@ -26,7 +26,7 @@ import torch
 from contraction.errors import CNodeError
 from certify.bounds.crown import box_and_crown_margins
 from certify.bounds.linear import linear_bounds
-from certify.bounds.local import LocalBounds, box_margins, local_bounds
+from certify.bounds.local import LayerBounds, box_margins, local_bounds
 from certify.bounds.radius import unproven
 from certify.bounds.roundoff import ball_error, margin_slack
 from certify.bounds.unrolled import Unrolled
@@ -46,8 +46,8 @@ def _rows(t: torch.Tensor | float, idx: torch.Tensor) -> torch.Tensor | float:
 
 
 def stage_margins(stage: str, net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor,
-                  norm: str, slack: torch.Tensor | float = 0.0, local: LocalBounds | None = None
-                  ) -> tuple[torch.Tensor, LocalBounds]:
+                  norm: str, slack: torch.Tensor | float = 0.0, local: LayerBounds | None = None
+                  ) -> tuple[torch.Tensor, LayerBounds]:
     """[B, K] lower bounds of z_y - z_j (+inf at j = y) by one stage, and the local boxes it used (given or built).
 
     'crown' and 'linear' run their backward pass only for the margins their boxes leave unproven (`slack`: scalar,
@@ -84,7 +84,7 @@ class Escalation:
 
 def escalate(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str,
              stages: tuple[str, ...] = TIGHT_STAGES, slack: Slack = 0.0, falsify: Falsify | None = None,
-             local: LocalBounds | None = None) -> Escalation:
+             local: LayerBounds | None = None) -> Escalation:
     """Run `stages` in order, each on the inputs still unproven (per-input `eps` and `slack` allowed; `slack=None`:
     derived from the local boxes; `local`: those boxes when already computed)."""
     B = u.shape[0]

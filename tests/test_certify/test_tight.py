@@ -143,7 +143,7 @@ def test_tighter_methods_certify_supersets(tiny_batch, norm, eps_list):
 
 def test_attacks_never_break_a_tight_certificate(tiny_trained):
     model, _ = tiny_trained
-    data = load_dataset("mnist-mini", "test", limit=150)
+    data = load_dataset("mnist-mini", "test", limit=100)
     for norm, eps, bound in (("inf", 0.03, "crown"), ("2", 0.4, "crown"), ("inf", 0.04, "linear")):
         report = certify_model(model, data, eps=eps, norm=norm, bound=bound)
         assert report.certified_accuracy > 0, "the tiny model should certify something here"
@@ -215,11 +215,11 @@ def test_auto_radii_with_the_falsifier_survive_attacks(tiny_trained):
     from certify.bounds.radius import float32_below
 
     model, _ = tiny_trained
-    data = load_dataset("mnist-mini", "test", limit=40)
+    data = load_dataset("mnist-mini", "test", limit=30)
     report = certify_model(model, data, eps=0.01, bound="auto", radius=True)
     idx = torch.nonzero(report.radii > 0).flatten()
     assert len(idx) > 10 and (report.radii[idx] > 0.01).any()  # bisection went past eps somewhere
-    x, y = data.tensors(0, 40)
+    x, y = data.tensors(0, 30)
     x, y = x[idx], y[idx]
     r = float32_below(report.radii[idx])
     for adv in (pgd(model, x, y, eps=r, steps=40, restarts=3, loss="margin"), square(model, x, y, eps=r, queries=300)):
