@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from contraction.certificates import block_certificates
 from contraction.errors import CertificateWithheldError, CNodeError, DataError, check_norm
+from contraction.runge_kutta import FIXED_STEP, TABLEAUS
 from certify.bounds.attacks import is_adversarial, pgd
 from certify.bounds.lipschitz import NetworkBound, best_network_bound
 from certify.bounds.local import local_bounds
@@ -228,7 +229,7 @@ def plan_certification(model: ConvNODE, sample: torch.Tensor, *, eps: float, nor
     """Validate every option and combination, check float32 round-off on `sample`, compute the network bound.
 
     Raises CNodeError (one line) before any expensive work: bad eps / norm / bound / batch size, --bound lmi in
-    Linf, a tight bound on a non-Euler model, float32 logits too far from float64."""
+    Linf, an adaptive solver, float32 logits too far from float64."""
     t0 = time.perf_counter()
     eps = check_eps(eps)
     check_norm(norm)
@@ -237,10 +238,9 @@ def plan_certification(model: ConvNODE, sample: torch.Tensor, *, eps: float, nor
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise CNodeError(f"batch size must be an integer >= 1, got {batch_size!r}")
     method = BOUNDS[bound]
-    if model.config.solver != "euler":
-        raise CNodeError(f"certified radii hold for the network as run in float32, whose error the bound engine derives "
-                         f"through Euler steps; this model uses {model.config.solver!r} (its block certificates: "
-                         "`cnode evaluate`; train with --solver euler for radii)")
+    if model.config.solver not in TABLEAUS:
+        raise CNodeError(f"solver {model.config.solver!r} chooses its steps per input (adaptive): certified radii hold "
+                         f"for the fixed-step solvers {', '.join(FIXED_STEP)} as run")
     tight = method.tight
     if method.lmi and norm != "2":
         raise CNodeError("the LMI certifies the 2-norm: use --norm 2 with --bound lmi")

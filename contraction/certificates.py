@@ -261,11 +261,12 @@ def _as_solver(spec: BlockSpec, euler: Certificate) -> Certificate:
         lip = _field_lipschitz(spec, K, euler.norm, euler.weights)
         steps.append(step_factor(spec.solver, spec.h, e, lip))
         terms.append(spec.h * lip)
-    how = ("min of E(h) + h L sum b_i e_i and Heun's Shu-Osher (1 + E(h)^2) / 2" if tableau.shu_osher
+    how = ("min of E(h) + h L sum b_i e_i and the Shu-Osher combination of Euler factors" if tableau.shu_osher
            else "E(h) + h L sum b_i e_i")
+    runner = "as torchdiffeq runs it" if tableau.torchdiffeq else "as nodes.block runs it"
     return dataclasses.replace(
         euler, method=f"{spec.solver} from {euler.method}", factor=math.prod(steps), step_factors=tuple(steps),
-        condition=f"{spec.solver} step ({tableau.stages} stages, as torchdiffeq runs it) bounded through the Euler "
+        condition=f"{spec.solver} step ({tableau.stages} stages, {runner}) bounded through the Euler "
                   f"factor E(h) and L >= ||J_f|| (max h L = {max(terms):.3g}): {how}; Euler: {euler.condition}",
         extra={**euler.extra, "euler_step_factors": list(euler.step_factors), "max_h_L": max(terms)})
 
@@ -274,7 +275,7 @@ def block_certificates(spec: BlockSpec, norms: Sequence[str] = ("inf", "inf_weig
     """Weight-only certificates of the block in each norm, for the solver actually run.
 
     Euler: the per-step factors are proven bounds of ||I + h D T_k|| for every admissible D, their product
-    bounds the block. The fixed-step Runge-Kutta solvers (midpoint, heun2, heun3, rk4): each step's factor bounded
+    bounds the block. The fixed-step Runge-Kutta solvers (midpoint, heun2, heun3, ssprk3, rk4): each step's factor bounded
     through the Euler factor (contraction.runge_kutta). Adaptive solvers: `not_certified` (the steps depend on the
     input)."""
     if spec.solver not in TABLEAUS:

@@ -8,6 +8,7 @@ from torch import nn
 from torchdiffeq import odeint
 
 from contraction.certificates import BlockSpec
+from contraction.runge_kutta import TABLEAUS, tableau_step
 
 from nodes.config import ModelConfig
 from nodes.field import FIELD_TYPES, ConvField, make_conv
@@ -18,7 +19,8 @@ __all__ = ["ODEBlock"]
 class ODEBlock(nn.Module):
     """Shared weights: one conv on [0, T]; otherwise conv k acts on [t_k, t_{k+1}], t_k = k T / steps.
 
-    Fixed-step solvers (euler, rk4) take exactly one step per interval, so euler runs x+ = x + h f_k(x).
+    Fixed-step solvers (euler, midpoint, heun2, heun3, ssprk3, rk4) take exactly one step per interval, so euler runs
+    x+ = x + h f_k(x); torchdiffeq runs them, except ssprk3 (contraction.runge_kutta.tableau_step).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -39,7 +41,13 @@ class ODEBlock(nn.Module):
         cfg = self.config
         if cfg.solver == "dopri5":
             return odeint(field, x, t, method="dopri5", rtol=cfg.rtol, atol=cfg.atol)
-        return odeint(field, x, t, method=cfg.solver)
+        tableau = TABLEAUS[cfg.solver]
+        if tableau.torchdiffeq:
+            return odeint(field, x, t, method=cfg.solver)
+        states = [x]  # a tableau torchdiffeq lacks: one step per grid interval, dt = t_{k+1} - t_k as torchdiffeq's
+        for t0, t1 in zip(t[:-1], t[1:]):
+            states.append(tableau_step(lambda y: field(t0, y), states[-1], t1 - t0, tableau))
+        return torch.stack(states)
 
     def trajectory(self, x: torch.Tensor) -> list[torch.Tensor]:
         """States at t_0, ..., t_steps (steps + 1 tensors shaped like x)."""

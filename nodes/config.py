@@ -16,7 +16,7 @@ from contraction.weights import CONTRACTIVE_INSET, check_step_rate
 __all__ = ["ModelConfig", "TrainConfig", "FIELDS", "REG_TARGETS", "ARCHS", "DEFAULT_ARCH", "INITS", "PADDINGS", "SOLVERS", "READOUTS",
            "DATASETS", "REGULARIZERS", "HINGES", "THREAT_NORMS", "DEFAULT_REG_WEIGHT", "CERTIFIED_METHODS", "EPS_RAMPS"]
 
-SOLVERS = ("euler", "midpoint", "heun2", "heun3", "rk4", "dopri5")
+SOLVERS = ("euler", "midpoint", "heun2", "heun3", "ssprk3", "rk4", "dopri5")
 READOUTS = ("linear", "avgpool")
 DATASETS = ("mnist", "fashion-mnist", "mnist-mini")
 REGULARIZERS = ("none", "jacobian", "weight")

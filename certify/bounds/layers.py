@@ -32,12 +32,13 @@ from contraction.convops import (apply_conv, apply_conv_adjoint, apply_conv_colu
                                  conv_spectral_norm_tensor, largest_singular_value)
 from contraction.errors import CNodeError, norm_error
 from contraction.floats import TINY, UNIT, gamma
+from contraction.runge_kutta import Tableau, combine, stage_factors, step_factor, tableau_step
 from contraction.slopes import Activation
 from contraction.weights import euler_factor_2, euler_factor_inf, euler_row_gain, gradient_factor_2, gradient_row_gain
 from certify.bounds.relax import relax
 
-__all__ = ["Box", "Symbolic", "columns", "Layer", "Affine", "Normalize", "Conv", "Flatten", "Linear", "Act", "EulerStep",
-           "GradientStep", "STEP_LAYERS"]
+__all__ = ["Box", "Symbolic", "columns", "Layer", "Affine", "Normalize", "Conv", "Flatten", "Linear", "Act", "FieldStep",
+           "EulerStep", "GradientStep", "RKStep", "STEP_LAYERS"]
 
 Pre = tuple[torch.Tensor, torch.Tensor] | None
 
@@ -101,6 +102,10 @@ class Layer:
 
     def bounds(self, box: Box, interval: bool = True) -> tuple[Box, Pre]:
         raise NotImplementedError
+
+    def pre_lipschitz(self, norm: str) -> torch.Tensor:
+        """A Lipschitz factor of the map from the layer's input to its pre-activation (sigma's: the identity)."""
+        return torch.ones((), dtype=torch.float64)
 
     def backward(self, lam: torch.Tensor, const: torch.Tensor, pre: Pre,
                  rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -408,14 +413,12 @@ class Linear(Affine):
         return Linear(torch.einsum("ojp,ji->oip", W, inp).reshape(self.weight.shape), self.bias, self.sums)
 
 
-def _relaxed(act: Activation, lam: torch.Tensor, pre: Pre, rows: torch.Tensor,
-             scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """lam . (scale sigma(z)) >= (scale lam k) . z + const on the box `pre`: returns (scale lam k, const) per row."""
+def _relaxed(act: Activation, lam: torch.Tensor, pre: Pre, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """lam . sigma(z) >= (lam k) . z + const on the box `pre`: returns (lam k, const) per row."""
     assert pre is not None
     r = relax(act, pre[0], pre[1])
     slope, lower, upper = (t.to(lam.dtype)[rows] for t in (r.slope, r.lower, r.upper))
-    a = scale * lam
-    return a * slope, _sum_but_first(a.clamp_min(0) * lower + a.clamp_max(0) * upper)
+    return lam * slope, _sum_but_first(lam.clamp_min(0) * lower + lam.clamp_max(0) * upper)
 
 
 def _symbolic_box(z: Symbolic, pre: Pre, concretize: Concretize) -> tuple[torch.Tensor, torch.Tensor]:
@@ -485,31 +488,104 @@ class Act(Layer):
         return self.act.slope_range(zl, zh)[1] * err + own if propagate else own
 
 
-def _step_rounding(step: "EulerStep | GradientStep", lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
-                   field: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+def _sigma_rounding(conv: "Conv", act: Activation, lo: torch.Tensor, hi: torch.Tensor, pre: Pre,
+                    err: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The float32 pre-activation and activation of a step's field at inputs within err of the box [lo, hi] (pre:
+    z's box over it): (|T| err + rho, rho the conv's own error, the slopes [dl, du] on z's box widened by that,
+    sigma's own error there, a bound of |sigma^|)."""
+    assert pre is not None
+    rho = conv.rounding(lo, hi, err)
+    dz = conv.apply_abs(err) + rho
+    zl, zh = pre[0] - dz, pre[1] + dz
+    dl, du = act.slope_range(zl, zh)
+    s_err = act.rounding(_magnitude(zl, zh))
+    return dz, rho, dl, du, s_err, torch.maximum(act(zl).abs(), act(zh).abs()) + s_err
+
+
+def _step_rounding(step: "FieldStep", lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
                    propagate: bool = True) -> torch.Tensor:
     """The float32 rule of a residual step x+ = x + h F(sigma(z)), z = T x + b, F linear, run as fl(x^ + fl(h_run F^)):
     x^+ - x+ = (I + h F D T)(x^ - x) + h F (D rho_z + sigma's error) + h (F's own error) + (h_run - h) F^ + two
-    roundings (rho_z: the conv's own error, D: slopes on z's widened interval). `field(e, s_mag)` gives a bound of
-    |h F e + h F's own error| and of |F^| from per-neuron bounds e and |sigma^| <= s_mag; `step._gain` bounds
+    roundings (rho_z: the conv's own error, D: slopes on z's widened interval). `step.field_rounding(e, s_mag)` gives
+    a bound of |F e + F's own error| and of |F^| from per-neuron bounds e and |sigma^| <= s_mag; `step._gain` bounds
     |(I + h F D T) err|."""
-    conv, act, h = step.conv, step.act, step.h
+    h = step.h
     h_run = h if step.h_run is None else step.h_run
-    assert pre is not None
-    rho = conv.rounding(lo, hi, err)
-    abs_err = conv.apply_abs(err)
-    zl, zh = pre[0] - abs_err - rho, pre[1] + abs_err + rho
-    dl, du = act.slope_range(zl, zh)
-    s_err = act.rounding(_magnitude(zl, zh))
-    inner, f_mag = field(du * rho + s_err, torch.maximum(act(zl).abs(), act(zh).abs()) + s_err)
-    out = inner + (abs(h_run - h) + UNIT * h_run) * f_mag
+    _, rho, dl, du, s_err, s_mag = _sigma_rounding(step.conv, step.act, lo, hi, pre, err)
+    inner, f_mag = step.field_rounding(du * rho + s_err, s_mag)
+    out = h * inner + (abs(h_run - h) + UNIT * h_run) * f_mag
     if propagate:
-        out = out + step._gain(dl, du, err, abs_err)
+        out = out + step._gain(dl, du, err, step.conv.apply_abs(err))
     return out + UNIT * (_magnitude(lo, hi, err) + h_run * f_mag * (1 + UNIT)) + 2 * TINY
 
 
+class FieldStep(Layer):
+    """A residual step x+ = x + h F(x) of the block's field F(y) = G sigma(T y + b) (G = I: the paper's field; G = -T^T:
+    the gradient field). Subclasses give the field's rules, which the Euler step's own rules and every Runge-Kutta
+    stage (RKStep) share: `field_out(z)` (G sigma(z)), `field_box` (F's box over a box of z), `field_abs(d, v)`
+    (|G| (d v): with v = |T| r a bound of |F(y) - F(y')| for |y - y'| <= r and slopes <= d), `field_backward`,
+    `field_symbolic`, `field_lipschitz` (L >= sup_D ||G D T||), `field_rounding`, and `_gain(dl, du, r, abs_r, h)`:
+    a bound of |(I + h G D T) e| for |e| <= r."""
+
+    conv: "Conv"
+    h: float
+    act: Activation
+    h_run: float | None
+    nonlinear = True
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.h * self.field(x)
+
+    def field(self, y: torch.Tensor) -> torch.Tensor:
+        return self.field_out(self.conv(y))
+
+    def preactivation(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+    def pre_lipschitz(self, norm: str) -> torch.Tensor:
+        """A Lipschitz factor of x -> T x + b in `norm`."""
+        return self.conv.lipschitz(norm)
+
+    def backward(self, lam: torch.Tensor, const: torch.Tensor, pre: Pre,
+                 rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """lam . x+ = lam . x + (h lam) . F(x), the field's term through its relaxation (`field_backward`)."""
+        back, c = self.field_backward(self.h * lam, const, pre, rows)
+        return lam + back, c
+
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
+                 propagate: bool = True) -> torch.Tensor:
+        """The residual step's float32 rule (`_step_rounding`)."""
+        return _step_rounding(self, lo, hi, pre, err, propagate)
+
+    def field_out(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def field_box(self, zl: torch.Tensor, zh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def field_abs(self, d: torch.Tensor | float, v: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def field_backward(self, mu: torch.Tensor, const: torch.Tensor, pre: Pre,
+                       rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def field_symbolic(self, z: Symbolic, k: torch.Tensor, mid: torch.Tensor, half: torch.Tensor) -> Symbolic:
+        raise NotImplementedError
+
+    def field_lipschitz(self, norm: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def field_rounding(self, e: torch.Tensor, s_mag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _gain(self, dl: torch.Tensor, du: torch.Tensor, r: torch.Tensor, abs_r: torch.Tensor,
+              h: float | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True, eq=False)
-class EulerStep(Layer):
+class EulerStep(FieldStep):
     """x+ = x + h sigma(T(K) x + b), one forward-Euler step of the ODE block (a square stride-1 same conv); `h_run`:
     the step the float32 network takes (torchdiffeq's t_{k+1} - t_k on its float32 grid; None: h)."""
 
@@ -517,13 +593,30 @@ class EulerStep(Layer):
     h: float
     act: Activation
     h_run: float | None = None
-    nonlinear = True
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.h * self.act(self.conv(x))
+    def field_out(self, z: torch.Tensor) -> torch.Tensor:
+        return self.act(z)
 
-    def preactivation(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+    def field_box(self, zl: torch.Tensor, zh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.act(zl), self.act(zh)
+
+    def field_abs(self, d: torch.Tensor | float, v: torch.Tensor) -> torch.Tensor:
+        return d * v
+
+    def field_backward(self, mu: torch.Tensor, const: torch.Tensor, pre: Pre,
+                       rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu . sigma(z) >= (mu k) . z + const on z's box, z = T y + b: (T^T (mu k), (mu k) . b + const)."""
+        g, c = _relaxed(self.act, mu, pre, rows)
+        return self.conv.backward(g, const + c, None, rows)
+
+    def field_symbolic(self, z: Symbolic, k: torch.Tensor, mid: torch.Tensor, half: torch.Tensor) -> Symbolic:
+        return Symbolic(columns(k) * z.A, k * z.c + mid, k * z.r + half)
+
+    def field_lipschitz(self, norm: str) -> torch.Tensor:
+        return self.act.b * self.conv.lipschitz(norm)
+
+    def field_rounding(self, e: torch.Tensor, s_mag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return e, s_mag
 
     def lipschitz(self, norm: str) -> torch.Tensor:
         """Bounds of ||I + h D T(K)|| over every admissible D (contraction.weights, the block certificates' rules)."""
@@ -564,23 +657,13 @@ class EulerStep(Layer):
             lo, hi = meet((lo, hi), (box.lo + h * act(zl), box.hi + h * act(zh)))
         return Box(lo, hi, xc), (zl, zh)
 
-    def _gain(self, dl: torch.Tensor, du: torch.Tensor, r: torch.Tensor, abs_r: torch.Tensor) -> torch.Tensor:
-        """A bound of |(I + h D T) e| for |e| <= r and dl <= D <= du (abs_r = |T| r): the centre tap's
-        |1 + h d c| r plus the off-centre mass h d (|T| r - |c| r), convex in d, so its larger value at d = dl, du."""
+    def _gain(self, dl: torch.Tensor, du: torch.Tensor, r: torch.Tensor, abs_r: torch.Tensor,
+              h: float | None = None) -> torch.Tensor:
+        """A bound of |(I + h D T) e| for |e| <= r and dl <= D <= du (abs_r = |T| r; h: the layer's step unless
+        given): the centre tap's |1 + h d c| r plus the off-centre mass h d (|T| r - |c| r), convex in d, so its
+        larger value at d = dl, du."""
         c = self.conv.diagonal()
-        return euler_row_gain(c, r, (abs_r - c.abs() * r).clamp_min(0.0), self.h, dl, du)
-
-    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
-                 propagate: bool = True) -> torch.Tensor:
-        """The residual step's float32 rule with F = identity (`_step_rounding`)."""
-        return _step_rounding(self, lo, hi, pre, err, lambda e, s_mag: (self.h * e, s_mag), propagate)
-
-    def backward(self, lam: torch.Tensor, const: torch.Tensor, pre: Pre,
-                 rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """lam . x+ >= (lam + T^T (h lam k)) . x + (h lam k) . b + sum (h lam)^+ lower + (h lam)^- upper."""
-        g, c = _relaxed(self.act, lam, pre, rows, self.h)
-        back, c2 = self.conv.backward(g, const + c, None, rows)
-        return lam + back, c2
+        return euler_row_gain(c, r, (abs_r - c.abs() * r).clamp_min(0.0), self.h if h is None else h, dl, du)
 
     def symbolic(self, s: Symbolic, pre: Pre, concretize: Concretize) -> tuple[Symbolic, Pre]:
         """x+ = (I + h diag(k) T) x + h k b + h (mid + half * delta) with sigma(z) = k z + mid + half * delta on z's
@@ -596,7 +679,7 @@ class EulerStep(Layer):
 
 
 @dataclass(frozen=True, eq=False)
-class GradientStep(Layer):
+class GradientStep(FieldStep):
     """x+ = x - h T^T sigma(T x + b), one Euler step of the gradient field (T = T(K) a square stride-1 same conv, K the
     kernel as run). Its Jacobian I - h T^T D T is symmetric for every slope matrix D."""
 
@@ -605,7 +688,6 @@ class GradientStep(Layer):
     act: Activation
     h_run: float | None = None  # the step the float32 network takes (as EulerStep's)
     smax: torch.Tensor | None = None  # a known bound of ||T||_2 (training reuses the field's); None: the DFT bound
-    nonlinear = True
 
     @cached_property
     def adj(self) -> Conv:
@@ -618,11 +700,42 @@ class GradientStep(Layer):
         return Conv(self.conv.weight.square(), self.conv.bias, 1, self.conv.pad, self.conv.padding,
                     self.conv.size).transposed()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return x - self.h * self.adj.apply(self.act(self.conv(x)))
+    def field_out(self, z: torch.Tensor) -> torch.Tensor:
+        return -self.adj.apply(self.act(z))
 
-    def preactivation(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+    def field_box(self, zl: torch.Tensor, zh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        (yl, yh), _ = self.adj.interval(self.act(zl), self.act(zh))
+        return -yh, -yl
+
+    def field_abs(self, d: torch.Tensor | float, v: torch.Tensor) -> torch.Tensor:
+        return self.adj.apply_abs(d * v)
+
+    def field_backward(self, mu: torch.Tensor, const: torch.Tensor, pre: Pre,
+                       rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu . (-T^T sigma(z)) = nu . sigma(z) with nu = -T mu, through the relaxation on z's box, z = T y + b."""
+        g, c = _relaxed(self.act, -self.conv.apply(mu), pre, rows)
+        return self.conv.backward(g, const + c, None, rows)
+
+    def field_symbolic(self, z: Symbolic, k: torch.Tensor, mid: torch.Tensor, half: torch.Tensor) -> Symbolic:
+        adj = self.adj
+        return Symbolic(-adj.apply_columns(columns(k) * z.A), -adj.apply(k * z.c + mid), adj.apply_abs(k * z.r + half))
+
+    def field_lipschitz(self, norm: str) -> torch.Tensor:
+        """b ||T||_2^2 (L2); b times the largest row sum of |T|^T |T| (Linf)."""
+        conv = self.conv
+        if norm == "2":
+            smax = conv.lipschitz("2") if self.smax is None else self.smax
+            return self.act.b * smax.square()
+        if norm == "inf":
+            ones = torch.ones(1, *self._shape(), dtype=conv.weight.dtype, device=conv.weight.device)
+            return self.act.b * self.adj.apply_abs(conv.apply_abs(ones)).amax()
+        raise norm_error(norm)
+
+    def field_rounding(self, e: torch.Tensor, s_mag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """T^T adds its own sum's error."""
+        adj = self.adj
+        own = adj.rounding(-s_mag, s_mag)
+        return adj.apply_abs(e) + own, adj.apply_abs(s_mag) + own
 
     def lipschitz(self, norm: str) -> torch.Tensor:
         """L2: max(h b s_max^2 - 1, 1 - h a s_min^2) (the symmetric step's spectrum; s_min only for circular padding,
@@ -648,11 +761,14 @@ class GradientStep(Layer):
         onto the same pixel, which the config ensures: circular padding needs a side >= the kernel)."""
         return self._squared_adj.apply(d)
 
-    def _gain(self, dl: torch.Tensor, du: torch.Tensor, r: torch.Tensor, abs_r: torch.Tensor) -> torch.Tensor:
-        """A bound of |(I - h T^T D T) e| for |e| <= r and dl <= D <= du (0 <= dl): the diagonal 1 - h g, g between
-        the diagonals at dl and du, and the off-diagonal mass h |T|^T du |T| r less its diagonal part."""
+    def _gain(self, dl: torch.Tensor, du: torch.Tensor, r: torch.Tensor, abs_r: torch.Tensor,
+              h: float | None = None) -> torch.Tensor:
+        """A bound of |(I - h T^T D T) e| for |e| <= r and dl <= D <= du (0 <= dl; h: the layer's step unless given):
+        the diagonal 1 - h g, g between the diagonals at dl and du, and the off-diagonal mass h |T|^T du |T| r less
+        its diagonal part."""
         gu = self._diag(du)
-        return gradient_row_gain(self._diag(dl), gu, r, (self.adj.apply_abs(du * abs_r) - gu * r).clamp_min(0.0), self.h)
+        return gradient_row_gain(self._diag(dl), gu, r, (self.adj.apply_abs(du * abs_r) - gu * r).clamp_min(0.0),
+                                 self.h if h is None else h)
 
     def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], Pre]:
         """Interval arithmetic: z over the box, sigma(z) in [sigma(z_lo), sigma(z_hi)], T^T of that box, then
@@ -674,15 +790,6 @@ class GradientStep(Layer):
             lo, hi = meet((lo, hi), (il, ih))
         return Box(lo, hi, xc), (zl, zh)
 
-    def backward(self, lam: torch.Tensor, const: torch.Tensor, pre: Pre,
-                 rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """lam . x+ = lam . x + mu . sigma(z) with mu = -h T lam; mu . sigma(z) >= (mu k) . z + const on z's box, and
-        z = T x + b: lam . x+ >= (lam + T^T (mu k)) . x + (mu k) . b + const."""
-        mu = -self.h * self.conv.apply(lam)
-        g, c = _relaxed(self.act, mu, pre, rows)
-        back, c2 = self.conv.backward(g, const + c, None, rows)
-        return lam + back, c2
-
     def symbolic(self, s: Symbolic, pre: Pre, concretize: Concretize) -> tuple[Symbolic, Pre]:
         """x+ = (I - h T^T diag(k) T) x - h T^T (k b + mid + half * delta) with sigma(z) = k z + mid + half * delta on
         z's interval: the linear part exact; the error through `_gain` at D = diag(k), plus h |T^T| half."""
@@ -694,16 +801,251 @@ class GradientStep(Layer):
         A = s.A - h * adj.apply_columns(z.A.mul_(columns(k)))
         return Symbolic(A, s.c - h * adj.apply(k * z.c + mid), r), box
 
+
+def _pair(pre: Pre, i: int) -> Pre:
+    """Stage i's pre-activation box out of a Runge-Kutta step's stacked boxes ([B, stages, ...])."""
+    return None if pre is None else (pre[0][:, i], pre[1][:, i])
+
+
+def _stack(boxes: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([b[0] for b in boxes], 1), torch.stack([b[1] for b in boxes], 1)
+
+
+def _combine_box(lo: torch.Tensor, hi: torch.Tensor, h: float, weights: tuple[float, ...],
+                 boxes: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interval arithmetic of x + h sum_j w_j k_j (x in [lo, hi], k_j in boxes[j], h > 0)."""
+    for w, (kl, kh) in zip(weights, boxes):
+        if w > 0:
+            lo, hi = lo + (h * w) * kl, hi + (h * w) * kh
+        elif w < 0:
+            lo, hi = lo + (h * w) * kh, hi + (h * w) * kl
+    return lo, hi
+
+
+def _weighted(weights: tuple[float, ...], terms: list[torch.Tensor | None], scale: float = 1.0,
+              start: torch.Tensor | None = None) -> torch.Tensor | None:
+    """start + sum_j scale |w_j| terms_j over the nonzero weights (None: nothing to add)."""
+    out = start
+    for w, t in zip(weights, terms):
+        if w and t is not None:
+            out = scale * abs(w) * t if out is None else out + scale * abs(w) * t
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class RKStep(Layer):
+    """One explicit Runge-Kutta step of the block's field (contraction.runge_kutta: the tableau, as the block runs it):
+    k_i = F(Y_i), Y_i = x + h sum_{j<i} a_ij k_j, x+ = x + h sum_i b_i k_i, F the field of `euler` (the field's Euler
+    step layer: its conv, slopes, step and field rules, FieldStep). Every rule goes stage by stage through the field's
+    rules; the pre-activation box is the stages' boxes stacked on dim 1 ([B, stages, C, H, W]).
+
+    The mean-value rules keep the contraction: with dx the deviation of the input from the centre's and D_i the chord
+    slopes of stage i (in its local slope range), x+ = sum_i b_i (x + h k_i) (sum b_i = 1) and
+    x + h k_i = (I + h G D_i T) x + h G D_i T (Y_i - x): each term through the Euler step's gain with stage i's slopes
+    plus the stage's drift |Y_i - x| (the elementwise form of E(h) + h L sum b_i e_i); the Shu-Osher form of the SSP
+    tableaus (heun2, ssprk3) as its combination of Euler gains; and stages x + h a f(x) as Euler steps of size h a."""
+
+    euler: FieldStep
+    tableau: Tableau
+    nonlinear = True
+
+    @property
+    def conv(self) -> Conv:
+        return self.euler.conv
+
+    @property
+    def act(self) -> Activation:
+        return self.euler.act
+
+    @property
+    def h(self) -> float:
+        return self.euler.h
+
+    @property
+    def h_run(self) -> float | None:
+        return self.euler.h_run
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return tableau_step(self.euler.field, x, self.h, self.tableau)
+
+    def preactivation(self, x: torch.Tensor) -> torch.Tensor:
+        """The stages' pre-activations T Y_i + b, stacked on dim 1."""
+        ks, zs = [], []
+        for row in self.tableau.a:
+            zs.append(self.conv(combine(x, self.h, row, ks)))
+            ks.append(self.euler.field_out(zs[-1]))
+        return torch.stack(zs, 1)
+
+    def pre_lipschitz(self, norm: str) -> torch.Tensor:
+        """||T|| (1 + max_i e_i): every stage input moves at most 1 + e_i times as far as x (contraction.runge_kutta)."""
+        e = stage_factors(self.tableau, self.h, self.euler.field_lipschitz(norm))
+        return self.conv.lipschitz(norm) * (1.0 + max(e[1:], default=0.0))
+
+    def lipschitz(self, norm: str) -> torch.Tensor:
+        """The weight-only factor of the step (contraction.runge_kutta.step_factor) from the Euler step's factor E(h)
+        and the field's L (differentiable in the weights)."""
+        return step_factor(self.tableau, self.h, self.euler.lipschitz(norm), self.euler.field_lipschitz(norm))
+
+    def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], Pre]:
+        """Interval arithmetic stage by stage, met with the mean-value box around the box's midpoint (`bounds`)."""
+        box, pre = self.bounds(Box(lo, hi, 0.5 * (lo + hi)), True)
+        return (box.lo, box.hi), pre
+
+    def bounds(self, box: Box, interval: bool = True) -> tuple[Box, Pre]:
+        """Mean-value enclosure stage by stage (class docstring): per stage i the centre Y_i^c, a radius R_i >= |Y_i -
+        Y_i^c| (r + h sum_j |a_ij| kappa_j, kappa_j >= |k_j - k_j^c| = |G D_j T (Y_j - Y_j^c)|), z_i's box and its
+        slopes; met with interval arithmetic (unless `interval=False`, the cheap training path)."""
+        e, tab, h, conv, act = self.euler, self.tableau, self.h, self.conv, self.act
+        r = box.radius
+        abs_r = conv.apply_abs(r)
+        radii, centres, kboxes, kappas, drifts, slopes, pres = [], [], [], [], [], [], []
+        for i, row in enumerate(tab.a):
+            yc = combine(box.centre, h, row, centres)
+            drift = _weighted(row, kappas, h)  # >= |(Y_i - Y_i^c) - (x - x^c)|
+            R = r if drift is None else r + drift
+            first = tab.single_source[i]
+            if first is not None:  # Y_i = x + h a_i1 f(x): an Euler step of size h a_i1 with stage 1's slopes
+                R = torch.minimum(R, e._gain(*slopes[0], r, abs_r, h * first))
+            if tab.shu_osher is not None and i > 0:
+                R = torch.minimum(R, self._shu_osher(tab.shu_osher[i - 1], radii, slopes, kappas))
+            abs_R = conv.apply_abs(R)
+            zc = conv(yc)
+            zl, zh = zc - abs_R, zc + abs_R
+            if interval:
+                yl, yh = meet(_combine_box(box.lo, box.hi, h, row, kboxes), (yc - R, yc + R))
+                zl, zh = meet((zl, zh), conv.interval(yl, yh)[0])
+            dl, du = act.slope_range(zl, zh)
+            kc, kappa = e.field_out(zc), e.field_abs(du, abs_R)
+            kbox = (kc - kappa, kc + kappa)
+            if interval:
+                kbox = meet(kbox, e.field_box(zl, zh))
+            radii.append(R), centres.append(kc), kboxes.append(kbox), kappas.append(kappa), drifts.append(drift)
+            slopes.append((dl, du)), pres.append((zl, zh))
+        xc = combine(box.centre, h, tab.b, centres)
+        gain = _weighted(tab.b, kappas, h, r)
+        mean_value = None
+        for w, (dl, du), drift in zip(tab.b, slopes, drifts):
+            if w:
+                term = e._gain(dl, du, r, abs_r)
+                if drift is not None:
+                    term = term + h * e.field_abs(du, conv.apply_abs(drift))
+                mean_value = w * term if mean_value is None else mean_value + w * term
+        gain = torch.minimum(gain, mean_value)
+        if tab.shu_osher is not None:
+            gain = torch.minimum(gain, self._shu_osher(tab.shu_osher[-1], radii, slopes, kappas))
+        lo, hi = xc - gain, xc + gain
+        if interval:
+            lo, hi = meet((lo, hi), _combine_box(box.lo, box.hi, h, tab.b, kboxes))
+        return Box(lo, hi, xc), _stack(pres)
+
+    def _shu_osher(self, row: tuple[tuple[float, float], ...], radii: list[torch.Tensor],
+                   slopes: list[tuple[torch.Tensor, torch.Tensor]], kappas: list[torch.Tensor]) -> torch.Tensor:
+        """A bound of |v_m - v_m^c| for the Shu-Osher row v_m = sum_k alpha_k v_k + h beta_k f(v_k): alpha_k times the
+        Euler gain of step h beta_k / alpha_k with stage k's slopes on R_k (v_0 = x, v_k = Y_{k+1}), or h |beta_k|
+        kappa_k where alpha_k = 0."""
+        e, h, conv = self.euler, self.h, self.conv
+        out = None
+        for k, (alpha, beta) in enumerate(row):
+            if alpha > 0:
+                term = alpha * (e._gain(*slopes[k], radii[k], conv.apply_abs(radii[k]), h * beta / alpha) if beta
+                                else radii[k])
+            elif beta:
+                term = h * abs(beta) * kappas[k]
+            else:
+                continue
+            out = term if out is None else out + term
+        assert out is not None
+        return out
+
+    def backward(self, lam: torch.Tensor, const: torch.Tensor, pre: Pre,
+                 rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reverse through the stages: mu_i (the functional on k_i) = h b_i lam + sum_{l>i} h a_li lam_l; each stage's
+        field relaxation gives lam_i on Y_i, which reaches x with weight 1 and k_j with h a_ij."""
+        tab, h = self.tableau, self.h
+        mus: list[torch.Tensor | None] = [(h * w) * lam if w else None for w in tab.b]
+        out = lam
+        for i in range(tab.stages - 1, -1, -1):
+            mu = mus[i]
+            if mu is None:
+                continue
+            back, const = self.euler.field_backward(mu, const, _pair(pre, i), rows)
+            out = out + back
+            for j, w in enumerate(tab.a[i]):
+                if w:
+                    mus[j] = (h * w) * back if mus[j] is None else mus[j] + (h * w) * back
+        return out, const
+
+    def symbolic(self, s: Symbolic, pre: Pre, concretize: Concretize) -> tuple[Symbolic, Pre]:
+        """Stage by stage: Y_i's linear part exact, its error x's plus h sum |a_ij| (k_j's error); each stage through
+        the field's mid line on its interval. The update's error: the smaller of x's plus h sum b_i (k_i's) and the
+        mean-value form sum_i b_i (|I + h G k_i T| x's error + h |G| k_i |T| (Y_i's extra error) + h |G| half_i)."""
+        e, tab, h, conv, act = self.euler, self.tableau, self.h, self.conv, self.act
+        ks: list[Symbolic] = []
+        drifts, lines, boxes = [], [], []
+        for i, row in enumerate(tab.a):
+            A, c = s.A, s.c
+            for w, k in zip(row, ks):
+                if w:
+                    A, c = A + (h * w) * k.A, c + (h * w) * k.c
+            drift = _weighted(row, [k.r for k in ks], h)
+            z = Symbolic(conv.apply_columns(A), conv(c), conv.apply_abs(s.r if drift is None else s.r + drift))
+            box = _symbolic_box(z, _pair(pre, i), concretize)
+            k, mid, half = _mid_line(act, box)
+            ks.append(e.field_symbolic(z, k, mid, half))
+            drifts.append(drift), lines.append((k, half)), boxes.append(box)
+        A, c = s.A, s.c
+        for w, k in zip(tab.b, ks):
+            if w:
+                A, c = A + (h * w) * k.A, c + (h * w) * k.c
+        plain = _weighted(tab.b, [k.r for k in ks], h, s.r)
+        abs_sr = conv.apply_abs(s.r)
+        mean_value = None
+        for w, (k, half), drift in zip(tab.b, lines, drifts):
+            if w:
+                term = e._gain(k, k, s.r, abs_sr) + h * e.field_abs(1.0, half)
+                if drift is not None:
+                    term = term + h * e.field_abs(k, conv.apply_abs(drift))
+                mean_value = w * term if mean_value is None else mean_value + w * term
+        return Symbolic(A, c, torch.minimum(plain, mean_value)), _stack(boxes)
+
     def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
                  propagate: bool = True) -> torch.Tensor:
-        """The residual step's float32 rule with F = -T^T (`_step_rounding`): T^T adds its own sum's error."""
-        adj = self.adj
+        """The step as run in float32, stage by stage: each stage input fl(x^ + h_run sum a_ij k^_j) within
+        gamma_m (|x^| + h_run sum |a_ij| |k^_j|) of its exact sum in any order of the sums and of the products by
+        the (rounded) coefficients (m = stages + 5), plus (h_run - h) sum |a_ij| |k_j|; each field evaluation as the
+        Euler step's (the conv's and sigma's own errors, G's); the update likewise. Without `propagate`: the chain
+        from a zero error at inputs within err of the box, over the stage boxes widened by the full chain's errors."""
+        full, widen = self._rounding_chain(lo, hi, pre, err, err)
+        if propagate:
+            return full
+        return self._rounding_chain(lo, hi, pre, torch.zeros_like(err), err, widen)[0]
 
-        def field(e: torch.Tensor, s_mag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            own = adj.rounding(-s_mag, s_mag)
-            return self.h * (adj.apply_abs(e) + own), adj.apply_abs(s_mag) + own
-
-        return _step_rounding(self, lo, hi, pre, err, field, propagate)
+    def _rounding_chain(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, e_x: torch.Tensor, mag_err: torch.Tensor,
+                        widen: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        e, tab, h, conv = self.euler, self.tableau, self.h, self.conv
+        h_run = h if self.h_run is None else self.h_run
+        assert pre is not None
+        m = tab.stages + 5
+        g, slack = gamma(m), 4 * m * TINY
+        x_mag = _magnitude(lo, hi, mag_err)
+        kboxes, errs, mags, stage_errs = [], [], [], []
+        for i, row in enumerate(tab.a):
+            yl, yh = _combine_box(lo, hi, h, row, kboxes)
+            zl, zh = _pair(pre, i)  # type: ignore[misc]
+            ey = _weighted(row, errs, h_run, e_x)
+            if any(row):
+                sizes = _weighted(row, mags, 1.0)
+                ey = ey + g * (x_mag + h_run * sizes) + abs(h_run - h) * sizes + slack
+            if widen is not None:
+                wz = conv.apply_abs(widen[i])
+                yl, yh, zl, zh = yl - widen[i], yh + widen[i], zl - wz, zh + wz
+            stage_errs.append(ey)
+            _, rho, dl, du, s_err, s_mag = _sigma_rounding(conv, self.act, yl, yh, (zl, zh), ey)
+            ek, kmag = e.field_rounding(du * (conv.apply_abs(ey) + rho) + s_err, s_mag)
+            errs.append(ek), mags.append(kmag), kboxes.append(e.field_box(*_pair(pre, i)))  # type: ignore[misc]
+        sizes = _weighted(tab.b, mags, 1.0)
+        out = _weighted(tab.b, errs, h_run, e_x) + g * (x_mag + h_run * sizes) + abs(h_run - h) * sizes + slack
+        return out, stage_errs
 
 
 STEP_LAYERS: dict[str, type[Layer]] = {"paper": EulerStep, "gradient": GradientStep, "contractive": EulerStep}

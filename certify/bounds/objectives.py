@@ -54,10 +54,8 @@ Objective = Callable[[ConvNODE, torch.Tensor, torch.Tensor, torch.Tensor, float]
 
 
 def lipschitz_constants(model: ConvNODE, norm: str) -> torch.Tensor:
-    """Differentiable pairwise constants L_yj [K, K] of the whole network (each layer's own factor, the Euler steps'
+    """Differentiable pairwise constants L_yj [K, K] of the whole network (each layer's own factor, the solver steps'
     per-step bounds: the global bound of certify.bounds.lipschitz without the channel metric)."""
-    if model.config.solver != "euler":
-        raise CNodeError(f"certified training follows the Euler steps; this model uses {model.config.solver!r}")
     return layer_constants(unroll(model, dtype=None, detach=False), norm)
 
 
@@ -75,7 +73,7 @@ def certified_margins(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, eps: fl
         return m.masked_fill(F.one_hot(y, m.shape[1]).bool(), 0.0)
     if method not in CERTIFIED_METHODS:
         raise CNodeError(f"certified method must be one of {list(CERTIFIED_METHODS)}, got {method!r}")
-    net = unroll(model, dtype=None, detach=False)  # refuses a model whose solver is not Euler
+    net = unroll(model, dtype=None, detach=False)  # refuses an adaptive solver
     is_y = F.one_hot(y, net.readout_weight.shape[0]).bool()
     if method == "local":
         b = local_bounds(net, x, eps, norm, interval=False)

@@ -40,7 +40,7 @@ def lipschitz_met(net: "Unrolled", u: torch.Tensor, eps: float | torch.Tensor, n
                   bounds: "LayerBounds") -> "LayerBounds":
     """The boxes of `bounds` met with the Lipschitz balls around the centre input u: every coordinate of layer k's
     output lies within L_k eps of its value at u (L_k the product of the layers' factors in `norm`, a coordinate being
-    at most any p-norm), and an Euler step's pre-activation T x + b within ||T|| L_{k-1} eps. Over large L2 balls the
+    at most any p-norm), and a step's pre-activation within its `pre_lipschitz` times L_{k-1} eps. Over large L2 balls the
     mean-value boxes cover the whole pixel box; this keeps the magnitudes the float32 error is proportional to.
     In L2 the balls themselves (centre, L_{k-1} eps) are kept for the affine layers' magnitudes (`ball_rounding`)."""
     from certify.bounds.attacks import per_input_eps
@@ -58,8 +58,7 @@ def lipschitz_met(net: "Unrolled", u: torch.Tensor, eps: float | torch.Tensor, n
             break
         p = bounds.pre[i]
         if p is not None and i in pres:
-            step = getattr(layer, "conv", None)
-            lz = lip * (step.lipschitz(norm) if step is not None else 1.0)
+            lz = lip * layer.pre_lipschitz(norm).to(u.dtype)
             c, r = pres[i], lz * shape(pres[i])
             p = (torch.maximum(p[0], c - r), torch.minimum(p[1], c + r))
             p = (p[0], torch.maximum(p[1], p[0]))

@@ -1,7 +1,7 @@
 """The classifier as it runs, unrolled into the bound engine's layer sequence: [normalise], stem (conv, sigma)...,
-one Euler residual step per interval (x+ = x + h sigma(K_k x + b_k); gradient field: x+ = x - h K_k^T sigma(K_k x +
-b_k)), flatten, head (linear, sigma)..., linear.
-Euler only: other solvers have no such form. Pixel averaging (`readout='avgpool'`) is folded into the first head
+one solver step per interval (Euler: x+ = x + h sigma(K_k x + b_k), gradient field: x+ = x - h K_k^T sigma(K_k x +
+b_k); a fixed-step Runge-Kutta solver: its tableau's stages of that field, RKStep), flatten, head (linear, sigma)...,
+linear. Adaptive solvers (dopri5) have no such form: their steps depend on the input. Pixel averaging (`readout='avgpool'`) is folded into the first head
 layer (its weights divided by H W and repeated over the pixels).
 
 The layers are the real-arithmetic twin of the network as it runs in its own dtype: every constant the network rounds
@@ -18,8 +18,9 @@ from torch import nn
 
 from contraction.convops import conv_output_size
 from contraction.errors import CNodeError
+from contraction.runge_kutta import FIXED_STEP, TABLEAUS
 from contraction.slopes import Activation
-from certify.bounds.layers import STEP_LAYERS, Act, Conv, Flatten, Layer, Linear, Normalize
+from certify.bounds.layers import STEP_LAYERS, Act, Conv, Flatten, Layer, Linear, Normalize, RKStep
 from nodes.classifier import ConvNODE
 
 __all__ = ["Unrolled", "unroll"]
@@ -96,11 +97,14 @@ def unroll(model: ConvNODE, *, dtype: torch.dtype | None = torch.float64, detach
            any_solver: bool = False) -> Unrolled:
     """The model's layers (float64 copies by default; `detach=False, dtype=None` keeps them trainable).
 
-    The block's layers are Euler steps: a model with another solver is refused unless `any_solver` (for callers
-    that use only the layers around the block)."""
+    The block's layers are its solver's steps (Euler steps, or RKStep of a fixed-step tableau around the field's Euler
+    layer); an adaptive solver is refused unless `any_solver` (for callers that use only the layers around the
+    block)."""
     cfg = model.config
-    if cfg.solver != "euler" and not any_solver:
-        raise CNodeError(f"bound propagation follows the Euler steps as run; this model uses {cfg.solver!r}")
+    tableau = TABLEAUS.get(cfg.solver)
+    if tableau is None and not any_solver:
+        raise CNodeError(f"solver {cfg.solver!r} chooses its steps per input (adaptive): the bound engine certifies the "
+                         f"fixed-step solvers {', '.join(FIXED_STEP)} as run (train with --solver rk4, for example)")
     act = model.activation
     layers: list[Layer] = []
     like = model.head[0].weight  # the network's dtype and device
@@ -123,7 +127,8 @@ def unroll(model: ConvNODE, *, dtype: torch.dtype | None = torch.float64, detach
         # a live (training) unroll reuses the field's spectral bound; a certificate's copy recomputes it in float64
         extra = {"smax": bound} if bound is not None and not detach else {}
         conv = _conv(field.conv, size, dtype, detach, kernel)
-        layers.append(step(conv, cfg.h, act, h_run=h_run[k], **extra))  # type: ignore[call-arg]
+        euler = step(conv, cfg.h, act, h_run=h_run[k], **extra)  # type: ignore[call-arg]
+        layers.append(euler if tableau is None or tableau.name == "euler" else RKStep(euler, tableau))
     block = (start, len(layers))
     layers.append(Flatten((cfg.channels, size, size)))
     for i, lin in enumerate(model.head):

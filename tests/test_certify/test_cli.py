@@ -64,15 +64,15 @@ def test_bad_inputs_give_one_line_and_exit_2(tiny_trained, tmp_path, capsys):
     payload = torch.load(path, weights_only=True)
     payload["state_dict"] = {k: v * float("nan") for k, v in payload["state_dict"].items()}
     torch.save(payload, nan_model)
-    rk4 = tmp_path / "rk4.pt"
+    dopri5 = tmp_path / "dopri5.pt"
     payload = torch.load(path, weights_only=True)
-    payload["model_config"]["solver"] = "rk4"
-    torch.save(payload, rk4)
+    payload["model_config"]["solver"] = "dopri5"
+    torch.save(payload, dopri5)
     cases = [
         (certify_main, [str(tmp_path / "missing.pt"), "--eps", "0.1"], "not found"),
         (certify_main, [str(corrupt), "--eps", "0.1"], "not a readable checkpoint"),
         (certify_main, [str(nan_model), "--eps", "0.1"], "non-finite"),
-        (certify_main, [str(rk4), "--eps", "0.1", "--dataset", "mnist-mini"], "derives through Euler steps"),
+        (certify_main, [str(dopri5), "--eps", "0.1", "--dataset", "mnist-mini"], "adaptive"),
         (certify_main, [str(path), "--eps", "0"], "eps"),
         (certify_main, [str(path), "--eps", "-0.1"], "eps"),
         (certify_main, [str(path), "--eps", "nan"], "eps"),

@@ -178,13 +178,15 @@ def test_bisected_radius_is_certified_and_nearly_maximal(tiny_batch):
     assert not bigger[r < 0.5 * 0.999].any()
 
 
-def test_tight_bounds_need_the_euler_solver():
-    model = ConvNODE(ModelConfig(channels=2, steps=2, image_size=6, num_classes=3, solver="rk4"))
-    with pytest.raises(CNodeError, match="Euler"):
+def test_adaptive_solvers_are_refused_with_one_line():
+    """dopri5's steps depend on the input: no layer sequence runs it; unroll and certify say so in one line."""
+    model = ConvNODE(ModelConfig(channels=2, steps=2, image_size=6, num_classes=3, solver="dopri5"))
+    with pytest.raises(CNodeError, match="adaptive") as err:
         unroll(model)
+    assert "\n" not in str(err.value)
     data = load_dataset("mnist-mini", "test", limit=4)
-    with pytest.raises(CNodeError):
-        certify_model(ConvNODE(ModelConfig(channels=2, steps=2, solver="rk4")), data, eps=0.1, bound="crown")
+    with pytest.raises(CNodeError, match="adaptive"):
+        certify_model(ConvNODE(ModelConfig(channels=2, steps=2, solver="dopri5")), data, eps=0.1, bound="crown")
 
 
 def test_certify_tensors_matches_certify_model_and_refuses_bad_tensors(tiny_trained):

@@ -19,21 +19,25 @@ from certify.bounds.objectives import (certified_loss, certified_margins, certif
 from certify.bounds.unrolled import unroll
 from nodes import ConvNODE, ModelConfig, TrainConfig, load_dataset, train
 from nodes.checkpoint import load_checkpoint
+from contraction.runge_kutta import FIXED_STEP
 from nodes.config import CERTIFIED_METHODS
 from nodes.train import eps_schedule, ramp
 from tests.strategies import seeds
 
 
-def _model(seed, padding):
+def _model(seed, padding, solver="euler"):
     torch.manual_seed(seed)
-    return ConvNODE(ModelConfig(channels=2, steps=2, image_size=6, padding=padding, num_classes=3)).double()
+    return ConvNODE(ModelConfig(channels=2, steps=2, image_size=6, padding=padding, num_classes=3,
+                                solver=solver)).double()
 
 
 @settings(max_examples=budget(10), deadline=None)
 @given(seeds, st.sampled_from(["zeros", "circular"]), st.sampled_from(["inf", "2"]),
-       st.sampled_from(CERTIFIED_METHODS), st.floats(0.0, 1.0))
-def test_certified_loss_bounds_the_worst_case_loss(seed, padding, norm, method, beta):
-    model = _model(seed, padding)
+       st.sampled_from(CERTIFIED_METHODS), st.floats(0.0, 1.0), st.sampled_from(FIXED_STEP))
+def test_certified_loss_bounds_the_worst_case_loss(seed, padding, norm, method, beta, solver):
+    """Every certified loss, every fixed-step solver: the bound of the loss is above the loss at PGD and random
+    points of the ball."""
+    model = _model(seed, padding, solver)
     gen = torch.Generator().manual_seed(seed)
     u = torch.rand(4, 1, 6, 6, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 3, (4,), generator=gen)
@@ -52,9 +56,9 @@ def test_certified_loss_bounds_the_worst_case_loss(seed, padding, norm, method, 
 
 
 @settings(max_examples=budget(6), deadline=None)
-@given(seeds, st.sampled_from(["zeros", "circular"]), st.sampled_from(["inf", "2"]))
-def test_training_constants_bound_the_network_jacobian(seed, padding, norm):
-    model = _model(seed, padding)
+@given(seeds, st.sampled_from(["zeros", "circular"]), st.sampled_from(["inf", "2"]), st.sampled_from(FIXED_STEP))
+def test_training_constants_bound_the_network_jacobian(seed, padding, norm, solver):
+    model = _model(seed, padding, solver)
     L = lipschitz_constants(model, norm).detach()
     u = torch.rand(3, 36, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     for i in range(3):
@@ -64,8 +68,9 @@ def test_training_constants_bound_the_network_jacobian(seed, padding, norm):
         assert (dual <= L * (1 + 1e-9) + 1e-12).all()
 
 
-def test_certified_loss_has_gradients_for_every_weight():
-    model = _model(0, "zeros").float()
+@pytest.mark.parametrize("solver", ["euler", "rk4"])
+def test_certified_loss_has_gradients_for_every_weight(solver):
+    model = _model(0, "zeros", solver).float()
     u, y = torch.rand(4, 1, 6, 6), torch.tensor([0, 1, 2, 0])
     for method in CERTIFIED_METHODS:
         model.zero_grad()

@@ -12,7 +12,7 @@ from torchdiffeq import odeint
 from contraction.certificates import BlockSpec, block_certificates
 from contraction.convops import apply_conv, apply_conv_adjoint, conv_matrix
 from contraction.errors import CNodeError
-from contraction.runge_kutta import TABLEAUS, Tableau, rk_step_factor, step_factor
+from contraction.runge_kutta import TABLEAUS, Tableau, rk_step_factor, step_factor, tableau_step
 from contraction.slopes import get_activation
 from tests.profiles import budget
 from tests.strategies import image_sizes, kernels, paddings, seeds
@@ -35,17 +35,39 @@ def _tableau_step(tableau, f, x, h):
     return x + h * sum(w * k for w, k in zip(tableau.b, ks))
 
 
+def _run(solver, f, x, h):
+    """One step as the block runs it: torchdiffeq's, or the block's own (contraction.runge_kutta.tableau_step)."""
+    tableau = TABLEAUS[solver]
+    if tableau.torchdiffeq:
+        return odeint(f, x, torch.tensor([0.0, h], dtype=x.dtype), method=solver)[-1]
+    return tableau_step(lambda y: f(0.0, y), x, h, tableau)
+
+
+def _shu_osher_step(tableau, f, x, h):
+    """v_0 = x, v_m = sum_k alpha_mk v_k + h beta_mk f(v_k): the last v is the step."""
+    v = [x]
+    for row in tableau.shu_osher:
+        v.append(sum(al * v[k] + h * be * f(0.0, v[k]) for k, (al, be) in enumerate(row)))
+    return v[-1]
+
+
 @pytest.mark.parametrize("solver", list(TABLEAUS))
-def test_tableaus_are_the_steps_torchdiffeq_runs(solver):
+def test_tableaus_are_the_steps_the_block_runs(solver):
+    """Our tableaus reproduce torchdiffeq's steps (the library's tableau_step and a plain re-implementation); a
+    Shu-Osher form is the same step."""
     g = torch.Generator().manual_seed(0)
     K = torch.randn(3, 3, 3, 3, generator=g, dtype=torch.float64)
     bias = torch.randn(3, 1, 1, generator=g, dtype=torch.float64)
     f = _field(K, "zeros", "paper", get_activation("smooth_leaky_relu", 0.1), bias)
     x = torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64)
     h = 0.3
-    ours = _tableau_step(TABLEAUS[solver], f, x, h)
-    theirs = odeint(f, x, torch.tensor([0.0, h], dtype=torch.float64), method=solver)[-1]
-    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    tableau = TABLEAUS[solver]
+    ours = _tableau_step(tableau, f, x, h)
+    torch.testing.assert_close(tableau_step(lambda y: f(0.0, y), x, h, tableau), ours, rtol=1e-12, atol=1e-12)
+    if tableau.torchdiffeq:
+        torch.testing.assert_close(ours, _run(solver, f, x, h), rtol=1e-12, atol=1e-12)
+    if tableau.shu_osher is not None:
+        torch.testing.assert_close(_shu_osher_step(tableau, f, x, h), ours, rtol=1e-12, atol=1e-12)
 
 
 def _step_jacobian(tableau, h, Jf):
@@ -107,8 +129,7 @@ def test_simulated_pairs_never_separate_faster_than_certified(K, padding, seed, 
     f = _field(K, padding, "paper", act, bias)
     x = 3 * torch.randn(4, C, H, H, generator=g, dtype=torch.float64)
     y = x + 0.5 * torch.randn(4, C, H, H, generator=g, dtype=torch.float64)
-    grid = torch.tensor([0.0, h], dtype=torch.float64)
-    fx, fy = odeint(f, x, grid, method=solver)[-1], odeint(f, y, grid, method=solver)[-1]
+    fx, fy = _run(solver, f, x, h), _run(solver, f, y, h)
     spec = BlockSpec((K,), act.a, act.b, h, solver, padding, H, H)
     for cert in block_certificates(spec, ("inf", "2")):
         dist = (lambda v: v.flatten(1).abs().amax(1)) if cert.norm == "inf" else (lambda v: v.flatten(1).norm(dim=1))
