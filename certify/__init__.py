@@ -20,10 +20,11 @@ certify/ -- the application around it:
     report.py      printing, JSON and plots of a report; merge.py joins sharded reports
     robustness.py  the evaluation protocol (noise, attacks, certified); study.py trains and evaluates the study
     noise.py       Gaussian and salt-and-pepper noise
+    export.py      ONNX export of the network as run (each layer's `export` rule), checked by ONNX Runtime; VNN-LIB
     cli/           `cnode` and `certify`: one module per subcommand group, thin over the calls above
 
 Imports run one way: contraction <- nodes' model <- certify.bounds <- nodes.train <- the application <- cli
-(tests/test_imports.py). The names below load on first use, so importing the engine loads nothing of the rest."""
+(tests/test_layout.py). The names below load on first use, so importing the engine loads nothing of the rest."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ _EXPORTS = {
     "certified_radii": "certify.bounds.radius", "certified_accuracy": "certify.bounds.radius",
     "pgd": "certify.bounds.attacks", "fgsm": "certify.bounds.attacks", "square": "certify.bounds.attacks",
     "gaussian_noise": "certify.noise", "salt_and_pepper": "certify.noise",
+    "to_onnx": "certify.export", "check_onnx": "certify.export", "write_benchmark": "certify.export",
 }
 
 __all__ = ["__version__", *_EXPORTS]

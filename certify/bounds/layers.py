@@ -12,6 +12,8 @@
   input in terms of the network's input u forward to its output (forward linear relaxation: the intermediate
   bounds of certify.bounds.linear), for nonlinear layers through the same relaxation on the pre-activation's interval
   (its symbolic range over the input set, `concretize`, met with the box `pre`);
+- `export(g, x)`: the layer as run, written into a graph builder `g` (certify.export: ONNX nodes; `x` and the result
+  are the builder's values, which add and scale by floats);
 - `roundoff(lo, hi, pre, err)`: the float32 rule: a bound of |fl32(layer)(x^) - layer(x)| for every x in the box
   [lo, hi] (the exact network's values over the input set) and every float32 x^ with |x^ - x| <= err, the layer as
   PyTorch runs it in float32 (contraction.floats' error model; certify.bounds.roundoff carries it to the logits).
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -112,6 +114,9 @@ class Layer:
         raise NotImplementedError
 
     def symbolic(self, s: Symbolic, pre: Pre, concretize: Concretize) -> tuple[Symbolic, Pre]:
+        raise NotImplementedError
+
+    def export(self, g: Any, x: Any) -> Any:
         raise NotImplementedError
 
     def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
@@ -248,6 +253,9 @@ class Normalize(Affine):
     def lipschitz(self, norm: str) -> torch.Tensor:
         return (1.0 / self.std).max()
 
+    def export(self, g: Any, x: Any) -> Any:
+        return g.normalize(x, self.mean, self.std)
+
 
 @dataclass(frozen=True, eq=False)
 class Conv(Affine):
@@ -323,6 +331,9 @@ class Conv(Affine):
             return conv_general_spectral_norm_tensor(self.weight, self.size, self.stride, self.pad, self.padding)
         raise norm_error(norm)
 
+    def export(self, g: Any, x: Any) -> Any:
+        return g.conv(x, self.weight, self.bias, self.stride, self.pad, self.padding)
+
     def transposed(self) -> "Conv":
         """T(K)^T as a conv without bias (square stride-1 same convs: the flipped, transposed kernel, same padding)."""
         if not self.same:
@@ -363,6 +374,9 @@ class Flatten(Affine):
 
     def row_norms(self) -> torch.Tensor:
         return torch.ones(())
+
+    def export(self, g: Any, x: Any) -> Any:
+        return g.flatten(x)
 
     def lipschitz(self, norm: str) -> torch.Tensor:
         return torch.ones((), dtype=torch.float64)
@@ -406,6 +420,9 @@ class Linear(Affine):
         if norm == "2":
             return largest_singular_value(self.weight)
         raise norm_error(norm)
+
+    def export(self, g: Any, x: Any) -> Any:
+        return g.gemm(x, self.weight, self.bias)
 
     def mix(self, inp: torch.Tensor, channels: int) -> "Linear":
         """W (G_in (x) I) for a channel matrix G_in [C, C] on a channel-major flattened input of `channels`."""
@@ -457,6 +474,9 @@ class Act(Layer):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(x)
+
+    def export(self, g: Any, x: Any) -> Any:
+        return g.act(x, self.act)
 
     def lipschitz(self, norm: str) -> torch.Tensor:
         return torch.tensor(self.act.b, dtype=torch.float64)
@@ -546,6 +566,18 @@ class FieldStep(Layer):
         """A Lipschitz factor of x -> T x + b in `norm`."""
         return self.conv.lipschitz(norm)
 
+    @property
+    def step_run(self) -> float:
+        """The step the float32 network takes (h_run, else h)."""
+        return self.h if self.h_run is None else self.h_run
+
+    def export(self, g: Any, x: Any) -> Any:
+        """x + h_run F(x), the step as run (torchdiffeq: y0 + dt * f0)."""
+        return x + self.step_run * self.field_export(g, x)
+
+    def field_export(self, g: Any, y: Any) -> Any:
+        raise NotImplementedError
+
     def backward(self, lam: torch.Tensor, const: torch.Tensor, pre: Pre,
                  rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """lam . x+ = lam . x + (h lam) . F(x), the field's term through its relaxation (`field_backward`)."""
@@ -617,6 +649,9 @@ class EulerStep(FieldStep):
 
     def field_rounding(self, e: torch.Tensor, s_mag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return e, s_mag
+
+    def field_export(self, g: Any, y: Any) -> Any:
+        return g.act(self.conv.export(g, y), self.act)
 
     def lipschitz(self, norm: str) -> torch.Tensor:
         """Bounds of ||I + h D T(K)|| over every admissible D (contraction.weights, the block certificates' rules)."""
@@ -730,6 +765,9 @@ class GradientStep(FieldStep):
             ones = torch.ones(1, *self._shape(), dtype=conv.weight.dtype, device=conv.weight.device)
             return self.act.b * self.adj.apply_abs(conv.apply_abs(ones)).amax()
         raise norm_error(norm)
+
+    def field_export(self, g: Any, y: Any) -> Any:
+        return -1.0 * self.adj.export(g, g.act(self.conv.export(g, y), self.act))
 
     def field_rounding(self, e: torch.Tensor, s_mag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """T^T adds its own sum's error."""
@@ -867,6 +905,10 @@ class RKStep(Layer):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return tableau_step(self.euler.field, x, self.h, self.tableau)
+
+    def export(self, g: Any, x: Any) -> Any:
+        """The tableau's stages and update with the step as run (h_run)."""
+        return tableau_step(lambda y: self.euler.field_export(g, y), x, self.euler.step_run, self.tableau)
 
     def preactivation(self, x: torch.Tensor) -> torch.Tensor:
         """The stages' pre-activations T Y_i + b, stacked on dim 1."""

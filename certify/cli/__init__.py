@@ -11,12 +11,12 @@ from typing import Callable, Sequence
 
 from contraction import __version__
 from contraction.errors import CNodeError
-from certify.cli import certifying, studies, training
+from certify.cli import certifying, exporting, studies, training
 from certify.cli.flags import OneLineParser
 
 __all__ = ["main", "certify_main", "build_parser", "build_certify_parser", "run_cli"]
 
-GROUPS = (training, certifying, studies)
+GROUPS = (training, certifying, exporting, studies)
 """The subcommand groups, in the order `cnode --help` lists them."""
 
 
