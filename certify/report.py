@@ -25,7 +25,8 @@ def format_report(report: CertifyReport, model_path: str = "") -> str:
         + ")",
         f"  median radius           {report.median_radius:8.4g}",
         f"  ODE block               {cert.status}, {cert.method} ({cert.norm}-norm)",
-        f"    factor as run         {b.block_factor:8.4g}   ({len(cert.step_factors)} Euler steps"
+        f"    factor as run         {b.block_factor:8.4g}   ({len(cert.step_factors)} "
+        + (cert.method.split(" from ")[0] if " from " in cert.method else "Euler") + " steps"
         + (f", worst step {max(cert.step_factors):.4g})" if cert.step_factors else ")"),
         f"    flow's rate           {cert.rate:8.4g}   (the continuous ODE's, not the network's as run)"
         if cert.rate is not None else "    flow's rate                  -   (the LMI certifies the discrete step only)",
@@ -61,7 +62,8 @@ def format_certificates(certs: Sequence[Certificate]) -> str:
     """The ODE block's certificates, the network as run first: per norm the largest Euler step factor and the
     block's factor (Lipschitz bounds of the map that runs, valid at every state), then the continuous flow's rate
     (named as the flow's); a verdict per norm says whether the network as run contracts, and why not."""
-    lines = ["contraction of the ODE block as run (Lipschitz factors of the Euler map, valid at every state; the "
+    solver = next((c.method.split(" from ")[0] for c in certs if " from " in c.method), "Euler")
+    lines = [f"contraction of the ODE block as run (Lipschitz factors of the {solver} step, valid at every state; the "
              "flow's rate is the continuous ODE's, second):",
              f"  {'norm':<13}{'status':<15}{'worst step':>11}{'block':>11}{'flow rate':>11}  method"]
     for c in certs:

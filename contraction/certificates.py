@@ -213,9 +213,12 @@ def verdict(cert: Certificate) -> str:
         return f"{cert.norm}: no certified bound ({cert.condition})"
     steps = cert.step_factors
     worst = max(steps) if steps else cert.factor
-    if cert.factor < 1.0:
+    if cert.factor < 1.0 and worst < 1.0:
         return (f"{cert.norm}: the network as run contracts: every solver step shrinks distances by a factor <= "
                 f"{worst:.4g}, the block by {cert.factor:.4g}")
+    if cert.factor < 1.0:
+        return (f"{cert.norm}: the network as run contracts: the block shrinks distances by a factor <= "
+                f"{cert.factor:.4g} (its worst step alone may expand by up to {worst:.4g})")
     if cert.factor == 1.0:
         return f"{cert.norm}: the network as run is non-expansive (block factor 1)"
     line = f"{cert.norm}: the network as run does not contract (block factor {cert.factor:.4g}, worst step {worst:.4g})"
@@ -225,6 +228,15 @@ def verdict(cert: Certificate) -> str:
         if hbc is not None and hbc > 1:
             line += (f": h b max|c_i| = {hbc:.3g} > 1, each step overshoots along its centre taps; this step size "
                      f"keeps at most a rate below {cert.extra['step_rate_limit']:.3g}")
+    euler = cert.extra.get("euler_step_factors")
+    if euler:  # a Runge-Kutta step's factor through the Euler factor: say which condition fails
+        worst_euler, hl = max(euler), cert.extra.get("max_h_L", float("nan"))
+        if worst_euler >= 1:
+            line += (f"; its Euler factor E(h) is {worst_euler:.4g} >= 1: the step needs E(h) < 1 (a contracting Euler "
+                     "step) first")
+        else:
+            line += (f"; its Euler factor E(h) is {worst_euler:.4g} < 1 but h L = {hl:.3g} adds its (h L)^2 terms: a "
+                     "smaller step (more steps) or an SSP solver (heun2, ssprk3: contracting whenever E(h) < 1)")
     return line
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchdiffeq import odeint
 
-from contraction.certificates import BlockSpec, block_certificates
+from contraction.certificates import BlockSpec, block_certificates, verdict
 from contraction.convops import apply_conv, apply_conv_adjoint, conv_matrix
 from contraction.errors import CNodeError
 from contraction.runge_kutta import TABLEAUS, Tableau, rk_step_factor, step_factor, tableau_step
@@ -148,6 +148,19 @@ def test_heun_is_contractive_whenever_its_euler_step_is_and_midpoint_pays_second
     euler, heun = (block_certificates(BlockSpec((K,) * 5, 0.1, 1.0, 0.2, s, "zeros", 4, 4), ("inf",))[0]
                    for s in ("euler", "heun2"))
     assert euler.contracting and heun.contracting and heun.factor < 1 and "heun2" in heun.method
+
+
+def test_a_runge_kutta_verdict_names_the_condition_that_fails():
+    """Where an RK step does not contract, the verdict says whether its Euler factor is the problem or the (h L)^2
+    terms of a non-SSP tableau (then a smaller step or an SSP solver)."""
+    K = torch.zeros(2, 2, 3, 3, dtype=torch.float64)
+    K[range(2), range(2), 1, 1] = -4.0
+    mid = block_certificates(BlockSpec((K,) * 5, 0.1, 1.0, 0.45, "midpoint", "zeros", 4, 4), ("inf",))[0]
+    assert mid.factor > 1 and max(mid.extra["euler_step_factors"]) < 1
+    assert "SSP solver" in verdict(mid) and "(h L)^2" in verdict(mid)
+    K[range(2), range(2), 1, 1] = -12.0
+    big = block_certificates(BlockSpec((K,) * 5, 0.1, 1.0, 0.45, "heun2", "zeros", 4, 4), ("inf",))[0]
+    assert big.factor > 1 and "E(h) < 1" in verdict(big)
 
 
 def test_adaptive_and_unknown_solvers_get_one_line_reasons():

@@ -29,7 +29,7 @@ def test_torchdiffeq_euler_equals_hand_written_euler(shared, padding):
     torch.testing.assert_close(logits, model.readout(hand[-1].flatten(1)))
 
 
-@pytest.mark.parametrize("solver", ["euler", "rk4", "dopri5"])
+@pytest.mark.parametrize("solver", ["euler", "rk4", "ssprk3", "dopri5"])
 @pytest.mark.parametrize("readout", ["linear", "avgpool"])
 def test_shapes(solver, readout):
     model = ConvNODE(small(solver=solver, readout=readout))
