@@ -16,7 +16,7 @@ from certify.bounds.local import LayerBounds, box_margins, local_bounds
 from certify.bounds.radius import unproven
 from certify.bounds.unrolled import Unrolled
 
-__all__ = ["box_and_crown_margins", "backward_margins"]
+__all__ = ["box_and_crown_margins", "backward_margins", "input_minimum"]
 
 
 def backward_margins(net: Unrolled, bounds: LayerBounds, u: torch.Tensor, labels: torch.Tensor,
@@ -39,15 +39,22 @@ def backward_margins(net: Unrolled, bounds: LayerBounds, u: torch.Tensor, labels
     const = c[y] - c[j_idx]
     for k in range(len(net.layers) - 2, -1, -1):
         lam, const = net.layers[k].backward(lam, const, bounds.pre[k], b_idx)
+    out[b_idx, j_idx] = input_minimum(lam, const, bounds, u, eps, norm, b_idx)
+    return out
+
+
+def input_minimum(lam: torch.Tensor, const: torch.Tensor, bounds: LayerBounds, u: torch.Tensor,
+                  eps: float | torch.Tensor, norm: str, b_idx: torch.Tensor) -> torch.Tensor:
+    """min of lam . u' + const over the input set of row r's input b_idx[r]: the exact minimum over the box
+    (Linf, and the pixel box), in L2 also over the ball ||u' - u|| <= eps (the larger of the two)."""
     flat = lam.flatten(1)
     mid = (0.5 * (bounds.input_lo + bounds.input_hi)).flatten(1)[b_idx]
     rad = (0.5 * (bounds.input_hi - bounds.input_lo)).flatten(1)[b_idx]
     low = const + (flat * mid).sum(1) - (flat.abs() * rad).sum(1)
     if norm == "2":
-        e = torch.as_tensor(eps, dtype=u.dtype, device=u.device).expand(B)[b_idx]
+        e = torch.as_tensor(eps, dtype=u.dtype, device=u.device).expand(u.shape[0])[b_idx]
         low = torch.maximum(low, const + (flat * u.flatten(1)[b_idx]).sum(1) - e * flat.norm(dim=1))
-    out[b_idx, j_idx] = low
-    return out
+    return low
 
 
 def box_and_crown_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor,
