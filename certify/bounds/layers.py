@@ -529,8 +529,7 @@ def _step_rounding(step: "FieldStep", lo: torch.Tensor, hi: torch.Tensor, pre: P
     roundings (rho_z: the conv's own error, D: slopes on z's widened interval). `step.field_rounding(e, s_mag)` gives
     a bound of |F e + F's own error| and of |F^| from per-neuron bounds e and |sigma^| <= s_mag; `step._gain` bounds
     |(I + h F D T) err|."""
-    h = step.h
-    h_run = h if step.h_run is None else step.h_run
+    h, h_run = step.h, step.step_run
     _, rho, dl, du, s_err, s_mag = _sigma_rounding(step.conv, step.act, lo, hi, pre, err)
     inner, f_mag = step.field_rounding(du * rho + s_err, s_mag)
     out = h * inner + (abs(h_run - h) + UNIT * h_run) * f_mag
@@ -1025,20 +1024,14 @@ class RKStep(Layer):
         ks: list[Symbolic] = []
         drifts, lines, boxes = [], [], []
         for i, row in enumerate(tab.a):
-            A, c = s.A, s.c
-            for w, k in zip(row, ks):
-                if w:
-                    A, c = A + (h * w) * k.A, c + (h * w) * k.c
+            A, c = combine(s.A, h, row, [k.A for k in ks]), combine(s.c, h, row, [k.c for k in ks])
             drift = _weighted(row, [k.r for k in ks], h)
             z = Symbolic(conv.apply_columns(A), conv(c), conv.apply_abs(s.r if drift is None else s.r + drift))
             box = _symbolic_box(z, _pair(pre, i), concretize)
             k, mid, half = _mid_line(act, box)
             ks.append(e.field_symbolic(z, k, mid, half))
             drifts.append(drift), lines.append((k, half)), boxes.append(box)
-        A, c = s.A, s.c
-        for w, k in zip(tab.b, ks):
-            if w:
-                A, c = A + (h * w) * k.A, c + (h * w) * k.c
+        A, c = combine(s.A, h, tab.b, [k.A for k in ks]), combine(s.c, h, tab.b, [k.c for k in ks])
         plain = _weighted(tab.b, [k.r for k in ks], h, s.r)
         abs_sr = conv.apply_abs(s.r)
         mean_value = None
@@ -1065,7 +1058,7 @@ class RKStep(Layer):
     def _rounding_chain(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, e_x: torch.Tensor, mag_err: torch.Tensor,
                         widen: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         e, tab, h, conv = self.euler, self.tableau, self.h, self.conv
-        h_run = h if self.h_run is None else self.h_run
+        h_run = self.euler.step_run
         assert pre is not None
         m = tab.stages + 5
         g, slack = gamma(m), 4 * m * TINY
