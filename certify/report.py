@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from contraction.certificates import Certificate, verdict
+from certify.bounds.lipschitz import NetworkBound
 from certify.run import STAGES, CertifyReport
 
 __all__ = ["format_report", "format_certificates", "write_json", "plot_curves"]
@@ -14,7 +15,6 @@ __all__ = ["format_report", "format_certificates", "write_json", "plot_curves"]
 
 def format_report(report: CertifyReport, model_path: str = "") -> str:
     b = report.bound
-    cert = b.certificate
     norm = "Linf" if report.norm == "inf" else "L2"
     lines = [
         f"certify {model_path}: {report.dataset} test, first {report.n} images, {norm} eps = {report.eps:g}",
@@ -24,23 +24,21 @@ def format_report(report: CertifyReport, model_path: str = "") -> str:
                  if report.certified_counts() else "none certified") + "; bound " + report.extra.get("bound_mode", "")
         + ")",
         f"  median radius           {report.median_radius:8.4g}",
-        f"  ODE block               {cert.status}, {cert.method} ({cert.norm}-norm)",
-        f"    factor as run         {b.block_factor:8.4g}   ({len(cert.step_factors)} "
-        + (cert.method.split(" from ")[0] if " from " in cert.method else "Euler") + " steps"
-        + (f", worst step {max(cert.step_factors):.4g})" if cert.step_factors else ")"),
-        f"    flow's rate           {cert.rate:8.4g}   (the continuous ODE's, not the network's as run)"
-        if cert.rate is not None else "    flow's rate                  -   (the LMI certifies the discrete step only)",
-        f"  stem Lipschitz          {b.embedding:8.4g}   (into the block's norm)",
-        f"  network constant L_yj   {float(b.constants().max()):8.4g}   (largest pairwise)",
+        *_block_lines(b),
         f"  time                    {report.timing['total_seconds']:8.2f} s "
         f"(bound {report.timing['bound_seconds']:.2f} s, radii {report.timing['certify_seconds']:.2f} s"
-        + "".join(f", {m} {report.timing[m + '_seconds']:.2f} s" for m in STAGES[1:] + ("attack", "radius")
+        + "".join(f", {m} {report.timing[m + '_seconds']:.2f} s" for m in STAGES[1:] + ("attack", "radius", "decisions")
                   if m + "_seconds" in report.timing) + ")",
     ]
     ro = report.roundoff
     if ro.get("model") == "derived":
         lines.insert(-1, f"  float32 round-off       derived over each ball (observed/bound on {ro['sample']} inputs: median "
                          f"{ro['observed_over_derived_median']:.2g}, max {ro['observed_over_derived_max']:.2g})")
+    dy = report.extra.get("dyadic")
+    if dy:
+        lines.insert(3, f"  controlled solver runs  {dy['mean_attempts']:8.2f}   attempted steps per input; decisions proven "
+                        f"the same over the ball: {dy['decisions_proven']} of {dy['decisions']} (correct inputs; "
+                        f"{dy['inputs_with_open_decision']} inputs with one open are not certified)")
     if report.nonfinite_count:
         lines.insert(3, f"  non-finite bounds       {report.nonfinite_count:8d}   (a bound or its float32 slack overflowed or "
                         "was NaN: those inputs are left open)")
@@ -56,6 +54,23 @@ def format_report(report: CertifyReport, model_path: str = "") -> str:
         lines.append(f"  PGD-{g.steps} accuracy        {g.accuracy:8.2%}   (empirical upper bound of the robust accuracy; "
                      f"{g.broken_certified} certified inputs broken)")
     return "\n".join(lines)
+
+
+def _block_lines(b: NetworkBound | dict) -> list[str]:
+    """The network bound's lines (a dict: a bound without a weight-only factor, e.g. a controlled solver's)."""
+    if not isinstance(b, NetworkBound):
+        return [f"  ODE block               {b.get('method', '')}"]
+    cert = b.certificate
+    return [
+        f"  ODE block               {cert.status}, {cert.method} ({cert.norm}-norm)",
+        f"    factor as run         {b.block_factor:8.4g}   ({len(cert.step_factors)} "
+        + (cert.method.split(" from ")[0] if " from " in cert.method else "Euler") + " steps"
+        + (f", worst step {max(cert.step_factors):.4g})" if cert.step_factors else ")"),
+        f"    flow's rate           {cert.rate:8.4g}   (the continuous ODE's, not the network's as run)"
+        if cert.rate is not None else "    flow's rate                  -   (the LMI certifies the discrete step only)",
+        f"  stem Lipschitz          {b.embedding:8.4g}   (into the block's norm)",
+        f"  network constant L_yj   {float(b.constants().max()):8.4g}   (largest pairwise)",
+    ]
 
 
 def format_certificates(certs: Sequence[Certificate]) -> str:

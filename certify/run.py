@@ -4,22 +4,29 @@ report, gathered over processes and shards (the checks by attack: certify.checks
 Float32: every certificate is for the network as it runs in float32: each margin's slack is the derived float32
 error bound over the ball (certify.bounds.roundoff; the global stage's radius pays it twice: at the input and in the
 ball), and the plan checks that the float32 logits on a sample lie inside it (a cross-check of the error model:
-outside, the certificate is withheld). The error is derived through Euler steps, so only Euler models get radii
-(the other fixed-step solvers have block certificates: `cnode evaluate`)."""
+outside, the certificate is withheld).
+
+A controlled-solver model ('dopri5-dyadic', 'bosh3-dyadic') runs its own sequence of steps on each input: the inputs of a batch are grouped by their
+schedule, each group certified on its schedule's layers, and an input is certified only where every accept/reject
+decision of its run is also proven the same over the ball (certify.bounds.decisions); the global stage and the radius
+bisection need one layer sequence for the whole ball and are not offered for it."""
 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 from tqdm import tqdm
 
+from contraction.adaptive import PAIRS, Schedule, decisions
 from contraction.certificates import block_certificates
 from contraction.errors import CertificateWithheldError, CNodeError, DataError, check_norm
 from contraction.runge_kutta import FIXED_STEP, TABLEAUS
 from certify.bounds.attacks import is_adversarial, pgd
+from certify.bounds.decisions import decision_proofs
 from certify.bounds.lipschitz import NetworkBound, best_network_bound
 from certify.bounds.local import local_bounds
 from certify.bounds.radius import certified_accuracy, certified_radii, float32_below
@@ -184,15 +191,25 @@ def check_eps(eps: float) -> float:
     return float(eps)
 
 
-def roundoff_check(model: ConvNODE, net: Unrolled, sample: torch.Tensor) -> dict[str, Any]:
+def roundoff_check(model: ConvNODE, net: Unrolled | None, sample: torch.Tensor) -> dict[str, Any]:
     """The float32 error model, checked on `sample` before any certificate is given: the float32 logits must lie
-    within the derived bound of their exact values (`net`: the real-arithmetic twin) at every sample input (else
-    CertificateWithheldError: the arithmetic is not the one the bound models, e.g. TF32, FFT or Winograd
-    convolutions); returns the observed error against the bound (ratios)."""
-    x = sample.to(net.readout_weight.device)
-    with torch.no_grad():
-        observed = (model(x.float()).double() - net(x.double())).abs()
-    bound = float32_error(net, local_bounds(net, x.double(), 0.0, "inf"))
+    within the derived bound of their exact values (`net`: the real-arithmetic twin; None: a controlled-solver model, each
+    input against its own schedule's layers) at every sample input (else CertificateWithheldError: the arithmetic is
+    not the one the bound models, e.g. TF32, FFT or Winograd convolutions); returns the observed error against the
+    bound (ratios)."""
+    x = sample.to(module_device(model))
+    if net is None:
+        z, _, runs = schedules(model, x.float())
+        parts = [(idx, unroll(model, schedule=run)) for run, idx in _groups(runs).items()]
+    else:
+        with torch.no_grad():
+            z = model(x.float())
+        parts = [(list(range(len(x))), net)]
+    observed, bound = torch.zeros_like(z, dtype=torch.float64), torch.zeros_like(z, dtype=torch.float64)
+    for idx, part in parts:
+        xi = x[idx].double()
+        observed[idx] = (z[idx].double() - part(xi)).abs()
+        bound[idx] = float32_error(part, local_bounds(part, xi, 0.0, "inf"))
     if bool((observed > bound).any()) or not bool(torch.isfinite(observed).all()):
         worst = int(torch.nan_to_num(observed - bound, nan=torch.inf).flatten().argmax())
         raise CertificateWithheldError(
@@ -200,11 +217,25 @@ def roundoff_check(model: ConvNODE, net: Unrolled, sample: torch.Tensor) -> dict
             f"{bound.flatten()[worst]:.2e}: this arithmetic is not the float32 model the certificate rests on "
             "(TF32, FFT or Winograd convolutions?); certificate withheld")
     ratio = (observed / bound).flatten()
-    return {"model": "derived", "note": ERROR_MODEL, "sample": int(len(x)),
+    return {"model": "derived", "note": ERROR_MODEL, "sample": int(len(x)), "layer_sequences": len(parts),
             "observed_max_abs_error": float(observed.max()) if len(x) else 0.0,
             "derived_median_abs_bound": float(bound.median()) if len(x) else 0.0,
             "observed_over_derived_median": float(ratio.median()) if len(x) else 0.0,
             "observed_over_derived_max": float(ratio.max()) if len(x) else 0.0}
+
+
+def schedules(model: ConvNODE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[Schedule]]:
+    """A controlled-solver model on x as it runs: the logits, the attempts per input and every input's schedule."""
+    with eval_mode(model), torch.no_grad():
+        states, attempts, runs = model.block.run(model.embedding(x), record=True)
+        return model.classify(states[-1]), attempts, runs
+
+
+def _groups(runs: list[Schedule]) -> dict[Schedule, list[int]]:
+    out: dict[Schedule, list[int]] = defaultdict(list)
+    for i, run in enumerate(runs):
+        out[run].append(i)
+    return out
 
 
 @dataclass(frozen=True)
@@ -216,8 +247,8 @@ class CertifyPlan:
     bound: str
     tight: tuple[str, ...]
     falsify: bool
-    network: NetworkBound
-    unrolled: Unrolled  # the real-arithmetic twin: the derived float32 slack and the tight stages
+    network: NetworkBound | dict[str, Any]  # a dict for a controlled solver: no global stage
+    unrolled: Unrolled | None  # the real-arithmetic twin: the derived float32 slack and the tight stages (None: dyadic)
     batch_size: int
     radius: bool
     roundoff: dict[str, Any]
@@ -238,15 +269,23 @@ def plan_certification(model: ConvNODE, sample: torch.Tensor, *, eps: float, nor
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise CNodeError(f"batch size must be an integer >= 1, got {batch_size!r}")
     method = BOUNDS[bound]
-    if model.config.solver not in TABLEAUS:
-        raise CNodeError(f"solver {model.config.solver!r} chooses its steps per input (adaptive): certified radii hold "
-                         f"for the fixed-step solvers {', '.join(FIXED_STEP)} as run")
+    solver = model.config.solver
+    adaptive = solver in PAIRS
+    if solver not in TABLEAUS and not adaptive:
+        raise CNodeError(f"solver {solver!r} chooses its steps per input (adaptive): certified radii hold for the "
+                         f"fixed-step solvers {', '.join(FIXED_STEP)} as run, and for {', '.join(PAIRS)} per input")
+    if adaptive and not method.tight:
+        raise CNodeError(f"--bound {bound} bounds one layer sequence for every input; a {solver} model runs its own "
+                         "per input: use --bound local, crown, linear or auto")
+    if adaptive and radius:
+        raise CNodeError(f"--radius bisects over one layer sequence; a {solver} model's depends on the input: certify "
+                         "at --eps")
     tight = method.tight
     if method.lmi and norm != "2":
         raise CNodeError("the LMI certifies the 2-norm: use --norm 2 with --bound lmi")
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         raise CNodeError("the model has non-finite weights (NaN or inf): nothing can be certified")
-    net = unroll(model)
+    net = None if adaptive else unroll(model)
     with eval_mode(model):
         roundoff = roundoff_check(model, net, sample)
     spec = model.block.spec()
@@ -258,7 +297,9 @@ def plan_certification(model: ConvNODE, sample: torch.Tensor, *, eps: float, nor
         if not lmi.certified:
             raise CertificateWithheldError(f"LMI certificate not available: {lmi.status}: {lmi.condition}")
         certs = [lmi]
-    network = best_network_bound(model, norm, certs)
+    network: NetworkBound | dict[str, Any] = {
+        "method": f"{solver}: each input's schedule unrolled (no weight-only bound: the steps differ per input)",
+        "norm": norm} if adaptive else best_network_bound(model, norm, certs)
     return CertifyPlan(eps=eps, norm=norm, bound=bound, tight=tight, falsify=method.falsify and bool(tight),
                        network=network, unrolled=net,
                        batch_size=batch_size if not tight else min(batch_size, 100), radius=radius and bool(tight),
@@ -277,6 +318,29 @@ class BatchResult:
     falsified: torch.Tensor
     nonfinite: torch.Tensor
     seconds: dict[str, float]
+    runs: RunDecisions | None = None
+
+
+@dataclass
+class RunDecisions:
+    """A controlled-solver batch: per input the attempted steps, the decisions its run made, how many of them were proven
+    the same over the ball (counted only on correct inputs; 0 of 0 where the run made none)."""
+
+    attempts: torch.Tensor
+    decisions: torch.Tensor
+    proven: torch.Tensor
+
+    @staticmethod
+    def cat(parts: "list[RunDecisions]") -> "RunDecisions":
+        return RunDecisions(*(torch.cat([getattr(p, k) for p in parts]) for k in ("attempts", "decisions", "proven")))
+
+    def summary(self, correct: torch.Tensor) -> dict[str, Any]:
+        """The report's figures: mean attempts per input; over the correct inputs the decisions made and proven and
+        the inputs with a decision left open (those are not certified)."""
+        d, p = self.decisions[correct], self.proven[correct]
+        return {"mean_attempts": float(self.attempts.double().mean()) if len(self.attempts) else 0.0,
+                "decisions": int(d.sum()), "decisions_proven": int(p.sum()),
+                "inputs_with_open_decision": int((p < d).sum())}
 
 
 def _falsifier(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, norm: str):  # -> certify.bounds.tight.Falsify
@@ -314,6 +378,8 @@ def _global_radii(plan: CertifyPlan, z: torch.Tensor, y: torch.Tensor, x64: torc
 def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.Tensor) -> BatchResult:
     """Global radii for every input, then the plan's tight stages, escalated, on the correct inputs still
     uncertified; every margin's slack is the float32 error bound over its ball (derived, Euler models)."""
+    if plan.unrolled is None:
+        return _dyadic_batch(plan, model, x, y)
     seconds = dict.fromkeys(STAGES, 0.0)
     ts = time.perf_counter()
     device = module_device(model)
@@ -355,6 +421,55 @@ def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.
                        {k: v for k, v in seconds.items() if v > 0})
 
 
+def _dyadic_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.Tensor) -> BatchResult:
+    """A controlled-solver batch: the inputs grouped by the schedule their run takes; per group its layers, the decisions'
+    proofs over each ball, and the plan's tight stages on the correct inputs whose every decision is proven."""
+    seconds: dict[str, float] = {}
+    device = module_device(model)
+    x, y = x.to(device), y.to(device)
+    z, attempts, runs = schedules(model, x)
+    x64 = x.to(torch.float64)
+    B = len(y)
+    r = torch.zeros(B, dtype=torch.float64, device=device)
+    names = [""] * B
+    falsified = torch.zeros(B, dtype=torch.bool)
+    nonfinite = ~torch.isfinite(z).all(1)
+    made, proven = torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.long)
+    ctl = model.block.controller
+    hook = _falsifier(model, x, y, plan.norm) if plan.falsify else None
+    for run, members in _groups(runs).items():
+        idx = torch.tensor(members, device=device)
+        good = idx[z[idx].argmax(1) == y[idx]]
+        if not len(good):
+            continue
+        net = unroll(model, schedule=run)
+        local = local_bounds(net, x64[good], plan.eps, plan.norm)
+        ds = decisions(run, ctl.max_halvings, ctl.pair.grow)
+        td = time.perf_counter()
+        proofs = decision_proofs(net, x64[good], plan.eps, plan.norm, local, ds, ctl.threshold)
+        seconds["decisions"] = seconds.get("decisions", 0.0) + time.perf_counter() - td
+        made[good.cpu()], proven[good.cpu()] = len(ds), proofs.sum(1).cpu()
+        err = ball_error(net, x64[good], plan.eps, plan.norm, local)
+        nonfinite[good] |= ~torch.isfinite(err).all(1)
+        keep = proofs.all(1)
+        todo = good[keep]
+        if not len(todo):
+            continue
+        sub = None if hook is None else (lambda i, e, todo=todo: hook(todo[i], e))
+        esc = escalate(net, x64[todo], y[todo], plan.eps, plan.norm, plan.tight, margin_slack(err[keep], y[todo]),
+                       sub, local.select(keep))
+        for i, stage in zip(todo.tolist(), esc.stage.tolist()):
+            if stage >= 0:
+                names[i] = plan.tight[stage]
+        r[todo[esc.certified]] = plan.eps
+        falsified[todo.cpu()] = esc.falsified.cpu()
+        nonfinite[todo] |= esc.nonfinite
+        for k, v in esc.seconds.items():
+            seconds[k] = seconds.get(k, 0.0) + v
+    return BatchResult(y.cpu(), z.argmax(1).cpu(), r.cpu(), names, falsified, nonfinite.cpu(),
+                       {k: v for k, v in seconds.items() if v > 0}, RunDecisions(attempts.cpu(), made, proven))
+
+
 @exact_float32()
 def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[[range, int], Iterable[tuple]],
              n: int, *, eps: float, norm: str, bound: str, batch_size: int, progress: bool, radius: bool,
@@ -379,7 +494,11 @@ def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[
     results = [certify_batch(plan, model, x, y) for x, y in it]
     if dist.distributed:
         results = [b for part in dist.all_gather(results) for b in part]
-    seconds = {f"{m}_seconds": sum(b.seconds.get(m, 0.0) for b in results) for m in STAGES + ("attack", "radius")}
+    seconds = {f"{m}_seconds": sum(b.seconds.get(m, 0.0) for b in results)
+               for m in STAGES + ("attack", "radius", "decisions")}
+    runs = [b.runs for b in results if b.runs is not None]
+    dyadic = {} if not runs else {"dyadic": RunDecisions.cat(runs).summary(
+        torch.cat([b.predictions == b.labels for b in results]))}
     return CertifyReport(
         dataset=name,
         norm=plan.norm,
@@ -393,7 +512,7 @@ def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[
         nonfinite=torch.cat([b.nonfinite for b in results]) if results else torch.zeros(0, dtype=torch.bool),
         timing={"bound_seconds": plan.seconds, "certify_seconds": time.perf_counter() - t1,
                 "total_seconds": time.perf_counter() - t0, **{k: v for k, v in seconds.items() if v > 0}},
-        extra={"bound_mode": bound, "radius_bisection": plan.radius, "processes": dist.world},
+        extra={"bound_mode": bound, "radius_bisection": plan.radius, "processes": dist.world, **dyadic},
         roundoff=plan.roundoff,
         indices=torch.arange(span.start, span.stop),
         shard=None if shard is None else (shard[0], shard[1], n),

@@ -15,6 +15,7 @@ import torch
 
 from contraction.convops import (apply_conv, apply_conv_adjoint, centre_taps, channel_abs_sums, conv_singular_range,
                                  conv_spectral_norm)
+from contraction.adaptive import PAIRS
 from contraction.runge_kutta import TABLEAUS, step_factor
 from contraction.errors import CNodeError, norm_error
 from contraction.weights import (
@@ -298,8 +299,11 @@ def block_certificates(spec: BlockSpec, norms: Sequence[str] = ("inf", "inf_weig
                 status=NOT_CERTIFIED,
                 rate=None,
                 factor=None,
-                condition=f"solver {spec.solver!r}: adaptive steps chosen per input, no discrete-step bound; a "
-                          f"fixed-step solver ({', '.join(TABLEAUS)}) is certified",
+                condition=f"solver {spec.solver!r}: adaptive steps chosen per input, no weight-only bound of the "
+                          f"block; a fixed-step solver ({', '.join(TABLEAUS)}) is certified here, and "
+                          + ("this controlled solver by `cnode certify` along each input's schedule"
+                             if spec.solver in PAIRS else
+                             f"a controlled one ({', '.join(PAIRS)}) by `cnode certify` along each input's schedule"),
             )
             for n in norms
         ]

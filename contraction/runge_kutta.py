@@ -3,13 +3,14 @@
 One step of size h of x' = f(x) with the tableau (A, b): stages Y_i = x + h sum_{j<i} a_ij f(Y_j), then
 x+ = x + h sum_i b_i f(Y_i). For the field f(x) = G sigma(T x + c) (G = I, or -T^T for the gradient field), every
 Jacobian of f is G D T with D diagonal in [a, b] (the activation's slopes), so the step's Jacobian is
-J = I + h sum_i b_i G D_i T G_i with G_i = dY_i/dx = I + h sum_{j<i} a_ij G D_j T G_j. Every tableau here has
-b_i >= 0 and sum b_i = 1, so J = sum_i b_i (I + h G D_i T) + h sum_i b_i G D_i T (G_i - I) and, in any induced norm,
+J = I + h sum_i b_i G D_i T G_i with G_i = dY_i/dx = I + h sum_{j<i} a_ij G D_j T G_j. Every tableau has
+sum b_i = 1, so J = sum_i b_i (I + h G D_i T) + h sum_i b_i G D_i T (G_i - I) and, in any induced norm,
 
-    ||J|| <= E(h) + h L sum_i b_i e_i,    e_1 = 0,  e_i = h L sum_{j<i} |a_ij| (1 + e_j)  (>= ||G_i - I||),
+    ||J|| <= (sum_i |b_i|) E(h) + h L sum_i |b_i| e_i,   e_1 = 0,  e_i = h L sum_{j<i} |a_ij| (1 + e_j)  (>= ||G_i - I||),
 
-with E(h) the Euler step's weight-only factor sup_D ||I + h G D T|| and L >= sup_D ||G D T||: the Euler factor plus
-a term of order (h L)^2 (`rk_step_factor`).
+with E(h) the Euler step's weight-only factor sup_D ||I + h G D T|| and L >= sup_D ||G D T||: for b >= 0 (every
+fixed-step tableau here) the Euler factor plus a term of order (h L)^2 (`rk_step_factor`); Dormand and Prince's b
+has a negative weight (sum |b_i| = 1.64, so its factor exceeds 1 even where the Euler step contracts).
 
 Shu-Osher form (`Tableau.shu_osher`): v_0 = x, v_m = sum_{k<m} alpha_mk v_k + h beta_mk f(v_k) with sum_k alpha_mk = 1,
 v_1..v_{s-1} the stage inputs Y_2..Y_s and v_s = x+. Where alpha_mk > 0 the term is alpha_mk times an Euler step of size
@@ -27,7 +28,7 @@ from typing import Any
 
 from contraction.errors import CNodeError
 
-__all__ = ["Tableau", "TABLEAUS", "FIXED_STEP", "stage_factors", "rk_step_factor", "shu_osher_factor", "step_factor",
+__all__ = ["Tableau", "TABLEAUS", "FIXED_STEP", "DOPRI5", "BOSH3", "stage_factors", "rk_step_factor", "shu_osher_factor", "step_factor",
            "combine", "tableau_step"]
 
 Row = tuple[tuple[float, float], ...]
@@ -38,19 +39,23 @@ class Tableau:
     """An explicit Runge-Kutta tableau: `a[i]` the weights of stage i on the earlier stages (a[0] is empty),
     `b` the weights of the update; `shu_osher` (optional): rows m = 1..s of (alpha_mk, beta_mk), k < m (module
     docstring), the same step written as combinations of Euler steps; `torchdiffeq`: whether torchdiffeq runs it
-    (else nodes.block runs it from this tableau)."""
+    (else nodes.block runs it from this tableau); `error` (optional): an embedded pair's error weights b_i - b^_i
+    (summing to 0): h sum_i error_i k_i is the adaptive solver's error estimate."""
 
     name: str
     a: tuple[tuple[float, ...], ...]
     b: tuple[float, ...]
     shu_osher: tuple[Row, ...] | None = None
     torchdiffeq: bool = True
+    error: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.a) != len(self.b) or any(len(row) != i for i, row in enumerate(self.a)):
             raise CNodeError(f"tableau {self.name!r}: a must be strictly lower triangular with one row per b")
-        if any(w < 0 for w in self.b) or abs(sum(self.b) - 1.0) > 1e-12:
-            raise CNodeError(f"tableau {self.name!r}: the factor bound needs b >= 0 summing to 1")
+        if abs(sum(self.b) - 1.0) > 1e-12:
+            raise CNodeError(f"tableau {self.name!r}: the weights b must sum to 1")
+        if self.error is not None and (len(self.error) != len(self.b) or abs(sum(self.error)) > 1e-12):
+            raise CNodeError(f"tableau {self.name!r}: the error weights need one per stage, summing to 0")
         so = self.shu_osher
         if so is not None and (len(so) != self.stages or any(len(row) != m + 1 for m, row in enumerate(so))
                                or any(abs(sum(al for al, _ in row) - 1.0) > 1e-12 or any(al < 0 for al, _ in row)
@@ -60,6 +65,13 @@ class Tableau:
     @property
     def stages(self) -> int:
         return len(self.b)
+
+    def update(self) -> "Tableau":
+        """The step without the trailing stages its update does not use (Dormand and Prince's seventh, evaluated
+        for the error estimate only), without error weights."""
+        s = max(i for i, w in enumerate(self.b) if w) + 1
+        return Tableau(self.name, self.a[:s], self.b[:s], self.shu_osher if s == self.stages else None,
+                       self.torchdiffeq)
 
     @property
     def single_source(self) -> tuple[float | None, ...]:
@@ -82,6 +94,28 @@ TABLEAUS: dict[str, Tableau] = {t.name: t for t in (
 
 FIXED_STEP = tuple(TABLEAUS)
 
+DOPRI5 = Tableau(
+    "dopri5",
+    ((), (1 / 5,), (3 / 40, 9 / 40), (44 / 45, -56 / 15, 32 / 9),
+     (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+     (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+     (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84)),
+    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0),
+    torchdiffeq=False,
+    error=(71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40))
+"""Dormand and Prince's 5(4) pair (torchdiffeq's dopri5 tableau): seven stages, the seventh (FSAL) at the updated
+state; b the fifth-order update, `error` = b - b^ with b^ the embedded fourth-order one (contraction.adaptive runs
+it with dyadic steps). Its stage weights are large and of both signs (|a_5j| sum to 24.6 where they sum to 8/9)."""
+
+BOSH3 = Tableau(
+    "bosh3",
+    ((), (1 / 2,), (0.0, 3 / 4), (2 / 9, 1 / 3, 4 / 9)),
+    (2 / 9, 1 / 3, 4 / 9, 0.0),
+    torchdiffeq=False,
+    error=(2 / 9 - 7 / 24, 1 / 3 - 1 / 4, 4 / 9 - 1 / 3, -1 / 8))
+"""Bogacki and Shampine's 3(2) pair (torchdiffeq's bosh3 tableau): four stages (the fourth, FSAL, at the updated
+state), every weight in [0, 1]; `error` = b - b^ with b^ the embedded second-order one."""
+
 
 def stage_factors(tableau: Tableau, h: Any, lip: Any) -> list[Any]:
     """e_i >= ||dY_i/dx - I|| (module docstring; floats or tensors): e_1 = 0, e_i = h L sum_j |a_ij| (1 + e_j)."""
@@ -92,12 +126,13 @@ def stage_factors(tableau: Tableau, h: Any, lip: Any) -> list[Any]:
 
 
 def rk_step_factor(tableau: Tableau, h: Any, euler: Any, lip: Any) -> Any:
-    """E(h) + h L sum_i b_i e_i (module docstring): `euler` = E(h), the Euler step's factor at step h in the norm;
-    `lip` = L, a bound of ||G D T|| over the slopes in the same norm (floats or tensors)."""
+    """(sum |b_i|) E(h) + h L sum_i |b_i| e_i (module docstring): `euler` = E(h), the Euler step's factor at step h in
+    the norm; `lip` = L, a bound of ||G D T|| over the slopes in the same norm (floats or tensors)."""
     if float(h) <= 0 or float(lip) < 0 or float(euler) < 0:
         raise CNodeError(f"need h > 0, L >= 0 and E >= 0, got h={float(h)}, L={float(lip)}, E={float(euler)}")
     e = stage_factors(tableau, h, lip)
-    return euler + h * lip * sum(w * ei for w, ei in zip(tableau.b, e))
+    mass = sum(abs(w) for w in tableau.b)
+    return (euler if mass == 1.0 else mass * euler) + h * lip * sum(abs(w) * ei for w, ei in zip(tableau.b, e))
 
 
 def shu_osher_factor(tableau: Tableau, euler: Any, lip: Any = None, h: Any = None) -> Any:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torchdiffeq import odeint
 
+from contraction.adaptive import PAIRS, DyadicController, Schedule
 from contraction.certificates import BlockSpec
 from contraction.runge_kutta import TABLEAUS, tableau_step
 
@@ -20,7 +21,9 @@ class ODEBlock(nn.Module):
     """Shared weights: one conv on [0, T]; otherwise conv k acts on [t_k, t_{k+1}], t_k = k T / steps.
 
     Fixed-step solvers (euler, midpoint, heun2, heun3, ssprk3, rk4) take exactly one step per interval, so euler runs
-    x+ = x + h f_k(x); torchdiffeq runs them, except ssprk3 (contraction.runge_kutta.tableau_step).
+    x+ = x + h f_k(x); torchdiffeq runs them, except ssprk3 (contraction.runge_kutta.tableau_step). 'dopri5' is
+    torchdiffeq's adaptive solver on each interval; 'dopri5-dyadic' and 'bosh3-dyadic' the controlled ones of
+    contraction.adaptive (steps (T / steps) 2^-l per input, their accept/reject decisions recorded by `run`).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -49,9 +52,24 @@ class ODEBlock(nn.Module):
             states.append(tableau_step(lambda y: field(t0, y), states[-1], t1 - t0, tableau))
         return torch.stack(states)
 
+    @property
+    def controller(self) -> DyadicController:
+        return DyadicController(PAIRS[self.config.solver], self.config.atol, self.config.max_halvings)
+
+    def run(self, x: torch.Tensor, record: bool = False) -> tuple[list[torch.Tensor], torch.Tensor, list[Schedule]]:
+        """A controlled ('-dyadic') block on x: (states at the grid points, attempts per input, each input's schedule if
+        `record`). The
+        intervals' lengths are those of the float32 grid as run (t_{k+1} - t_k)."""
+        cfg = self.config
+        grid = torch.linspace(0.0, cfg.T, cfg.steps + 1, dtype=x.dtype, device=x.device)
+        spans = [grid[k + 1] - grid[k] for k in range(cfg.steps)]
+        return self.controller.solve(lambda k: (lambda y, f=self.field_at_step(k): f(None, y)), x, spans, record)
+
     def trajectory(self, x: torch.Tensor) -> list[torch.Tensor]:
         """States at t_0, ..., t_steps (steps + 1 tensors shaped like x)."""
         cfg = self.config
+        if cfg.solver in PAIRS:
+            return self.run(x)[0]
         grid = torch.linspace(0.0, cfg.T, cfg.steps + 1, dtype=x.dtype, device=x.device)
         if cfg.shared_weights:
             return list(self._odeint(self.fields[0], x, grid).unbind(0))

@@ -16,7 +16,7 @@ from contraction.weights import CONTRACTIVE_INSET, check_step_rate
 __all__ = ["ModelConfig", "TrainConfig", "FIELDS", "REG_TARGETS", "ARCHS", "DEFAULT_ARCH", "INITS", "PADDINGS", "SOLVERS", "READOUTS",
            "DATASETS", "REGULARIZERS", "HINGES", "THREAT_NORMS", "DEFAULT_REG_WEIGHT", "CERTIFIED_METHODS", "EPS_RAMPS"]
 
-SOLVERS = ("euler", "midpoint", "heun2", "heun3", "ssprk3", "rk4", "dopri5")
+SOLVERS = ("euler", "midpoint", "heun2", "heun3", "ssprk3", "rk4", "dopri5", "dopri5-dyadic", "bosh3-dyadic")
 READOUTS = ("linear", "avgpool")
 DATASETS = ("mnist", "fashion-mnist", "mnist-mini")
 REGULARIZERS = ("none", "jacobian", "weight")
@@ -94,6 +94,7 @@ class ModelConfig(_Config):
     num_classes: int = 10
     rtol: float = 1e-3
     atol: float = 1e-4
+    max_halvings: int = 4
     stem: tuple[StemConv, ...] | None = None
     head: tuple[int, ...] = ()
     mean: tuple[float, ...] = ()
@@ -121,6 +122,7 @@ class ModelConfig(_Config):
         _check_int("num_classes", self.num_classes, 2, 100_000)
         _check_float("rtol", self.rtol, 0.0)
         _check_float("atol", self.atol, 0.0)
+        _check_int("max_halvings", self.max_halvings, 0, 20)
         self._check_stem()
         head = _as_tuple("head", self.head)
         for width in head:

@@ -869,6 +869,23 @@ def _weighted(weights: tuple[float, ...], terms: list[torch.Tensor | None], scal
     return out
 
 
+@dataclass(frozen=True)
+class _Stages:
+    """RKStep's stage-by-stage enclosure of a box: the input's radius r (and |T| r), per stage the radius R_i >=
+    |Y_i - Y_i^c|, the centre k_i^c, the field's box, kappa_i >= |k_i - k_i^c|, the drift bound, the slopes, and the
+    stacked pre-activation boxes."""
+
+    r: torch.Tensor
+    abs_r: torch.Tensor
+    radii: list[torch.Tensor]
+    centres: list[torch.Tensor]
+    kboxes: list[tuple[torch.Tensor, torch.Tensor]]
+    kappas: list[torch.Tensor]
+    drifts: list[torch.Tensor | None]
+    slopes: list[tuple[torch.Tensor, torch.Tensor]]
+    pre: tuple[torch.Tensor, torch.Tensor]
+
+
 @dataclass(frozen=True, eq=False)
 class RKStep(Layer):
     """One explicit Runge-Kutta step of the block's field (contraction.runge_kutta: the tableau, as the block runs it):
@@ -935,7 +952,44 @@ class RKStep(Layer):
     def bounds(self, box: Box, interval: bool = True) -> tuple[Box, Pre]:
         """Mean-value enclosure stage by stage (class docstring): per stage i the centre Y_i^c, a radius R_i >= |Y_i -
         Y_i^c| (r + h sum_j |a_ij| kappa_j, kappa_j >= |k_j - k_j^c| = |G D_j T (Y_j - Y_j^c)|), z_i's box and its
-        slopes; met with interval arithmetic (unless `interval=False`, the cheap training path)."""
+        slopes; met with interval arithmetic (unless `interval=False`, the cheap training path). The update
+        x+ - x+^c = sum_i b_i [(x - x^c) + h (k_i - k_i^c)] (sum b_i = 1) through each term's Euler gain with
+        weight |b_i| (any sign)."""
+        st = self._stages(box, interval)
+        e, tab, h, conv = self.euler, self.tableau, self.h, self.conv
+        r, abs_r = st.r, st.abs_r
+        radii, centres, kboxes, kappas, drifts, slopes = st.radii, st.centres, st.kboxes, st.kappas, st.drifts, st.slopes
+        xc = combine(box.centre, h, tab.b, centres)
+        gain = _weighted(tab.b, kappas, h, r)
+        mean_value = None
+        for w, (dl, du), drift in zip(tab.b, slopes, drifts):
+            if w:
+                term = e._gain(dl, du, r, abs_r)
+                if drift is not None:
+                    term = term + h * e.field_abs(du, conv.apply_abs(drift))
+                mean_value = abs(w) * term if mean_value is None else mean_value + abs(w) * term
+        gain = torch.minimum(gain, mean_value)
+        if tab.shu_osher is not None:
+            gain = torch.minimum(gain, self._shu_osher(tab.shu_osher[-1], radii, slopes, kappas))
+        lo, hi = xc - gain, xc + gain
+        if interval:
+            lo, hi = meet((lo, hi), _combine_box(box.lo, box.hi, h, tab.b, kboxes))
+        return Box(lo, hi, xc), st.pre
+
+    def estimate_bounds(self, box: Box, interval: bool = True) -> tuple[tuple[torch.Tensor, torch.Tensor], Pre]:
+        """A box of the error estimate h sum_i error_i k_i (the tableau's error weights) over `box`: its value at the
+        stages' centres +- h sum_i |error_i| kappa_i, met with interval arithmetic over the stages' field boxes."""
+        assert self.tableau.error is not None
+        st, w = self._stages(box, interval), self.tableau.error
+        zero = torch.zeros_like(box.centre)
+        ec = combine(zero, self.h, w, st.centres)
+        rad = _weighted(w, st.kappas, self.h, zero)
+        lo, hi = ec - rad, ec + rad  # type: ignore[operator]
+        if interval:
+            lo, hi = meet((lo, hi), _combine_box(zero, zero, self.h, w, st.kboxes))
+        return (lo, hi), st.pre
+
+    def _stages(self, box: Box, interval: bool) -> "_Stages":
         e, tab, h, conv, act = self.euler, self.tableau, self.h, self.conv, self.act
         r = box.radius
         abs_r = conv.apply_abs(r)
@@ -962,22 +1016,7 @@ class RKStep(Layer):
                 kbox = meet(kbox, e.field_box(zl, zh))
             radii.append(R), centres.append(kc), kboxes.append(kbox), kappas.append(kappa), drifts.append(drift)
             slopes.append((dl, du)), pres.append((zl, zh))
-        xc = combine(box.centre, h, tab.b, centres)
-        gain = _weighted(tab.b, kappas, h, r)
-        mean_value = None
-        for w, (dl, du), drift in zip(tab.b, slopes, drifts):
-            if w:
-                term = e._gain(dl, du, r, abs_r)
-                if drift is not None:
-                    term = term + h * e.field_abs(du, conv.apply_abs(drift))
-                mean_value = w * term if mean_value is None else mean_value + w * term
-        gain = torch.minimum(gain, mean_value)
-        if tab.shu_osher is not None:
-            gain = torch.minimum(gain, self._shu_osher(tab.shu_osher[-1], radii, slopes, kappas))
-        lo, hi = xc - gain, xc + gain
-        if interval:
-            lo, hi = meet((lo, hi), _combine_box(box.lo, box.hi, h, tab.b, kboxes))
-        return Box(lo, hi, xc), _stack(pres)
+        return _Stages(r, abs_r, radii, centres, kboxes, kappas, drifts, slopes, _stack(pres))
 
     def _shu_osher(self, row: tuple[tuple[float, float], ...], radii: list[torch.Tensor],
                    slopes: list[tuple[torch.Tensor, torch.Tensor]], kappas: list[torch.Tensor]) -> torch.Tensor:
@@ -1020,6 +1059,34 @@ class RKStep(Layer):
         """Stage by stage: Y_i's linear part exact, its error x's plus h sum |a_ij| (k_j's error); each stage through
         the field's mid line on its interval. The update's error: the smaller of x's plus h sum b_i (k_i's) and the
         mean-value form sum_i b_i (|I + h G k_i T| x's error + h |G| k_i |T| (Y_i's extra error) + h |G| half_i)."""
+        e, tab, h, conv = self.euler, self.tableau, self.h, self.conv
+        ks, drifts, lines, boxes = self._symbolic_stages(s, pre, concretize)
+        A, c = combine(s.A, h, tab.b, [k.A for k in ks]), combine(s.c, h, tab.b, [k.c for k in ks])
+        plain = _weighted(tab.b, [k.r for k in ks], h, s.r)
+        abs_sr = conv.apply_abs(s.r)
+        mean_value = None
+        for w, (k, half), drift in zip(tab.b, lines, drifts):
+            if w:
+                term = e._gain(k, k, s.r, abs_sr) + h * e.field_abs(1.0, half)
+                if drift is not None:
+                    term = term + h * e.field_abs(k, conv.apply_abs(drift))
+                mean_value = abs(w) * term if mean_value is None else mean_value + abs(w) * term
+        return Symbolic(A, c, torch.minimum(plain, mean_value)), _stack(boxes)
+
+    def estimate_symbolic(self, s: Symbolic, pre: Pre, concretize: Concretize) -> Symbolic:
+        """The error estimate h sum_i error_i k_i as a linear form of the input over the stages' relaxations: the
+        linear parts combine exactly (the error weights sum to 0: the first-order terms cancel), the errors with
+        |error_i|."""
+        assert self.tableau.error is not None
+        ks, _, _, _ = self._symbolic_stages(s, pre, concretize)
+        w, h = self.tableau.error, self.h
+        r = _weighted(w, [k.r for k in ks], h, torch.zeros_like(s.r))
+        return Symbolic(combine(torch.zeros_like(s.A), h, w, [k.A for k in ks]),
+                        combine(torch.zeros_like(s.c), h, w, [k.c for k in ks]), r)  # type: ignore[arg-type]
+
+    def _symbolic_stages(self, s: Symbolic, pre: Pre, concretize: Concretize
+                         ) -> tuple[list[Symbolic], list[torch.Tensor | None], list[tuple[torch.Tensor, torch.Tensor]],
+                                    list[tuple[torch.Tensor, torch.Tensor]]]:
         e, tab, h, conv, act = self.euler, self.tableau, self.h, self.conv, self.act
         ks: list[Symbolic] = []
         drifts, lines, boxes = [], [], []
@@ -1031,17 +1098,7 @@ class RKStep(Layer):
             k, mid, half = _mid_line(act, box)
             ks.append(e.field_symbolic(z, k, mid, half))
             drifts.append(drift), lines.append((k, half)), boxes.append(box)
-        A, c = combine(s.A, h, tab.b, [k.A for k in ks]), combine(s.c, h, tab.b, [k.c for k in ks])
-        plain = _weighted(tab.b, [k.r for k in ks], h, s.r)
-        abs_sr = conv.apply_abs(s.r)
-        mean_value = None
-        for w, (k, half), drift in zip(tab.b, lines, drifts):
-            if w:
-                term = e._gain(k, k, s.r, abs_sr) + h * e.field_abs(1.0, half)
-                if drift is not None:
-                    term = term + h * e.field_abs(k, conv.apply_abs(drift))
-                mean_value = w * term if mean_value is None else mean_value + w * term
-        return Symbolic(A, c, torch.minimum(plain, mean_value)), _stack(boxes)
+        return ks, drifts, lines, boxes
 
     def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
                  propagate: bool = True) -> torch.Tensor:
@@ -1055,8 +1112,16 @@ class RKStep(Layer):
             return full
         return self._rounding_chain(lo, hi, pre, torch.zeros_like(err), err, widen)[0]
 
+    def estimate_rounding(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre) -> torch.Tensor:
+        """A bound of |fl32(error estimate) - error estimate| at every state in [lo, hi] as the solver computes it
+        (the stages as the step's, the estimate's sum with the error weights), from a state without error."""
+        assert self.tableau.error is not None
+        zero = torch.zeros_like(lo)
+        return self._rounding_chain(lo, hi, pre, zero, zero, weights=self.tableau.error)[0]
+
     def _rounding_chain(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, e_x: torch.Tensor, mag_err: torch.Tensor,
-                        widen: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                        widen: list[torch.Tensor] | None = None, weights: tuple[float, ...] | None = None
+                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         e, tab, h, conv = self.euler, self.tableau, self.h, self.conv
         h_run = self.euler.step_run
         assert pre is not None
@@ -1078,8 +1143,9 @@ class RKStep(Layer):
             _, rho, dl, du, s_err, s_mag = _sigma_rounding(conv, self.act, yl, yh, (zl, zh), ey)
             ek, kmag = e.field_rounding(du * (conv.apply_abs(ey) + rho) + s_err, s_mag)
             errs.append(ek), mags.append(kmag), kboxes.append(e.field_box(*_pair(pre, i)))  # type: ignore[misc]
-        sizes = _weighted(tab.b, mags, 1.0)
-        out = _weighted(tab.b, errs, h_run, e_x) + g * (x_mag + h_run * sizes) + abs(h_run - h) * sizes + slack
+        w = tab.b if weights is None else weights
+        sizes = _weighted(w, mags, 1.0)
+        out = _weighted(w, errs, h_run, e_x) + g * (x_mag + h_run * sizes) + abs(h_run - h) * sizes + slack
         return out, stage_errs
 
 

@@ -16,6 +16,9 @@ differentiable lower bound of the margin z_y - z_j. The methods (`TrainConfig.ce
   `--bound local` computes them but without its interval pass: `local_bounds(interval=False)`), tighter than IBP
   and slower;
 - 'lipschitz' (Lipschitz-margin training): m_j = (z_y - z_j)(u) - eps * L_yj, L_yj the global pairwise constant.
+A controlled solver ('dopri5-dyadic', 'bosh3-dyadic') is bounded along each input's schedule (the inputs grouped by
+schedule, each group through its own layers); its accept/reject decisions are not part of the training bound (the
+certificate proves them, certify.bounds.decisions).
 The certified loss is CE([-m_j]_j, y) (the y entry is 0), an upper bound of the worst-case CE over the ball; an
 input counts as certified in training when every m_j > 0."""
 
@@ -27,12 +30,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from contraction.adaptive import PAIRS
 from contraction.errors import CNodeError
 from certify.bounds.attacks import pgd
 from certify.bounds.crown import backward_margins
 from certify.bounds.lipschitz import layer_constants
 from certify.bounds.local import box_margins, ibp_bounds, local_bounds
-from certify.bounds.unrolled import unroll
+from certify.bounds.unrolled import Unrolled, unroll
 from nodes.classifier import ConvNODE
 from nodes.config import CERTIFIED_METHODS, TrainConfig
 
@@ -73,7 +77,23 @@ def certified_margins(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, eps: fl
         return m.masked_fill(F.one_hot(y, m.shape[1]).bool(), 0.0)
     if method not in CERTIFIED_METHODS:
         raise CNodeError(f"certified method must be one of {list(CERTIFIED_METHODS)}, got {method!r}")
-    net = unroll(model, dtype=None, detach=False)  # refuses an adaptive solver
+    if model.config.solver in PAIRS:  # a controlled solver: each group of inputs through its own schedule's layers
+        with torch.no_grad():
+            runs = model.block.run(model.embedding(x), record=True)[2]
+        groups: dict = {}
+        for i, run in enumerate(runs):
+            groups.setdefault(run, []).append(i)
+        m = torch.zeros(len(y), model.config.num_classes, dtype=x.dtype, device=x.device)
+        for run, idx in groups.items():
+            rows = torch.tensor(idx, device=x.device)
+            m = m.index_put((rows,), _margins(unroll(model, dtype=None, detach=False, schedule=run), x[rows], y[rows],
+                                              eps, norm, method, beta))
+        return m
+    return _margins(unroll(model, dtype=None, detach=False), x, y, eps, norm, method, beta)  # refuses dopri5
+
+
+def _margins(net: Unrolled, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, method: str,
+             beta: float) -> torch.Tensor:
     is_y = F.one_hot(y, net.readout_weight.shape[0]).bool()
     if method == "local":
         b = local_bounds(net, x, eps, norm, interval=False)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from certify.bounds.local import LayerBounds
     from certify.bounds.unrolled import Unrolled
 
-__all__ = ["ENGINE_MARGIN", "float32_error", "ball_error", "margin_slack", "ERROR_MODEL", "lipschitz_met"]
+__all__ = ["ENGINE_MARGIN", "float32_error", "float32_errors", "ball_error", "margin_slack", "ERROR_MODEL", "lipschitz_met"]
 
 ENGINE_MARGIN = 2.0**-10
 """Relative widening of every derived slack for the float64 engine's own rounding."""
@@ -71,8 +71,14 @@ def lipschitz_met(net: "Unrolled", u: torch.Tensor, eps: float | torch.Tensor, n
 
 
 def float32_error(net: "Unrolled", bounds: "LayerBounds") -> torch.Tensor:
-    """[B, K] bounds of |fl32(z_k)(u') - z_k(u')| for every input u' of the set `bounds` was computed on (its boxes of
-    every layer's exact output and pre-activation), the network evaluated in float32 as it runs.
+    """The logits' float32 error bounds (`float32_errors`' last)."""
+    return float32_errors(net, bounds)[-1]
+
+
+def float32_errors(net: "Unrolled", bounds: "LayerBounds") -> list[torch.Tensor]:
+    """Bounds of |fl32(x_i)(u') - x_i(u')| of every layer i's output (the last: the logits, [B, K]) for every input u'
+    of the set `bounds` was computed on (its boxes of every layer's exact output and pre-activation), the network
+    evaluated in float32 as it runs.
 
     Two bounds of the error vector d_k after layer k, the smaller kept coordinate by coordinate: elementwise (each
     layer's `roundoff` rule: its own error plus the incoming one through |layer|), and in norm, for the Linf and the L2
@@ -82,6 +88,7 @@ def float32_error(net: "Unrolled", bounds: "LayerBounds") -> torch.Tensor:
     steps: row sums of |I - h T^T D T| near 4, L2 norm <= 1)."""
     lo, hi = bounds.input_lo, bounds.input_hi
     err = torch.zeros_like(lo)
+    errors = []
     norms = {n: torch.zeros(lo.shape[0], dtype=lo.dtype, device=lo.device) for n in ("inf", "2")}
     last = len(net.layers) - 1
     for i, layer in enumerate(net.layers):
@@ -102,9 +109,10 @@ def float32_error(net: "Unrolled", bounds: "LayerBounds") -> torch.Tensor:
             norms[n] = layer.lipschitz(n).to(lo.dtype) * norms[n] + size
             flat = torch.minimum(flat, norms[n][:, None])
         err = flat.view_as(out)
+        errors.append(err)
         if i < last:
             lo, hi = bounds.boxes[i]
-    return err
+    return errors
 
 
 def ball_error(net: "Unrolled", u: torch.Tensor, eps: float | torch.Tensor, norm: str,

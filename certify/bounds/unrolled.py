@@ -1,8 +1,10 @@
 """The classifier as it runs, unrolled into the bound engine's layer sequence: [normalise], stem (conv, sigma)...,
 one solver step per interval (Euler: x+ = x + h sigma(K_k x + b_k), gradient field: x+ = x - h K_k^T sigma(K_k x +
 b_k); a fixed-step Runge-Kutta solver: its tableau's stages of that field, RKStep), flatten, head (linear, sigma)...,
-linear. Adaptive solvers (dopri5) have no such form: their steps depend on the input. Pixel averaging (`readout='avgpool'`) is folded into the first head
-layer (its weights divided by H W and repeated over the pixels).
+linear. torchdiffeq's adaptive dopri5 has no such form: its steps depend on the input in ways no finite sequence
+records; a controlled solver ('dopri5-dyadic', 'bosh3-dyadic') is unrolled along one input's schedule
+(contraction.adaptive: one RKStep of its pair per accepted step, of its size H 2^-l as run). Pixel averaging
+(`readout='avgpool'`) is folded into the first head layer (its weights divided by H W and repeated over the pixels).
 
 The layers are the real-arithmetic twin of the network as it runs in its own dtype: every constant the network rounds
 (the normalisation's mean and std, cast to the input's dtype) is taken as rounded; each Euler step records the step
@@ -18,6 +20,7 @@ from torch import nn
 
 from contraction.convops import conv_output_size
 from contraction.errors import CNodeError
+from contraction.adaptive import PAIRS, Schedule
 from contraction.runge_kutta import FIXED_STEP, TABLEAUS
 from contraction.slopes import Activation
 from certify.bounds.layers import STEP_LAYERS, Act, Conv, Flatten, Layer, Linear, Normalize, RKStep
@@ -28,11 +31,14 @@ __all__ = ["Unrolled", "unroll"]
 
 @dataclass(frozen=True)
 class Unrolled:
-    """A sequence of layers ending in the Linear layer to the classes; `block` = the Euler steps' index range."""
+    """A sequence of layers ending in the Linear layer to the classes; `block` = the Euler steps' index range.
+    `estimators` (a controlled solver's schedule): per attempt, the index of the layer whose output is the attempt's
+    state and the Dormand-Prince step (RKStep, seven stages, with the error weights) the attempt computes there."""
 
     layers: tuple[Layer, ...]
     block: tuple[int, int]
     act: Activation
+    estimators: tuple[tuple[int, RKStep], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.layers or not isinstance(self.layers[-1], Linear):
@@ -94,17 +100,25 @@ def _conv(conv: nn.Conv2d, size: int, dtype: torch.dtype | None, detach: bool,
 
 
 def unroll(model: ConvNODE, *, dtype: torch.dtype | None = torch.float64, detach: bool = True,
-           any_solver: bool = False) -> Unrolled:
+           any_solver: bool = False, schedule: Schedule | None = None) -> Unrolled:
     """The model's layers (float64 copies by default; `detach=False, dtype=None` keeps them trainable).
 
     The block's layers are its solver's steps (Euler steps, or RKStep of a fixed-step tableau around the field's Euler
-    layer); an adaptive solver is refused unless `any_solver` (for callers that use only the layers around the
-    block)."""
+    layer; a controlled solver: one RKStep of its pair per accepted attempt of `schedule`); an adaptive solver without
+    a schedule is refused unless `any_solver` (for callers that use only the layers around the block)."""
     cfg = model.config
     tableau = TABLEAUS.get(cfg.solver)
-    if tableau is None and not any_solver:
+    pair = PAIRS.get(cfg.solver)
+    if schedule is not None and pair is None:
+        raise CNodeError(f"a schedule is a controlled solver's run ({', '.join(PAIRS)}); this model's solver is "
+                         f"{cfg.solver!r}")
+    if tableau is None and not any_solver and schedule is None:
+        if pair is not None:
+            raise CNodeError(f"solver {cfg.solver!r} takes its steps per input: the bound engine unrolls one input's "
+                             "schedule at a time (cnode certify does)")
         raise CNodeError(f"solver {cfg.solver!r} chooses its steps per input (adaptive): the bound engine certifies the "
-                         f"fixed-step solvers {', '.join(FIXED_STEP)} as run (train with --solver rk4, for example)")
+                         f"fixed-step solvers {', '.join(FIXED_STEP)} as run, and the controlled {', '.join(PAIRS)} "
+                         "(dyadic steps) along each input's run")
     act = model.activation
     layers: list[Layer] = []
     like = model.head[0].weight  # the network's dtype and device
@@ -121,14 +135,24 @@ def unroll(model: ConvNODE, *, dtype: torch.dtype | None = torch.float64, detach
     kernels = [field.kernel_and_bound() for field in model.block.fields]  # as run (the gradient field: rescaled)
     grid = torch.linspace(0.0, cfg.T, cfg.steps + 1, dtype=like.dtype, device=like.device)  # as nodes.block builds it
     h_run = (grid[1:] - grid[:-1]).tolist()
-    for k in range(cfg.steps):
+    # (interval, step as run, exact step) of each layer: one per interval, or the schedule's accepted attempts
+    plan = [(k, h_run[k], cfg.h, True) for k in range(cfg.steps)] if schedule is None else \
+        [(a.interval, h_run[a.interval] * 2.0**-a.level, h_run[a.interval] * 2.0**-a.level, a.accepted)
+         for a in schedule]
+    estimators = []
+    for k, run, exact, accepted in plan:
         field = model.block.field_at_step(k)
         kernel, bound = kernels[0 if cfg.shared_weights else k]
         # a live (training) unroll reuses the field's spectral bound; a certificate's copy recomputes it in float64
         extra = {"smax": bound} if bound is not None and not detach else {}
         conv = _conv(field.conv, size, dtype, detach, kernel)
-        euler = step(conv, cfg.h, act, h_run=h_run[k], **extra)  # type: ignore[call-arg]
-        layers.append(euler if tableau is None or tableau.name == "euler" else RKStep(euler, tableau))
+        euler = step(conv, exact, act, h_run=run, **extra)  # type: ignore[call-arg]
+        if pair is not None:
+            estimators.append((len(layers) - 1, RKStep(euler, pair.tableau)))
+            if accepted:
+                layers.append(RKStep(euler, pair.tableau.update()))
+        else:
+            layers.append(euler if tableau is None or tableau.name == "euler" else RKStep(euler, tableau))
     block = (start, len(layers))
     layers.append(Flatten((cfg.channels, size, size)))
     for i, lin in enumerate(model.head):
@@ -140,4 +164,4 @@ def unroll(model: ConvNODE, *, dtype: torch.dtype | None = torch.float64, detach
         if i > 0:
             layers.append(Act(act))
         layers.append(Linear(W, c, sums))
-    return Unrolled(tuple(layers), block, act)
+    return Unrolled(tuple(layers), block, act, tuple(estimators))

@@ -49,7 +49,13 @@ _HELP = {
     "field": "ODE field: 'paper' x' = sigma(K*x + b), 'gradient' x' = -K^T sigma(K*x + b) (non-expansive in L2 "
              "by construction: the kernel is rescaled so that h b ||K||^2 <= 2), or 'contractive' (the paper's field "
              "with its kernel mapped so that every Euler step shrinks by 1 - h rho in Linf, rate from --rho)",
-    "solver": "torchdiffeq solver of the ODE block",
+    "solver": "solver of the ODE block: one step per interval (euler ... rk4), torchdiffeq's adaptive dopri5 "
+              "(not certifiable), or dopri5-dyadic / bosh3-dyadic: Dormand-Prince 5(4) / Bogacki-Shampine 3(2) with "
+              "steps T/steps 2^-l and accept/reject by --atol, certified as it runs on each input",
+    "atol": "dopri5: absolute tolerance; *-dyadic: a step is accepted when its error estimate's largest "
+            "component is <= atol",
+    "rtol": "dopri5: relative tolerance (the -dyadic solvers have none)",
+    "max_halvings": "*-dyadic: the smallest step is (T / steps) 2^-max_halvings, always accepted",
     "T": "integration horizon",
     "steps": "solver steps (one conv per step unless --shared-weights)",
     "shared_weights": "one convolution shared by all steps",

@@ -169,8 +169,12 @@ def test_adaptive_and_unknown_solvers_get_one_line_reasons():
     assert all(not c.certified and c.factor is None and "adaptive" in c.condition for c in certs)
     with pytest.raises(CNodeError, match="fixed-step solvers"):
         step_factor("dopri5", 0.1, 0.9, 1.0)
-    with pytest.raises(CNodeError, match="b >= 0"):
-        Tableau("bad", ((), (1.0,)), (1.5, -0.5))
+    with pytest.raises(CNodeError, match="sum to 1"):
+        Tableau("bad", ((), (1.0,)), (1.5, -0.4))
+    with pytest.raises(CNodeError, match="summing to 0"):
+        Tableau("bad", ((), (1.0,)), (1.5, -0.5), error=(0.1, 0.0))
+    with pytest.raises(CNodeError, match="lower triangular"):
+        Tableau("bad", ((1.0,), ()), (0.5, 0.5))
 
 
 @pytest.mark.parametrize("solver", RK)
