@@ -1074,15 +1074,23 @@ class RKStep(Layer):
         return Symbolic(A, c, torch.minimum(plain, mean_value)), _stack(boxes)
 
     def estimate_symbolic(self, s: Symbolic, pre: Pre, concretize: Concretize) -> Symbolic:
-        """The error estimate h sum_i error_i k_i as a linear form of the input over the stages' relaxations: the
-        linear parts combine exactly (the error weights sum to 0: the first-order terms cancel), the errors with
-        |error_i|."""
+        """The error estimate e = h sum_i w_i k_i (w the error weights, summing to 0) as a linear form of the input over
+        the stages' relaxations k_i = G (K_i z_i + mid_i +- half_i), z_i = T Y_i + b: the linear parts combine exactly
+        (first-order terms cancel). Every stage input is Y_i = (its linear form) + dx + eta_i with the same state error
+        dx (|dx| <= s.r) and |eta_i| <= drift_i, so the error is h G (sum_i w_i K_i) T dx, bounded with
+        |sum_i w_i k_i| (the stages' mid slopes nearly agree), plus h sum_i |w_i| (|G| K_i |T| drift_i + |G| half_i)."""
         assert self.tableau.error is not None
-        ks, _, _, _ = self._symbolic_stages(s, pre, concretize)
-        w, h = self.tableau.error, self.h
-        r = _weighted(w, [k.r for k in ks], h, torch.zeros_like(s.r))
+        e, w, h = self.euler, self.tableau.error, self.h
+        ks, drifts, lines, _ = self._symbolic_stages(s, pre, concretize)
+        slope = combine(torch.zeros_like(s.r), 1.0, w, [k for k, _ in lines]).abs()
+        r = h * e.field_abs(slope, self.conv.apply_abs(s.r))
+        for wi, (k, half), drift in zip(w, lines, drifts):
+            if wi:
+                own = e.field_abs(1.0, half) if drift is None else \
+                    e.field_abs(k, self.conv.apply_abs(drift)) + e.field_abs(1.0, half)
+                r = r + (h * abs(wi)) * own
         return Symbolic(combine(torch.zeros_like(s.A), h, w, [k.A for k in ks]),
-                        combine(torch.zeros_like(s.c), h, w, [k.c for k in ks]), r)  # type: ignore[arg-type]
+                        combine(torch.zeros_like(s.c), h, w, [k.c for k in ks]), r)
 
     def _symbolic_stages(self, s: Symbolic, pre: Pre, concretize: Concretize
                          ) -> tuple[list[Symbolic], list[torch.Tensor | None], list[tuple[torch.Tensor, torch.Tensor]],
