@@ -36,8 +36,8 @@ def format_report(report: CertifyReport, model_path: str = "") -> str:
                          f"{ro['observed_over_derived_median']:.2g}, max {ro['observed_over_derived_max']:.2g})")
     dy = report.extra.get("dyadic")
     if dy:
-        lines.insert(3, f"  controlled solver runs  {dy['mean_attempts']:8.2f}   attempted steps per input; decisions proven "
-                        f"the same over the ball: {dy['decisions_proven']} of {dy['decisions']} (correct inputs; "
+        lines.insert(3, f"  controlled solver runs  {dy['mean_attempts']:8.2f}   attempted steps per input; decisions "
+                        f"proven the same over the ball: {dy['decisions_proven']} of {dy['decisions']} (correct inputs; "
                         f"{dy['inputs_with_open_decision']} inputs with one open are not certified)")
     if report.nonfinite_count:
         lines.insert(3, f"  non-finite bounds       {report.nonfinite_count:8d}   (a bound or its float32 slack overflowed or "

@@ -6,10 +6,10 @@ error bound over the ball (certify.bounds.roundoff; the global stage's radius pa
 ball), and the plan checks that the float32 logits on a sample lie inside it (a cross-check of the error model:
 outside, the certificate is withheld).
 
-A controlled-solver model ('dopri5-dyadic', 'bosh3-dyadic') runs its own sequence of steps on each input: the inputs of a batch are grouped by their
-schedule, each group certified on its schedule's layers, and an input is certified only where every accept/reject
-decision of its run is also proven the same over the ball (certify.bounds.decisions); the global stage and the radius
-bisection need one layer sequence for the whole ball and are not offered for it."""
+A controlled-solver model ('dopri5-dyadic', 'bosh3-dyadic') runs its own sequence of steps on each input: the inputs
+of a batch are grouped by their schedule, each group certified on its schedule's layers, and an input is certified
+only where every accept/reject decision of its run is also proven the same over the ball (certify.bounds.decisions);
+the global stage and the radius bisection need one layer sequence for the whole ball and are not offered for it."""
 
 from __future__ import annotations
 
@@ -193,8 +193,8 @@ def check_eps(eps: float) -> float:
 
 def roundoff_check(model: ConvNODE, net: Unrolled | None, sample: torch.Tensor) -> dict[str, Any]:
     """The float32 error model, checked on `sample` before any certificate is given: the float32 logits must lie
-    within the derived bound of their exact values (`net`: the real-arithmetic twin; None: a controlled-solver model, each
-    input against its own schedule's layers) at every sample input (else CertificateWithheldError: the arithmetic is
+    within the derived bound of their exact values (`net`: the real-arithmetic twin; None: a controlled-solver model,
+    each input against its own schedule's layers) at every sample input (else CertificateWithheldError: the arithmetic is
     not the one the bound models, e.g. TF32, FFT or Winograd convolutions); returns the observed error against the
     bound (ratios)."""
     x = sample.to(module_device(model))
@@ -248,7 +248,7 @@ class CertifyPlan:
     tight: tuple[str, ...]
     falsify: bool
     network: NetworkBound | dict[str, Any]  # a dict for a controlled solver: no global stage
-    unrolled: Unrolled | None  # the real-arithmetic twin: the derived float32 slack and the tight stages (None: dyadic)
+    unrolled: Unrolled | None  # the real-arithmetic twin: the derived float32 slack and the tight stages (None: a controlled solver)
     batch_size: int
     radius: bool
     roundoff: dict[str, Any]
@@ -323,8 +323,8 @@ class BatchResult:
 
 @dataclass
 class RunDecisions:
-    """A controlled-solver batch: per input the attempted steps, the decisions its run made, how many of them were proven
-    the same over the ball (counted only on correct inputs; 0 of 0 where the run made none)."""
+    """A controlled-solver batch: per input the attempted steps, the decisions its run made, how many of them were
+    proven the same over the ball (counted only on correct inputs; 0 of 0 where the run made none)."""
 
     attempts: torch.Tensor
     decisions: torch.Tensor
@@ -422,8 +422,9 @@ def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.
 
 
 def _dyadic_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.Tensor) -> BatchResult:
-    """A controlled-solver batch: the inputs grouped by the schedule their run takes; per group its layers, the decisions'
-    proofs over each ball, and the plan's tight stages on the correct inputs whose every decision is proven."""
+    """A controlled-solver batch: the inputs grouped by the schedule their run takes; per group its layers, the
+    decisions' proofs over each ball, and the plan's tight stages on the correct inputs whose every decision is
+    proven."""
     seconds: dict[str, float] = {}
     device = module_device(model)
     x, y = x.to(device), y.to(device)

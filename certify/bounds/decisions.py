@@ -1,4 +1,5 @@
-"""Proving that a controlled solver's run takes the same decisions at every input of a set (docs/METHOD.md section 14.2).
+"""Proving that a controlled solver's run takes the same decisions at every input of a set (docs/METHOD.md section
+14.2).
 
 A run of the controlled solver on one input is its schedule (contraction.adaptive); the network it computes is the
 schedule's unrolled layers (certify.bounds.unrolled, `schedule=`). A certificate of those layers over an input set

@@ -66,8 +66,9 @@ def _model(solver, seed, scale, atol, halvings, steps=2):
 @given(st.sampled_from(sorted(PAIRS)), seeds, st.floats(0.5, 8.0), st.sampled_from([1e-2, 1e-3, 1e-4, 1e-5]),
        st.integers(0, 4))
 def test_a_run_is_its_schedule(solver, seed, scale, atol, halvings):
-    """Replaying each input's schedule alone (the accepted steps with the pair's update at h = H 2^-l) reproduces the batched run's states, and recomputing each attempt's error estimate reproduces every decision the
-    schedule records (`decisions`); the accepted steps tile every interval on the dyadic grid."""
+    """Replaying each input's schedule alone (the accepted steps with the pair's update at h = H 2^-l) reproduces the
+    batched run's states, and recomputing each attempt's error estimate reproduces every decision the schedule
+    records (`decisions`); the accepted steps tile every interval on the dyadic grid."""
     model = _model(solver, seed, scale, atol, halvings)
     pair, ctl = PAIRS[solver], model.block.controller
     u = torch.rand(6, 1, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
