@@ -34,8 +34,8 @@ def format_report(report: CertifyReport, model_path: str = "") -> str:
     if ro.get("model") == "derived":
         lines.insert(-1, f"  float32 round-off       derived over each ball (observed/bound on {ro['sample']} inputs: median "
                          f"{ro['observed_over_derived_median']:.2g}, max {ro['observed_over_derived_max']:.2g})")
-    dy = report.extra.get("dyadic")
-    if dy:
+    if report.runs is not None:
+        dy = report.runs.summary(report.predictions == report.labels)
         lines.insert(3, f"  controlled solver runs  {dy['mean_attempts']:8.2f}   attempted steps per input; decisions "
                         f"proven the same over the ball: {dy['decisions_proven']} of {dy['decisions']} (correct inputs; "
                         f"{dy['inputs_with_open_decision']} inputs with one open are not certified)")

@@ -73,6 +73,28 @@ FALSIFY_STEPS = 10  # PGD steps (margin loss) of auto's attack before the expens
 
 
 @dataclass
+class RunDecisions:
+    """A controlled-solver batch: per input the attempted steps, the decisions its run made, how many of them were
+    proven the same over the ball (counted only on correct inputs; 0 of 0 where the run made none)."""
+
+    attempts: torch.Tensor
+    decisions: torch.Tensor
+    proven: torch.Tensor
+
+    @staticmethod
+    def cat(parts: "list[RunDecisions]") -> "RunDecisions":
+        return RunDecisions(*(torch.cat([getattr(p, k) for p in parts]) for k in ("attempts", "decisions", "proven")))
+
+    def summary(self, correct: torch.Tensor) -> dict[str, Any]:
+        """The report's figures: mean attempts per input; over the correct inputs the decisions made and proven and
+        the inputs with a decision left open (those are not certified)."""
+        d, p = self.decisions[correct], self.proven[correct]
+        return {"mean_attempts": float(self.attempts.double().mean()) if len(self.attempts) else 0.0,
+                "decisions": int(d.sum()), "decisions_proven": int(p.sum()),
+                "inputs_with_open_decision": int((p < d).sum())}
+
+
+@dataclass
 class CertifyReport:
     """Certified robustness of a model on a dataset at eps, with the bound used and per-input radii.
 
@@ -98,6 +120,7 @@ class CertifyReport:
     pgd: PGDCheck | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     indices: torch.Tensor | None = None  # each input's index in the selected inputs (default 0..n-1; a shard's)
+    runs: RunDecisions | None = None  # a controlled solver's per-input steps and decisions
     shard: tuple[int, int, int] | None = None  # (i, n, inputs selected) of a `--shard i/n` report
 
     def index(self) -> torch.Tensor:
@@ -153,12 +176,18 @@ class CertifyReport:
         def column(key: str, dtype: torch.dtype) -> torch.Tensor:
             return torch.tensor([s.get(key, False) for s in samples], dtype=dtype)
 
+        runs = RunDecisions(column("attempts", torch.long), column("decisions", torch.long),
+                            column("decisions_proven", torch.long)) if samples and "attempts" in samples[0] else None
         return cls(dataset, norm, eps, bound, column("label", torch.long), column("prediction", torch.long),
                    column("radius", torch.float64), [s["certified_by"] for s in samples], timing, roundoff,
                    column("falsified", torch.bool), column("nonfinite", torch.bool),
-                   indices=column("index", torch.long))
+                   indices=column("index", torch.long), runs=runs)
 
     def to_dict(self) -> dict[str, Any]:
+        runs = self.runs
+        per_input = [{}] * self.n if runs is None else [
+            {"attempts": a, "decisions": d, "decisions_proven": p}
+            for a, d, p in zip(runs.attempts.tolist(), runs.decisions.tolist(), runs.proven.tolist())]
         return {
             "dataset": self.dataset,
             "norm": self.norm,
@@ -170,15 +199,17 @@ class CertifyReport:
             "attack_check": self.attack.to_dict() if self.attack is not None else None,
             "pgd": self.pgd.to_dict() if self.pgd is not None else None,
             "shard": None if self.shard is None else dict(zip(("index", "count", "inputs"), self.shard)),
+            **({} if runs is None else {"dyadic": runs.summary(self.predictions == self.labels)}),
             "samples": [
                 {"index": int(i), "label": int(y), "prediction": int(p), "radius": float(r), "certified": bool(c),
-                 "certified_by": by, "falsified": f, "nonfinite": nf, **({"pgd_robust": g} if g is not None else {})}
-                for i, y, p, r, c, by, f, nf, g in zip(
+                 "certified_by": by, "falsified": f, "nonfinite": nf, **({"pgd_robust": g} if g is not None else {}),
+                 **more}
+                for i, y, p, r, c, by, f, nf, g, more in zip(
                     self.index().tolist(), self.labels, self.predictions, self.radii, self.certified_mask.tolist(),
                     self.certified_by, self.falsified.tolist() if self.falsified is not None else [False] * self.n,
                     self.nonfinite.tolist() if self.nonfinite is not None else [False] * self.n,
                     self.pgd.robust.tolist() if self.pgd is not None and self.pgd.robust is not None
-                    else [None] * self.n)
+                    else [None] * self.n, per_input)
             ],
             **self.extra,
         }
@@ -319,28 +350,6 @@ class BatchResult:
     nonfinite: torch.Tensor
     seconds: dict[str, float]
     runs: RunDecisions | None = None
-
-
-@dataclass
-class RunDecisions:
-    """A controlled-solver batch: per input the attempted steps, the decisions its run made, how many of them were
-    proven the same over the ball (counted only on correct inputs; 0 of 0 where the run made none)."""
-
-    attempts: torch.Tensor
-    decisions: torch.Tensor
-    proven: torch.Tensor
-
-    @staticmethod
-    def cat(parts: "list[RunDecisions]") -> "RunDecisions":
-        return RunDecisions(*(torch.cat([getattr(p, k) for p in parts]) for k in ("attempts", "decisions", "proven")))
-
-    def summary(self, correct: torch.Tensor) -> dict[str, Any]:
-        """The report's figures: mean attempts per input; over the correct inputs the decisions made and proven and
-        the inputs with a decision left open (those are not certified)."""
-        d, p = self.decisions[correct], self.proven[correct]
-        return {"mean_attempts": float(self.attempts.double().mean()) if len(self.attempts) else 0.0,
-                "decisions": int(d.sum()), "decisions_proven": int(p.sum()),
-                "inputs_with_open_decision": int((p < d).sum())}
 
 
 def _falsifier(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, norm: str):  # -> certify.bounds.tight.Falsify
@@ -498,8 +507,6 @@ def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[
     seconds = {f"{m}_seconds": sum(b.seconds.get(m, 0.0) for b in results)
                for m in STAGES + ("attack", "radius", "decisions")}
     runs = [b.runs for b in results if b.runs is not None]
-    dyadic = {} if not runs else {"dyadic": RunDecisions.cat(runs).summary(
-        torch.cat([b.predictions == b.labels for b in results]))}
     return CertifyReport(
         dataset=name,
         norm=plan.norm,
@@ -513,10 +520,11 @@ def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[
         nonfinite=torch.cat([b.nonfinite for b in results]) if results else torch.zeros(0, dtype=torch.bool),
         timing={"bound_seconds": plan.seconds, "certify_seconds": time.perf_counter() - t1,
                 "total_seconds": time.perf_counter() - t0, **{k: v for k, v in seconds.items() if v > 0}},
-        extra={"bound_mode": bound, "radius_bisection": plan.radius, "processes": dist.world, **dyadic},
+        extra={"bound_mode": bound, "radius_bisection": plan.radius, "processes": dist.world},
         roundoff=plan.roundoff,
         indices=torch.arange(span.start, span.stop),
         shard=None if shard is None else (shard[0], shard[1], n),
+        runs=RunDecisions.cat(runs) if runs else None,
     )
 
 

@@ -17,7 +17,8 @@ from certify.bounds.objectives import certified_margins
 from certify.bounds.radius import float32_below
 from certify.bounds.unrolled import unroll
 from certify.cli import certify_main
-from certify.run import certify_tensors, schedules
+from certify.merge import merge_reports
+from certify.run import CertifyReport, certify_tensors, schedules
 from contraction.adaptive import PAIRS, decisions
 from contraction.errors import CNodeError
 from contraction.runge_kutta import BOSH3, DOPRI5, combine, tableau_step
@@ -207,7 +208,7 @@ def test_certified_inputs_of_a_controlled_model_hold_against_attacks(solver):
         y = model(u).argmax(1)
     eps = 0.01
     report = certify_tensors(model, u, y, eps=eps, bound="auto")
-    dy = report.extra["dyadic"]
+    dy = report.to_dict()["dyadic"]
     assert dy["decisions"] > 0 and 0 <= dy["decisions_proven"] <= dy["decisions"]
     assert report.certified_accuracy > 0
     assert set(report.certified_counts()) <= {"local", "crown", "linear"}
@@ -252,3 +253,24 @@ def test_the_certified_loss_bounds_the_margins_of_points_with_the_same_schedule(
         same = torch.tensor([o == runs[i] for o in others])
         margins = z.gather(1, y[i].repeat(len(pts))[:, None]) - z
         assert (m[i][None, :] <= margins[same] + 1e-9).all()
+
+
+def test_sharded_reports_of_a_controlled_model_merge_to_the_whole_runs_figures():
+    """Each input's attempts and decisions travel in the samples: a report rebuilt from them, and the merge of
+    shard-like parts, give the one-process decisions summary (not one part's)."""
+    model = _controlled("bosh3-dyadic", 0, scale=3.0, atol=1e-3)
+    u = torch.rand(8, 1, 5, 5, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        y = model(u).argmax(1)
+    whole = certify_tensors(model, u, y, eps=0.01, bound="local").to_dict()
+    rebuilt = CertifyReport.from_samples(whole["samples"], dataset="t", norm="inf", eps=0.01, bound={}, timing={},
+                                         roundoff={}).to_dict()
+    assert rebuilt["dyadic"] == whole["dyadic"] and whole["dyadic"]["decisions"] > 0
+    parts = []
+    for i, (lo, hi) in enumerate(((0, 3), (3, 8))):
+        part = certify_tensors(model, u[lo:hi], y[lo:hi], eps=0.01, bound="local").to_dict()
+        for s in part["samples"]:
+            s["index"] += lo
+        parts.append((f"p{i}", {**part, "shard": {"index": i, "count": 2, "inputs": 8}}))
+    merged = merge_reports(parts)
+    assert merged["dyadic"] == whole["dyadic"] != parts[0][1]["dyadic"]
