@@ -9,39 +9,28 @@ certify seconds per image. Drives the `cnode` CLI as a user would (resumes: file
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
 
 from contraction.adaptive import PAIRS
-
-
-def _cnode(*args: str) -> float:
-    """Run `cnode ARGS`, return its wall seconds; stop the bench on a failure."""
-    t = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "certify", *args], check=False)
-    if done.returncode != 0:
-        sys.exit(f"cnode {' '.join(args)} exited {done.returncode}")
-    return time.perf_counter() - t
+from cnode_cli import cnode  # bench/ is the script directory, first on sys.path
 
 
 def run(solver: str, out: Path, args: argparse.Namespace) -> dict:
     model = out / f"{solver}.pt"
     if not model.exists():
-        _cnode("train", "--arch", "mini", "--dataset", "mnist", "--solver", solver, "--atol", str(args.atol),
+        cnode("train", "--arch", "mini", "--dataset", "mnist", "--solver", solver, "--atol", str(args.atol),
                "--epochs", str(args.epochs), "--certified-eps", str(args.certified_eps), "--out", str(model), "-q")
     ev = out / f"{solver}.evaluate.json"
     if not ev.exists():
-        _cnode("evaluate", str(model), "--json", str(ev), "-q")
+        cnode("evaluate", str(model), "--json", str(ev), "-q")
     row: dict = {"solver": solver, "atol": args.atol, "clean": json.loads(ev.read_text())["clean_accuracy"],
                  "epoch_s": torch.load(model, weights_only=True)["metrics"]["seconds_per_epoch"]}
     for eps in args.eps:
         cert = out / f"{solver}.certify_{eps:g}.json"
         if not cert.exists():
-            _cnode("certify", str(model), "--eps", str(eps), "--limit", str(args.limit), "--bound", "auto",
+            cnode("certify", str(model), "--eps", str(eps), "--limit", str(args.limit), "--bound", "auto",
                    "--pgd", "20", "--attack-check", "--json", str(cert), "-q")
         c = json.loads(cert.read_text())
         dy = c["dyadic"]

@@ -8,23 +8,12 @@ exist is not retrained or recertified).
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
 
 from contraction.runge_kutta import FIXED_STEP
-
-
-def _cnode(*args: str) -> float:
-    """Run `cnode ARGS`, return its wall seconds; stop the bench on a failure."""
-    t = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "certify", *args], check=False)
-    if done.returncode != 0:
-        sys.exit(f"cnode {' '.join(args)} exited {done.returncode}")
-    return time.perf_counter() - t
+from cnode_cli import cnode  # bench/ is the script directory, first on sys.path
 
 
 def run(solver: str, out: Path, args: argparse.Namespace) -> dict:
@@ -33,12 +22,12 @@ def run(solver: str, out: Path, args: argparse.Namespace) -> dict:
         return json.loads(log.read_text())
     row: dict = {"solver": solver}
     if not model.exists():
-        row["train_s"] = _cnode("train", "--arch", "mini", "--dataset", "mnist", "--solver", solver, "--epochs",
+        row["train_s"] = cnode("train", "--arch", "mini", "--dataset", "mnist", "--solver", solver, "--epochs",
                                 str(args.epochs), "--out", str(model), "-q")
     ev = out / f"{solver}.evaluate.json"
-    _cnode("evaluate", str(model), "--json", str(ev), "-q")
+    cnode("evaluate", str(model), "--json", str(ev), "-q")
     cert = out / f"{solver}.certify.json"
-    row["certify_s"] = _cnode("certify", str(model), "--eps", str(args.eps), "--limit", str(args.limit), "--bound",
+    row["certify_s"] = cnode("certify", str(model), "--eps", str(args.eps), "--limit", str(args.limit), "--bound",
                               "auto", "--pgd", "20", "--attack-check", "--json", str(cert), "-q")
     e, c = json.loads(ev.read_text()), json.loads(cert.read_text())
     row["epoch_s"] = torch.load(model, weights_only=True)["metrics"]["seconds_per_epoch"]

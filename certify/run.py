@@ -14,14 +14,13 @@ the global stage and the radius bisection need one layer sequence for the whole 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 from tqdm import tqdm
 
-from contraction.adaptive import PAIRS, Schedule, decisions
+from contraction.adaptive import PAIRS, Schedule, decisions, group_by_schedule
 from contraction.certificates import block_certificates
 from contraction.errors import CertificateWithheldError, CNodeError, DataError, check_norm
 from contraction.runge_kutta import FIXED_STEP, TABLEAUS
@@ -231,7 +230,7 @@ def roundoff_check(model: ConvNODE, net: Unrolled | None, sample: torch.Tensor) 
     x = sample.to(module_device(model))
     if net is None:
         z, _, runs = schedules(model, x.float())
-        parts = [(idx, unroll(model, schedule=run)) for run, idx in _groups(runs).items()]
+        parts = [(idx, unroll(model, schedule=run)) for run, idx in group_by_schedule(runs).items()]
     else:
         with torch.no_grad():
             z = model(x.float())
@@ -260,13 +259,6 @@ def schedules(model: ConvNODE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     with eval_mode(model), torch.no_grad():
         states, attempts, runs = model.block.run(model.embedding(x), record=True)
         return model.classify(states[-1]), attempts, runs
-
-
-def _groups(runs: list[Schedule]) -> dict[Schedule, list[int]]:
-    out: dict[Schedule, list[int]] = defaultdict(list)
-    for i, run in enumerate(runs):
-        out[run].append(i)
-    return out
 
 
 @dataclass(frozen=True)
@@ -447,7 +439,7 @@ def _dyadic_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.
     made, proven = torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.long)
     ctl = model.block.controller
     hook = _falsifier(model, x, y, plan.norm) if plan.falsify else None
-    for run, members in _groups(runs).items():
+    for run, members in group_by_schedule(runs).items():
         idx = torch.tensor(members, device=device)
         good = idx[z[idx].argmax(1) == y[idx]]
         if not len(good):

@@ -16,9 +16,10 @@ err = max_j |e_j| (this input's largest component):
 The level carries from one interval to the next; every input starts at level 0. A run on one input is its
 `Schedule`: the attempts (interval, level, accepted) in order. Inputs of a batch run together, each at its own step
 (one field evaluation per stage on the inputs still running). Every decision compares the float32 error estimate
-with float32 thresholds (atol rounded to float32, divided by 32 exactly); `decisions` lists, per attempt, the
+with float32 thresholds (atol rounded to float32, divided by grow exactly); `decisions` lists, per attempt, the
 comparisons the run made and their outcomes: a certificate for a ball around an input holds for its schedule when
-every one of them is proven to come out the same at every point of the ball (certify.adaptive)."""
+every one of them is proven to come out the same at every point of the ball (certify.bounds.decisions);
+`group_by_schedule` gathers the inputs that ran the same schedule (one layer sequence each)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import torch
 from contraction.errors import CNodeError
 from contraction.runge_kutta import BOSH3, DOPRI5, Tableau, combine
 
-__all__ = ["Attempt", "Schedule", "Decision", "Pair", "PAIRS", "DyadicController", "decisions"]
+__all__ = ["Attempt", "Schedule", "Decision", "Pair", "PAIRS", "DyadicController", "decisions", "group_by_schedule"]
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,17 @@ def decisions(schedule: Schedule, max_halvings: int, grow: float) -> list[Decisi
             out.append(Decision(i, 1.0, att.accepted))
         if not att.accepted:
             continue
-        pos = (pos + units) % n if pos + units < n else 0
+        pos = (pos + units) % n  # an interval's end is the next one's start
         if att.level > 0 and pos % (2 * units) == 0 and i + 1 < len(schedule):
             out.append(Decision(i, 1.0 / grow, schedule[i + 1].level < att.level))
+    return out
+
+
+def group_by_schedule(runs: list[Schedule]) -> dict[Schedule, list[int]]:
+    """The indices of the inputs that ran each schedule, in order of first appearance."""
+    out: dict[Schedule, list[int]] = {}
+    for i, run in enumerate(runs):
+        out.setdefault(run, []).append(i)
     return out
 
 

@@ -57,9 +57,8 @@ class ODEBlock(nn.Module):
         return DyadicController(PAIRS[self.config.solver], self.config.atol, self.config.max_halvings)
 
     def run(self, x: torch.Tensor, record: bool = False) -> tuple[list[torch.Tensor], torch.Tensor, list[Schedule]]:
-        """A controlled ('-dyadic') block on x: (states at the grid points, attempts per input, each input's schedule if
-        `record`). The
-        intervals' lengths are those of the float32 grid as run (t_{k+1} - t_k)."""
+        """A controlled ('-dyadic') block on x: (states at the grid points, attempts per input, each input's schedule
+        if `record`). The intervals' lengths are those of the float32 grid as run (t_{k+1} - t_k)."""
         cfg = self.config
         grid = torch.linspace(0.0, cfg.T, cfg.steps + 1, dtype=x.dtype, device=x.device)
         spans = [grid[k + 1] - grid[k] for k in range(cfg.steps)]

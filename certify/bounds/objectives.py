@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from contraction.adaptive import PAIRS
+from contraction.adaptive import PAIRS, group_by_schedule
 from contraction.errors import CNodeError
 from certify.bounds.attacks import pgd
 from certify.bounds.crown import backward_margins
@@ -80,11 +80,8 @@ def certified_margins(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, eps: fl
     if model.config.solver in PAIRS:  # a controlled solver: each group of inputs through its own schedule's layers
         with torch.no_grad():
             runs = model.block.run(model.embedding(x), record=True)[2]
-        groups: dict = {}
-        for i, run in enumerate(runs):
-            groups.setdefault(run, []).append(i)
         m = torch.zeros(len(y), model.config.num_classes, dtype=x.dtype, device=x.device)
-        for run, idx in groups.items():
+        for run, idx in group_by_schedule(runs).items():
             rows = torch.tensor(idx, device=x.device)
             m = m.index_put((rows,), _margins(unroll(model, dtype=None, detach=False, schedule=run), x[rows], y[rows],
                                               eps, norm, method, beta))

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from certify.bounds.local import LayerBounds
     from certify.bounds.unrolled import Unrolled
 
-__all__ = ["ENGINE_MARGIN", "float32_error", "float32_errors", "ball_error", "margin_slack", "ERROR_MODEL", "lipschitz_met"]
+__all__ = ["ENGINE_MARGIN", "float32_error", "float32_errors", "ball_error", "margin_slack", "ERROR_MODEL",
+           "lipschitz_met"]
 
 ENGINE_MARGIN = 2.0**-10
 """Relative widening of every derived slack for the float64 engine's own rounding."""

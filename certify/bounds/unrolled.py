@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from contraction.adaptive import PAIRS, Schedule
 from contraction.convops import conv_output_size
 from contraction.errors import CNodeError
-from contraction.adaptive import PAIRS, Schedule
 from contraction.runge_kutta import FIXED_STEP, TABLEAUS
 from contraction.slopes import Activation
 from certify.bounds.layers import STEP_LAYERS, Act, Conv, Flatten, Layer, Linear, Normalize, RKStep
@@ -33,7 +33,7 @@ __all__ = ["Unrolled", "unroll"]
 class Unrolled:
     """A sequence of layers ending in the Linear layer to the classes; `block` = the Euler steps' index range.
     `estimators` (a controlled solver's schedule): per attempt, the index of the layer whose output is the attempt's
-    state and the Dormand-Prince step (RKStep, seven stages, with the error weights) the attempt computes there."""
+    state and the pair's full step (RKStep with the error weights, FSAL stage included) the attempt computes there."""
 
     layers: tuple[Layer, ...]
     block: tuple[int, int]
