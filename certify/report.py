@@ -45,6 +45,9 @@ def format_report(report: CertifyReport, model_path: str = "") -> str:
     if report.falsified is not None and report.falsified_count:
         lines.insert(3, f"  falsified               {report.falsified_count:8d}   (PGD found an adversarial input in the "
                         "eps-ball: no certificate exists)")
+    if report.falsified is not None:
+        lines.insert(3, f"  undecided               {report.undecided_count:8d}   (correct inputs neither certified nor "
+                        "falsified)")
     if report.attack is not None:
         a = report.attack
         lines.append(f"  attack check            {a.broken} of {a.attacked} certified inputs broken inside "

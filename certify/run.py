@@ -29,8 +29,8 @@ from certify.bounds.decisions import decision_proofs
 from certify.bounds.lipschitz import NetworkBound, best_network_bound
 from certify.bounds.local import local_bounds
 from certify.bounds.radius import certified_accuracy, certified_radii, float32_below
-from certify.bounds.roundoff import ERROR_MODEL, ball_error, float32_error, margin_slack
-from certify.bounds.tight import TIGHT_STAGES, escalate, tight_radii
+from certify.bounds.roundoff import ERROR_MODEL, ball_error, ball_terms, float32_error, margin_slack
+from certify.bounds.tight import REFINE_SECONDS, TIGHT_STAGES, escalate, tight_radii
 from certify.bounds.unrolled import Unrolled, unroll
 from nodes.classifier import ConvNODE
 from nodes.data import ImageData, batches
@@ -63,6 +63,8 @@ BOUNDS: dict[str, BoundMethod] = {
     "local": BoundMethod(TIGHT_STAGES[:1], help="global, then interval + local-slope boxes over the eps-ball"),
     "crown": BoundMethod(TIGHT_STAGES[:2], help="... then a linear backward pass over the boxes (CROWN-IBP style)"),
     "linear": BoundMethod(TIGHT_STAGES[:3], help="... then linear intermediate bounds and the backward pass over them"),
+    "refine": BoundMethod(TIGHT_STAGES[:4], help="... then back-substituted bounds of the neurons the open margins "
+                          "need most, in rounds, up to --budget seconds per input"),
     "auto": BoundMethod(TIGHT_STAGES, falsify=True,
                         help="every stage, with a PGD attack dropping the inputs it breaks before the linear stage"),
 }
@@ -154,6 +156,12 @@ class CertifyReport:
         return int(self.nonfinite.sum()) if self.nonfinite is not None else 0
 
     @property
+    def undecided_count(self) -> int:
+        """Correctly classified inputs neither certified nor falsified."""
+        falsified = self.falsified if self.falsified is not None else torch.zeros(self.n, dtype=torch.bool)
+        return int(((self.predictions == self.labels) & ~self.certified_mask & ~falsified).sum())
+
+    @property
     def median_radius(self) -> float:
         return float(self.radii.median()) if self.n else 0.0
 
@@ -166,7 +174,8 @@ class CertifyReport:
         """The summary of the per-input results (what `to_dict` reports and `cnode merge` recomputes from parts)."""
         return {"n": self.n, "clean_accuracy": self.clean_accuracy, "certified_accuracy": self.certified_accuracy,
                 "median_radius": self.median_radius, "certified_by": self.certified_counts(),
-                "falsified": self.falsified_count, "nonfinite": self.nonfinite_count}
+                "falsified": self.falsified_count, "undecided": self.undecided_count,
+                "nonfinite": self.nonfinite_count}
 
     @classmethod
     def from_samples(cls, samples: list[dict[str, Any]], *, dataset: str, norm: str, eps: float, bound: Any,
@@ -276,14 +285,15 @@ class CertifyPlan:
     radius: bool
     roundoff: dict[str, Any]
     seconds: float
+    budget: float = REFINE_SECONDS  # the refine stage's seconds per input
 
 
 def plan_certification(model: ConvNODE, sample: torch.Tensor, *, eps: float, norm: str = "inf", bound: str = "auto",
-                       batch_size: int = 1000, radius: bool = False) -> CertifyPlan:
+                       batch_size: int = 1000, radius: bool = False, budget: float = REFINE_SECONDS) -> CertifyPlan:
     """Validate every option and combination, check float32 round-off on `sample`, compute the network bound.
 
-    Raises CNodeError (one line) before any expensive work: bad eps / norm / bound / batch size, --bound lmi in
-    Linf, an adaptive solver, float32 logits too far from float64."""
+    Raises CNodeError (one line) before any expensive work: bad eps / norm / bound / batch size / budget, --bound lmi
+    in Linf, an adaptive solver, float32 logits too far from float64."""
     t0 = time.perf_counter()
     eps = check_eps(eps)
     check_norm(norm)
@@ -291,6 +301,8 @@ def plan_certification(model: ConvNODE, sample: torch.Tensor, *, eps: float, nor
         raise CNodeError(f"bound must be one of {list(BOUNDS)}, got {bound!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise CNodeError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget < float("inf"):
+        raise CNodeError(f"budget must be a finite number of seconds >= 0, got {budget!r}")
     method = BOUNDS[bound]
     solver = model.config.solver
     adaptive = solver in PAIRS
@@ -326,7 +338,7 @@ def plan_certification(model: ConvNODE, sample: torch.Tensor, *, eps: float, nor
     return CertifyPlan(eps=eps, norm=norm, bound=bound, tight=tight, falsify=method.falsify and bool(tight),
                        network=network, unrolled=net,
                        batch_size=batch_size if not tight else min(batch_size, 100), radius=radius and bool(tight),
-                       roundoff=roundoff, seconds=time.perf_counter() - t0)
+                       roundoff=roundoff, seconds=time.perf_counter() - t0, budget=float(budget))
 
 
 @dataclass
@@ -390,7 +402,8 @@ def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.
     net, tight = plan.unrolled, plan.tight
     x64 = x.to(torch.float64)
     local = local_bounds(net, x64, plan.eps, plan.norm)
-    err = ball_error(net, x64, plan.eps, plan.norm, local)
+    terms = ball_terms(net, x64, plan.eps, plan.norm, local)
+    err = terms.errors[-1] if terms is not None else ball_error(net, x64, plan.eps, plan.norm, local)
     slack = margin_slack(err, y)
     r = _global_radii(plan, z, y, x64, err)
     nonfinite = ~torch.isfinite(z).all(1) | ~torch.isfinite(err).all(1)
@@ -401,7 +414,8 @@ def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.
     todo = torch.nonzero(~ok & (z.argmax(1) == y)).flatten()
     if len(todo) and tight:
         hook = _falsifier(model, x[todo], y[todo], plan.norm) if plan.falsify else None
-        esc = escalate(net, x64[todo], y[todo], plan.eps, plan.norm, tight, slack[todo], hook, local.select(todo))
+        esc = escalate(net, x64[todo], y[todo], plan.eps, plan.norm, tight, slack[todo], hook, local.select(todo),
+                       plan.budget, None if terms is None else terms.select(todo))
         for i, s in zip(todo.tolist(), esc.stage.tolist()):
             if s >= 0:
                 names[i] = tight[s]
@@ -416,7 +430,7 @@ def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.
         if len(good):
             hook = _falsifier(model, x[good], y[good], plan.norm) if plan.falsify else None
             r[good] = tight_radii(net, x64[good], y[good], plan.norm, tight[-1], None, r[good],
-                                  RADIUS_CAP[plan.norm], falsify=hook)  # slack derived at every eps tried
+                                  RADIUS_CAP[plan.norm], falsify=hook, refine_seconds=plan.budget)  # slack: every eps
         seconds["radius"] = time.perf_counter() - ts
     return BatchResult(y.cpu(), z.argmax(1).cpu(), r.cpu(), names, falsified, nonfinite.cpu(),
                        {k: v for k, v in seconds.items() if v > 0})
@@ -475,8 +489,8 @@ def _dyadic_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.
 @exact_float32()
 def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[[range, int], Iterable[tuple]],
              n: int, *, eps: float, norm: str, bound: str, batch_size: int, progress: bool, radius: bool,
-             device: str | torch.device | None, shard: tuple[int, int] | None = None, dist: Dist = SINGLE
-             ) -> CertifyReport:
+             device: str | torch.device | None, shard: tuple[int, int] | None = None, dist: Dist = SINGLE,
+             budget: float = REFINE_SECONDS) -> CertifyReport:
     """plan (validation, round-off check on `sample`, network bound) -> batches from `chunks(indices, size)` ->
     report. `shard` (i, n): only shard i of n of the inputs (contiguous whole batches); `dist`: the ranks split the
     inputs the same way and every rank gets the gathered report. Batches are those of the one-process run, so every
@@ -484,7 +498,8 @@ def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[
     arithmetic the round-off check measures and the certificate is for."""
     t0 = time.perf_counter()
     sample = sample.to(place(model, dist.device if dist.distributed else device))
-    plan = plan_certification(model, sample, eps=eps, norm=norm, bound=bound, batch_size=batch_size, radius=radius)
+    plan = plan_certification(model, sample, eps=eps, norm=norm, bound=bound, batch_size=batch_size, radius=radius,
+                              budget=budget)
     t1 = time.perf_counter()
     span = range(n) if shard is None else batch_shard(n, plan.batch_size, *shard)
     part = batch_shard(len(span), plan.batch_size, dist.rank, dist.world)
@@ -512,7 +527,8 @@ def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[
         nonfinite=torch.cat([b.nonfinite for b in results]) if results else torch.zeros(0, dtype=torch.bool),
         timing={"bound_seconds": plan.seconds, "certify_seconds": time.perf_counter() - t1,
                 "total_seconds": time.perf_counter() - t0, **{k: v for k, v in seconds.items() if v > 0}},
-        extra={"bound_mode": bound, "radius_bisection": plan.radius, "processes": dist.world},
+        extra={"bound_mode": bound, "radius_bisection": plan.radius, "processes": dist.world,
+               **({"budget_seconds": plan.budget} if "refine" in plan.tight else {})},
         roundoff=plan.roundoff,
         indices=torch.arange(span.start, span.stop),
         shard=None if shard is None else (shard[0], shard[1], n),
@@ -523,7 +539,7 @@ def _certify(model: ConvNODE, name: str, sample: torch.Tensor, chunks: Callable[
 def certify_model(model: ConvNODE, data: ImageData, *, eps: float, norm: str = "inf", bound: str = "auto",
                   batch_size: int = 1000, progress: bool = False, radius: bool = False,
                   device: str | torch.device | None = None, shard: tuple[int, int] | None = None,
-                  dist: Dist = SINGLE) -> CertifyReport:
+                  dist: Dist = SINGLE, budget: float = REFINE_SECONDS) -> CertifyReport:
     """Certify every input of a dataset at eps (see `certify_tensors`; images are converted batch by batch).
 
     bound (`BOUNDS`): 'global' (weight bounds) or 'lmi' (LMI block) -> Lipschitz radii; 'local' / 'crown' /
@@ -532,16 +548,18 @@ def certify_model(model: ConvNODE, data: ImageData, *, eps: float, norm: str = "
     the model is; 'auto' / 'cpu' / 'cuda' moves the model there first. The report's tensors are on the CPU.
     `shard=(i, n)`: certify only shard i of n of the inputs (contiguous whole batches; `certify.merge` joins the
     parts); `dist` (nodes.distributed, e.g. under torchrun): the ranks split the inputs and all get the gathered
-    report. Either way each input's result is identical to the one-process report's."""
+    report. Either way each input's result is identical to the one-process report's. `budget`: the refine stage's
+    seconds per input (auto's last stage; its verdicts then depend on the machine's speed)."""
     return _certify(model, data.name, data.tensors(0, min(len(data), 64))[0],
                     lambda r, size: batches(data.slice(r.start, r.stop), size), len(data), eps=eps, norm=norm,
                     bound=bound, batch_size=batch_size, progress=progress, radius=radius, device=device, shard=shard,
-                    dist=dist)
+                    dist=dist, budget=budget)
 
 
 def certify_tensors(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "inf",
                     bound: str = "auto", batch_size: int = 1000, progress: bool = False, radius: bool = False,
-                    name: str = "tensors", device: str | torch.device | None = None) -> CertifyReport:
+                    name: str = "tensors", device: str | torch.device | None = None,
+                    budget: float = REFINE_SECONDS) -> CertifyReport:
     """Certify float images `x` [N, C, S, S] with values in [0, 1] and integer labels `y` [N] at eps.
 
     The threat model is the eps-ball intersected with the pixel box [0, 1]; inputs outside it are refused."""
@@ -558,4 +576,4 @@ def certify_tensors(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, *, eps: f
     return _certify(model, name, x[:64], lambda r, size: ((x[i:min(i + size, r.stop)], y[i:min(i + size, r.stop)])
                                                           for i in range(r.start, r.stop, size)),
                     len(y), eps=eps, norm=norm, bound=bound, batch_size=batch_size, progress=progress, radius=radius,
-                    device=device)
+                    device=device, budget=budget)

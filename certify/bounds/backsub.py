@@ -1,46 +1,78 @@
-"""Back-substituted intermediate bounds (CROWN's intermediate step) on the layer engine.
+"""Back-substituted intermediate bounds (CROWN's intermediate step) on the layer engine, everywhere or where the
+margins need them.
 
 The forward stages bound every pre-activation through boxes (certify.bounds.local) or forward linear forms
-(certify.bounds.linear), whose error terms are carried through |I + h diag(k) T| step after step. Here each
+(certify.bounds.linear), whose error terms are carried through |I + h diag(k) T| step after step. Here a
 pre-activation neuron z_j of a sigma layer or of an Euler-type step (z = T x + b) is bounded instead by a backward
 pass: the linear functional +-e_j on z, carried back to the network's input through every earlier layer's `backward`
 rule (each layer's relaxation on its own pre-activation box, refined first, layer by layer from the input), and
 minimised exactly over the input set (certify.bounds.crown.input_minimum). The new box is met with the given one, so
-it is never looser. Only neurons whose relaxation has a gap (upper - lower > 0 on the current box) are recomputed:
-a leaky ReLU neuron of fixed sign is already exact. Rows (input, neuron, sign) go through in chunks of at most
-`budget` coefficients. The pre-activation boxes of Runge-Kutta steps (one per stage) are kept as given."""
+it is never looser. Rows (input, neuron, sign) go through in chunks of at most `budget` coefficients. The
+pre-activation boxes of Runge-Kutta steps (one per stage) are kept as given.
+
+`backsub_bounds` recomputes every neuron whose relaxation has a gap (a leaky ReLU neuron of fixed sign is already
+exact): full CROWN, far too costly for a conv network of ten steps (well over a minute per image on two cores).
+`refine_margins` is the affordable form, run per input on the margins earlier stages leave open: the backward pass
+of those margins weighs each neuron's relaxation gap by the functional that reaches it (|nu_j| (upper_j - lower_j):
+what the gap costs the margins' bound), the neurons with the largest weight per layer of depth are back-substituted
+(FIRST_ROWS neuron-layers in the first round, twice as many in each next one up to `rows`, fewer where the time
+left at the last round's pace allows less; a neuron once refined is not chosen again), the margins' backward pass
+reruns over the refined boxes, and rounds go on until the input is proven, a full-size round closes no open margin's
+distance to a proof by PROGRESS, or the time runs out. Which neurons are chosen affects only the cost: every box is
+sound whatever the choice. With the float32 terms (certify.bounds.roundoff.Float32Terms) the boxes are those of the
+float32 states (each back-substituted bound moved out by the errors the earlier layers add, weighed by the
+functional) and the margins' pass bounds the float32 margin too (certify.bounds.crown.rounded_margins)."""
 
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from certify.bounds.crown import input_minimum
+from contraction.floats import TINY
+from certify.bounds.crown import float32_boxes, input_minimum, rounded_margins
 from certify.bounds.layers import Act, FieldStep, Pre, meet
 from certify.bounds.linear import DEFAULT_BUDGET
 from certify.bounds.local import LayerBounds
+from certify.bounds.radius import unproven
 from certify.bounds.relax import relax
+from certify.bounds.roundoff import ENGINE_MARGIN, Float32Terms
 from certify.bounds.unrolled import Unrolled
 
-__all__ = ["backsub_bounds"]
+__all__ = ["backsub_bounds", "gap_weights", "Refinement", "refine_margins", "DEFAULT_ROWS"]
+
+DEFAULT_ROWS = 6000  # neuron-layers back-substituted per input and round (about 4 s per round on the paper model)
+FIRST_ROWS = 250  # the first round's size; each next one doubles (up to `rows`) while the time left allows
+PROGRESS = 0.01  # a round that closes no open margin's distance to a proof by this fraction ends the input's rounds
 
 
-def _open_neurons(act, pre: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """[B, N] bool: the neurons whose relaxation on their box is not exact."""
-    r = relax(act, pre[0], pre[1])
-    return (r.upper - r.lower).flatten(1) > 0
+def _refinable(net: Unrolled, pre: list[Pre]) -> list[int]:
+    """The layers whose pre-activation box back-substitution recomputes: sigma layers and Euler-type steps."""
+    return [k for k, layer in enumerate(net.layers[:-1])
+            if pre[k] is not None and isinstance(layer, (Act, FieldStep))]
 
 
-def _refine(net: Unrolled, k: int, pre: list[Pre], bounds: LayerBounds, u: torch.Tensor,
-            eps: float | torch.Tensor, norm: str, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """New (lo, hi) of layer k's pre-activation box by back-substitution (only the open neurons; the others keep
-    their box)."""
+def _gap(net: Unrolled, box: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """[B, N]: upper - lower of each neuron's relaxation on its box."""
+    r = relax(net.act, box[0], box[1])
+    return (r.upper - r.lower).flatten(1)
+
+
+def _refine(net: Unrolled, k: int, pre: list[Pre], bounds: LayerBounds, u: torch.Tensor, eps: float | torch.Tensor,
+            norm: str, budget: int, mask: torch.Tensor, terms: Float32Terms | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """New (lo, hi) of layer k's pre-activation box by back-substitution of the neurons in `mask` ([B, N] bool; the
+    others keep their box). With the float32 `terms` (and `pre` holding the float32 states' pre-activations), the
+    box of the float32 state's pre-activation: each bound moved out by sum_i |lambda_i| . own_i over the earlier
+    layers (certify.bounds.crown.rounded_margins)."""
     layer = net.layers[k]
     lo, hi = pre[k]  # type: ignore[misc]
     shape = lo.shape[1:]
     n = math.prod(shape)
-    b_idx, j_idx = _open_neurons(net.act, (lo, hi)).nonzero(as_tuple=True)
+    b_idx, j_idx = mask.nonzero(as_tuple=True)
     new_lo, new_hi = lo.flatten(1).clone(), hi.flatten(1).clone()
     widest = max(math.prod(bounds.input_lo.shape[1:]), *(math.prod(b[0].shape[1:]) for b in bounds.boxes[:k + 1]))
     chunk = max(1, budget // (2 * widest))
@@ -52,11 +84,16 @@ def _refine(net: Unrolled, k: int, pre: list[Pre], bounds: LayerBounds, u: torch
         lam = torch.cat([e, -e]).view(2 * R, *shape)
         both = torch.cat([rows, rows])
         const = torch.zeros(2 * R, dtype=lo.dtype, device=lo.device)
+        added = torch.zeros(2 * R, dtype=lo.dtype, device=lo.device)
         if isinstance(layer, FieldStep):  # z = T x + b: to the step's input
             lam, const = layer.conv.backward(lam, const, None, both)
         for i in range(k - 1, -1, -1):
+            if terms is not None:
+                added = added + (lam.abs() * terms.own[i][both]).flatten(1).sum(1)
             lam, const = net.layers[i].backward(lam, const, pre[i], both)
         low = input_minimum(lam, const, bounds, u, eps, norm, both)
+        if terms is not None:
+            low = low - added * (1 + ENGINE_MARGIN) - TINY
         new_lo[rows, cols] = torch.maximum(new_lo[rows, cols], low[:R])
         new_hi[rows, cols] = torch.minimum(new_hi[rows, cols], -low[R:])
     new_hi = torch.maximum(new_hi, new_lo)
@@ -64,12 +101,108 @@ def _refine(net: Unrolled, k: int, pre: list[Pre], bounds: LayerBounds, u: torch
 
 
 def backsub_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, norm: str, bounds: LayerBounds, *,
-                   budget: int = DEFAULT_BUDGET) -> LayerBounds:
-    """`bounds` (boxes over the input set) with the pre-activation box of every sigma layer and Euler-type step
-    recomputed by back-substitution and met with its own, first layer first (module docstring)."""
+                   budget: int = DEFAULT_BUDGET, masks: dict[int, torch.Tensor] | None = None,
+                   terms: Float32Terms | None = None) -> LayerBounds:
+    """`bounds` (boxes over the input set) with pre-activation boxes recomputed by back-substitution and met with
+    their own, first layer first (module docstring): of the neurons in `masks` (layer index -> [B, N] bool; a layer
+    not in it is kept), by default of every neuron whose relaxation has a gap in every sigma layer and Euler-type
+    step. With the float32 `terms`, `bounds` and the result hold the float32 states' pre-activations
+    (certify.bounds.crown.float32_boxes)."""
     pre: list[Pre] = list(bounds.pre)
-    for k, layer in enumerate(net.layers[:-1]):
-        if pre[k] is None or not isinstance(layer, (Act, FieldStep)):
-            continue
-        pre[k] = meet(pre[k], _refine(net, k, pre, bounds, u, eps, norm, budget))  # type: ignore[arg-type]
+    for k in _refinable(net, pre):
+        mask = _gap(net, pre[k]) > 0 if masks is None else masks.get(k)  # type: ignore[arg-type]
+        if mask is not None and bool(mask.any()):
+            pre[k] = meet(pre[k], _refine(net, k, pre, bounds, u, eps, norm, budget, mask, terms))  # type: ignore[arg-type]
     return LayerBounds(bounds.boxes, pre, bounds.input_lo, bounds.input_hi, bounds.balls)
+
+
+def gap_weights(net: Unrolled, bounds: LayerBounds, labels: torch.Tensor, pairs: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Per refinable layer k, [B, N]: sum over the margins in `pairs` ([B, K] bool) of |nu_j| (upper_j - lower_j),
+    nu the margin's backward functional on sigma's output at neuron j: what neuron j's relaxation gap costs the
+    margin's CROWN bound over `bounds`."""
+    W, c = net.readout_weight, net.readout_bias
+    B = labels.shape[0]
+    b_idx, j_idx = (pairs & ~F.one_hot(labels, W.shape[0]).bool()).nonzero(as_tuple=True)
+    lam, const = W[labels[b_idx]] - W[j_idx], c[labels[b_idx]] - c[j_idx]
+    keep = set(_refinable(net, bounds.pre))
+    out = {}
+    for k in range(len(net.layers) - 2, -1, -1):
+        layer, box = net.layers[k], bounds.pre[k]
+        if k in keep:
+            nu = lam if isinstance(layer, Act) else layer.field_dual(layer.h * lam)  # type: ignore[union-attr]
+            gap = _gap(net, box)  # type: ignore[arg-type]
+            out[k] = torch.zeros_like(gap).index_add_(0, b_idx, nu.flatten(1).abs() * gap[b_idx])
+        lam, const = layer.backward(lam, const, box, b_idx)
+    assert all(w.shape[0] == B for w in out.values())
+    return out
+
+
+def _choose(weights: dict[int, torch.Tensor], done: dict[int, torch.Tensor], rows: int) -> dict[int, torch.Tensor]:
+    """Per input, the neurons of largest weight per layer of depth (a neuron of layer k costs k layers of backward
+    pass) not refined before, up to `rows` neuron-layers: {layer: [B, N] bool}."""
+    ks = sorted(weights)
+    depth = torch.cat([torch.full((weights[k].shape[1],), float(k + 1)) for k in ks]).to(weights[ks[0]])
+    value = torch.cat([weights[k].masked_fill(done[k], 0.0) for k in ks], 1) / depth
+    order = value.argsort(1, descending=True)
+    spent = depth[order].cumsum(1)
+    pick = (spent <= rows) & (value.gather(1, order) > 0)
+    chosen = torch.zeros_like(value, dtype=torch.bool).scatter_(1, order, pick)
+    return dict(zip(ks, chosen.split([weights[k].shape[1] for k in ks], 1)))
+
+
+@dataclass
+class Refinement:
+    """`margins` [B, K]: the best lower bounds of z_y - z_j reached (never below the ones given); `rounded`: the best
+    lower bounds of the float32 margins (with the float32 terms; else as given); `rounds` [B]: the refinement rounds
+    each input ran; `neurons` [B]: how many neurons were back-substituted for it."""
+
+    margins: torch.Tensor
+    rounded: torch.Tensor
+    rounds: torch.Tensor
+    neurons: torch.Tensor
+
+
+def refine_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str,
+                   bounds: LayerBounds, margins: torch.Tensor, slack: torch.Tensor | float = 0.0, *,
+                   seconds: float = 5.0, rows: int = DEFAULT_ROWS, budget: int = DEFAULT_BUDGET,
+                   terms: Float32Terms | None = None, rounded: torch.Tensor | None = None) -> Refinement:
+    """Lower bounds of the margins by rounds of selective back-substitution (module docstring) over `bounds`
+    (boxes over the input set, best the linear stage's), starting from `margins` ([B, K], e.g. the CROWN pass over
+    `bounds`), one input at a time, each for at most `seconds`. A margin is proven when above its `slack`, or, with
+    the float32 `terms`, when its float32 bound (certify.bounds.crown.rounded_margins; `rounded`: the ones so far)
+    is above 0."""
+    B = u.shape[0]
+    best = margins.clone()
+    best32 = torch.full_like(best, -torch.inf) if rounded is None else rounded.clone()
+    rounds = torch.zeros(B, dtype=torch.long)
+    neurons = torch.zeros(B, dtype=torch.long)
+    slack_t = torch.as_tensor(slack, dtype=best.dtype, device=best.device)
+    slack_t = (slack_t.reshape(-1, 1) if slack_t.dim() == 1 else slack_t).expand(B, best.shape[1])
+    for i in range(B):
+        sl = slice(i, i + 1)
+        t = None if terms is None else terms.select(sl)
+        own = bounds.select(sl) if t is None else float32_boxes(bounds.select(sl), t)
+        m, m32, s = best[sl], best32[sl], slack_t[sl]
+        e = eps[sl] if isinstance(eps, torch.Tensor) and eps.dim() else eps
+        done = {k: torch.zeros_like(_gap(net, own.pre[k]), dtype=torch.bool) for k in _refinable(net, own.pre)}
+        start, size = time.perf_counter(), min(FIRST_ROWS, rows)
+        while done and (todo := unproven(m, s) & ~(m32 > 0)).any() and size >= 1:
+            began = time.perf_counter()
+            chosen = _choose(gap_weights(net, own, labels[sl], todo), done, size)
+            if not any(bool(c.any()) for c in chosen.values()):
+                break
+            own = backsub_bounds(net, u[sl], e, norm, own, budget=budget, masks=chosen, terms=t)
+            lb, r = rounded_margins(net, own, u[sl], labels[sl], e, norm, todo, t)
+            rounds[i] += 1
+            neurons[i] += sum(int(c.sum()) for c in chosen.values())
+            for k, ch in chosen.items():
+                done[k] |= ch
+            before = torch.maximum(m - s, m32)[todo]  # the better route's distance to a proof (< 0 while open)
+            m, m32 = torch.maximum(lb, m), torch.maximum(lb - r, m32)
+            after = torch.maximum(m - s, m32)[todo]
+            if size >= rows and not bool((after - before > PROGRESS * before.abs()).any()):
+                break
+            now = time.perf_counter()  # the next round: twice as large, within the time left at this round's pace
+            size = int(min(2 * size, rows, size * (seconds - (now - start)) / max(now - began, 1e-9)))
+        best[sl], best32[sl] = m, m32
+    return Refinement(best, best32, rounds, neurons)

@@ -125,6 +125,11 @@ class Layer:
         incoming error carried through the layer.)"""
         raise NotImplementedError
 
+    def pre_error(self, err: torch.Tensor) -> torch.Tensor | None:
+        """A nonlinear layer: how far its exact pre-activation moves when its input moves by at most err (None: no
+        such rule; certify.bounds.roundoff.Float32Terms)."""
+        return None
+
 
 def _magnitude(lo: torch.Tensor, hi: torch.Tensor, err: torch.Tensor | float = 0.0) -> torch.Tensor:
     """The largest |x^| with x in [lo, hi] and |x^ - x| <= err."""
@@ -507,6 +512,10 @@ class Act(Layer):
         own = self.act.rounding(_magnitude(zl, zh))
         return self.act.slope_range(zl, zh)[1] * err + own if propagate else own
 
+    def pre_error(self, err: torch.Tensor) -> torch.Tensor:
+        """sigma's pre-activation is its input."""
+        return err
+
 
 def _sigma_rounding(conv: "Conv", act: Activation, lo: torch.Tensor, hi: torch.Tensor, pre: Pre,
                     err: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -565,6 +574,10 @@ class FieldStep(Layer):
         """A Lipschitz factor of x -> T x + b in `norm`."""
         return self.conv.lipschitz(norm)
 
+    def pre_error(self, err: torch.Tensor) -> torch.Tensor:
+        """|T (x^ - x)| <= |T| err."""
+        return self.conv.apply_abs(err)
+
     @property
     def step_run(self) -> float:
         """The step the float32 network takes (h_run, else h)."""
@@ -599,6 +612,10 @@ class FieldStep(Layer):
 
     def field_backward(self, mu: torch.Tensor, const: torch.Tensor, pre: Pre,
                        rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def field_dual(self, mu: torch.Tensor) -> torch.Tensor:
+        """The functional nu on sigma(z) with nu . sigma(z) = mu . F(y) (G^T mu)."""
         raise NotImplementedError
 
     def field_symbolic(self, z: Symbolic, k: torch.Tensor, mid: torch.Tensor, half: torch.Tensor) -> Symbolic:
@@ -637,8 +654,11 @@ class EulerStep(FieldStep):
     def field_backward(self, mu: torch.Tensor, const: torch.Tensor, pre: Pre,
                        rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """mu . sigma(z) >= (mu k) . z + const on z's box, z = T y + b: (T^T (mu k), (mu k) . b + const)."""
-        g, c = _relaxed(self.act, mu, pre, rows)
+        g, c = _relaxed(self.act, self.field_dual(mu), pre, rows)
         return self.conv.backward(g, const + c, None, rows)
+
+    def field_dual(self, mu: torch.Tensor) -> torch.Tensor:
+        return mu
 
     def field_symbolic(self, z: Symbolic, k: torch.Tensor, mid: torch.Tensor, half: torch.Tensor) -> Symbolic:
         return Symbolic(columns(k) * z.A, k * z.c + mid, k * z.r + half)
@@ -747,8 +767,11 @@ class GradientStep(FieldStep):
     def field_backward(self, mu: torch.Tensor, const: torch.Tensor, pre: Pre,
                        rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """mu . (-T^T sigma(z)) = nu . sigma(z) with nu = -T mu, through the relaxation on z's box, z = T y + b."""
-        g, c = _relaxed(self.act, -self.conv.apply(mu), pre, rows)
+        g, c = _relaxed(self.act, self.field_dual(mu), pre, rows)
         return self.conv.backward(g, const + c, None, rows)
+
+    def field_dual(self, mu: torch.Tensor) -> torch.Tensor:
+        return -self.conv.apply(mu)
 
     def field_symbolic(self, z: Symbolic, k: torch.Tensor, mid: torch.Tensor, half: torch.Tensor) -> Symbolic:
         adj = self.adj

@@ -6,8 +6,8 @@ forward by each layer's `symbolic` rule (certify.bounds.layers): affine layers m
 the parallel-line relaxation k z + mid +- half of the pre-activation's interval, so the linear part stays exact
 (A picks up (I + h diag(k) T) per Euler step) and only the relaxation's half-width enters the error r. Each
 pre-activation's interval is the symbolic range over the input set (concretised exactly: the box for Linf, and
-for L2 also the ball, A u0 +- eps ||A_i||) met with the local box of certify.bounds.local, and so is the box of the last
-layer's input (the other output boxes stay the local ones: nothing downstream reads them): never looser than the
+for L2 also the ball, A u0 +- eps ||A_i||) met with the local box of certify.bounds.local, and so is every layer's
+output box (the magnitudes the float32 error terms scale with, certify.bounds.roundoff): never looser than the
 local boxes. Where the interval and mean-value boxes lose the correlation between layers (ordinarily trained
 models, whose Euler steps amplify a box by up to 1e7), the linear part keeps it: the error r carries only the
 relaxations' half-widths (second order in the interval's width for a smooth sigma).
@@ -58,12 +58,11 @@ def _linear_chunk(net: Unrolled, u: torch.Tensor, eps: torch.Tensor, norm: str, 
     B, n = u.shape[0], u[0].numel()
     eye = torch.eye(n, dtype=u.dtype, device=u.device).reshape(*u.shape[1:], 1, n).expand(*u.shape[1:], B, n).contiguous()
     s = Symbolic(eye, torch.zeros_like(u), torch.zeros_like(u))
-    pre = []
-    last = len(net.layers) - 2
+    pre, boxes = [], []
     for i, layer in enumerate(net.layers[:-1]):
         s, p = layer.symbolic(s, local.pre[i], concretize)
         pre.append(p)
-    boxes = list(local.boxes[:-1]) + [meet(concretize(s), local.boxes[last])]
+        boxes.append(meet(concretize(s), local.boxes[i]))
     return LayerBounds(boxes, pre, lo_u, hi_u)
 
 

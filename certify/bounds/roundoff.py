@@ -14,6 +14,7 @@ of the float32 terms where the engine's arithmetic mirrors the network's; not a 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from certify.bounds.unrolled import Unrolled
 
 __all__ = ["ENGINE_MARGIN", "float32_error", "float32_errors", "ball_error", "margin_slack", "ERROR_MODEL",
-           "lipschitz_met"]
+           "lipschitz_met", "Float32Terms", "float32_terms", "ball_terms"]
 
 ENGINE_MARGIN = 2.0**-10
 """Relative widening of every derived slack for the float64 engine's own rounding."""
@@ -77,6 +78,11 @@ def float32_error(net: "Unrolled", bounds: "LayerBounds") -> torch.Tensor:
 
 
 def float32_errors(net: "Unrolled", bounds: "LayerBounds") -> list[torch.Tensor]:
+    """(`_propagate`'s errors.)"""
+    return _propagate(net, bounds)[0]
+
+
+def _propagate(net: "Unrolled", bounds: "LayerBounds") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Bounds of |fl32(x_i)(u') - x_i(u')| of every layer i's output (the last: the logits, [B, K]) for every input u'
     of the set `bounds` was computed on (its boxes of every layer's exact output and pre-activation), the network
     evaluated in float32 as it runs.
@@ -86,10 +92,12 @@ def float32_errors(net: "Unrolled", bounds: "LayerBounds") -> list[torch.Tensor]
     norm: ||d_k|| <= Lip_k ||d_{k-1}|| + ||own_k||, Lip_k the layer's proven factor (the exact layer maps x and x^ at
     most that far apart) and own_k its own float32 error (`roundoff(propagate=False)`), a coordinate being at most the
     norm. The norm bound keeps what |.| loses where a layer contracts in norm but not row by row (the gradient field's
-    steps: row sums of |I - h T^T D T| near 4, L2 norm <= 1)."""
+    steps: row sums of |I - h T^T D T| near 4, L2 norm <= 1).
+
+    Returns the errors and each layer's own error (at inputs within the incoming error of its box)."""
     lo, hi = bounds.input_lo, bounds.input_hi
     err = torch.zeros_like(lo)
-    errors = []
+    errors, owns = [], []
     norms = {n: torch.zeros(lo.shape[0], dtype=lo.dtype, device=lo.device) for n in ("inf", "2")}
     last = len(net.layers) - 1
     for i, layer in enumerate(net.layers):
@@ -100,6 +108,7 @@ def float32_errors(net: "Unrolled", bounds: "LayerBounds") -> list[torch.Tensor]
             out = layer.apply_abs(err) + own
         else:
             out = layer.roundoff(lo, hi, pre, err)
+        owns.append(own)
         own = own.flatten(1)
         flat = out.flatten(1)
         if isinstance(layer, Affine) and layer.terms > 0:  # row by row: |(A e)_k| <= ||A_k||_2 ||e||_2 (+ own)
@@ -113,7 +122,48 @@ def float32_errors(net: "Unrolled", bounds: "LayerBounds") -> list[torch.Tensor]
         errors.append(err)
         if i < last:
             lo, hi = bounds.boxes[i]
-    return errors
+    return errors, owns
+
+
+@dataclass(frozen=True)
+class Float32Terms:
+    """The float32 network as the exact one with an error added after every layer: `own[i]` bounds what layer i adds
+    (|fl32 layer(x^) - layer(x^)| at its float32 input x^, of its output's shape), `pre[i]` how far the pre-activation
+    of a float32 state of nonlinear layer i may lie outside the exact pre-activation box (None: affine), `errors[i]`
+    the accumulated |x^_i - x_i| (`float32_errors`). A backward pass that widens each relaxation's box by `pre` and
+    subtracts |lambda_i| . own[i] at every layer bounds the float32 margin itself (certify.bounds.crown): the errors
+    weighed by the functional that reaches them, with its signs, instead of carried forward through |layer|."""
+
+    own: list[torch.Tensor]
+    pre: list[torch.Tensor | None]
+    errors: list[torch.Tensor]
+
+    def select(self, rows: torch.Tensor) -> "Float32Terms":
+        """The terms of the inputs `rows` (an index or boolean mask over the batch)."""
+        return Float32Terms([o[rows] for o in self.own], [None if p is None else p[rows] for p in self.pre],
+                            [e[rows] for e in self.errors])
+
+
+def float32_terms(net: "Unrolled", bounds: "LayerBounds") -> Float32Terms | None:
+    """`Float32Terms` over the set `bounds` was computed on; None where a layer has no `pre_error` rule (Runge-Kutta
+    steps: their stage boxes are the stages' own)."""
+    errors, owns = _propagate(net, bounds)
+    pre: list[torch.Tensor | None] = []
+    for i, layer in enumerate(net.layers[:-1]):
+        if bounds.pre[i] is None:
+            pre.append(None)
+            continue
+        moved = layer.pre_error(errors[i - 1] if i else torch.zeros_like(bounds.input_lo))
+        if moved is None:
+            return None
+        pre.append(moved)
+    return Float32Terms(owns, pre, errors)
+
+
+def ball_terms(net: "Unrolled", u: torch.Tensor, eps: float | torch.Tensor, norm: str,
+               bounds: "LayerBounds") -> Float32Terms | None:
+    """`float32_terms` over the ball of radius eps around u, the boxes first met with the Lipschitz balls."""
+    return float32_terms(net, lipschitz_met(net, u, eps, norm, bounds))
 
 
 def ball_error(net: "Unrolled", u: torch.Tensor, eps: float | torch.Tensor, norm: str,

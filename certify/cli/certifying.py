@@ -12,6 +12,7 @@ import torch
 from contraction.certificates import block_certificates
 from contraction.errors import CNodeError
 from certify.bounds.attacks import pgd
+from certify.bounds.tight import REFINE_SECONDS
 from certify.checks import attack_check, pgd_check
 from certify.cli.flags import add_model_flags, load_run, positive_eps
 from certify.merge import format_merged, load_parts, merge_reports
@@ -63,8 +64,12 @@ def add_certify_flags(p: argparse.ArgumentParser) -> None:
                    "on the inputs the earlier ones leave unproven: local = global, then interval + local-slope boxes "
                    "over the eps-ball; crown = ... then a linear backward pass over the boxes (CROWN-IBP style); "
                    "linear = ... then linear intermediate bounds (about 1 s per image on the paper's model); "
-                   "auto (default) = every stage, with a PGD attack before the linear stage that skips the inputs "
-                   "it breaks (reported as falsified)")
+                   "refine = ... then rounds of back-substituted bounds for the neurons the open margins need most "
+                   "(up to --budget seconds per input); auto (default) = every stage, with a PGD attack before the "
+                   "linear stage that skips the inputs it breaks (reported as falsified)")
+    p.add_argument("--budget", type=float, default=REFINE_SECONDS, metavar="SECONDS",
+                   help="the refine stage's time per input it runs on (refine, auto; only inputs the cheaper stages "
+                   "and the attack leave open; 0: skip it; default: %(default)s)")
     p.add_argument("--radius", action="store_true",
                    help="with local/crown/linear/auto: bisect each input's certified radius (about 12x the time)")
     p.add_argument("--attack-check", action="store_true",
@@ -113,8 +118,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_certify(args: argparse.Namespace) -> int:
     """Certify (a shard of) the test set; under torchrun the ranks split the inputs and rank 0 reports."""
     check_eps(args.eps)
-    if args.limit < 0 or args.batch_size < 1 or args.pgd < 0:
-        raise CNodeError("--limit and --pgd must be >= 0 and --batch-size >= 1")
+    if args.limit < 0 or args.batch_size < 1 or args.pgd < 0 or not 0 <= args.budget < float("inf"):
+        raise CNodeError("--limit, --pgd and --budget must be >= 0 (--budget finite) and --batch-size >= 1")
     shard = parse_shard(args.shard) if args.shard else None
     with process_group(args.device) as dist:
         return _certify_cmd(args, shard, dist)
@@ -125,7 +130,7 @@ def _certify_cmd(args: argparse.Namespace, shard: tuple[int, int] | None, dist: 
         raise CNodeError("--plot and --radius run in one process (without torchrun)")
     model, data = load_run(args, dist)
     report = certify_model(model, data, eps=args.eps, norm=args.norm, bound=args.bound, batch_size=args.batch_size,
-                           progress=not args.quiet, radius=args.radius, shard=shard, dist=dist)
+                           progress=not args.quiet, radius=args.radius, shard=shard, dist=dist, budget=args.budget)
     if args.pgd:
         report.pgd = pgd_check(model, data, report, steps=args.pgd, progress=not args.quiet, dist=dist)
     if not dist.main:
