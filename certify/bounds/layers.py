@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable
 
+import math
+
 import torch
 
 from contraction.convops import (apply_conv, apply_conv_adjoint, apply_conv_columns, apply_conv_general, apply_conv_general_adjoint,
@@ -130,6 +132,12 @@ class Layer:
         such rule; certify.bounds.roundoff.Float32Terms)."""
         return None
 
+    def backward_rounding(self, x: torch.Tensor, pre: Pre) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`backward` run on float32 rows (the constant in float64): (w, c0) with |rho| . |x'| <= |lam| . w + c0 for
+        every row lam, rho the float32 error of the functional it returns on the layer's input and |x'| <= x that
+        input's magnitude (per input; w of the output's shape, c0 [B]); None: no such rule (the rows stay float64)."""
+        return None
+
 
 def _magnitude(lo: torch.Tensor, hi: torch.Tensor, err: torch.Tensor | float = 0.0) -> torch.Tensor:
     """The largest |x^| with x in [lo, hi] and |x^ - x| <= err."""
@@ -186,8 +194,19 @@ class Affine(Layer):
                  rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.bias_map()
         if b is not None:
-            const = const + _sum_but_first(lam * b)
+            const = const + _sum_but_first(lam.to(b.dtype) * b)
         return self.adjoint(lam), const
+
+    @property
+    def adjoint_terms(self) -> int:
+        """The length of the sums of A^T lam (products per input coordinate)."""
+        raise NotImplementedError
+
+    def backward_rounding(self, x: torch.Tensor, pre: Pre) -> tuple[torch.Tensor, torch.Tensor]:
+        """|fl(A^T lam) - A^T lam| <= gamma_m |A|^T |lam| (m = `adjoint_terms`, any order) plus m TINY per entry for
+        underflow: (gamma_m |A| x, m TINY sum x)."""
+        m = self.adjoint_terms
+        return gamma(m) * self.apply_abs(x), m * TINY * _sum_but_first(x)
 
     def apply_columns(self, A: torch.Tensor) -> torch.Tensor:
         """The linear part applied to every column of A [*in_shape, B, n] -> [*out_shape, B, n] (generic path:
@@ -246,6 +265,10 @@ class Normalize(Affine):
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return y / self.std
 
+    @property
+    def adjoint_terms(self) -> int:
+        return 1
+
     def apply_columns(self, A: torch.Tensor) -> torch.Tensor:
         return A / self.std[..., None, None]
 
@@ -303,9 +326,14 @@ class Conv(Affine):
         return out.unflatten(-1, (B, n))
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        K = self.weight.to(y.dtype)  # float32 rows: the float32 weights as run (exact)
         if self.same:
-            return apply_conv_adjoint(y, self.weight, self.padding)
-        return apply_conv_general_adjoint(y, self.weight, self.stride, self.pad, self.padding, self.size)
+            return apply_conv_adjoint(y, K, self.padding)
+        return apply_conv_general_adjoint(y, K, self.stride, self.pad, self.padding, self.size)
+
+    @property
+    def adjoint_terms(self) -> int:
+        return math.prod(self.weight.shape[i] for i in (0, 2, 3))
 
     def bias_map(self) -> torch.Tensor:
         return self.bias[:, None, None]
@@ -362,6 +390,11 @@ class Flatten(Affine):
 
     shape: tuple[int, int, int]
     terms = 0  # a reshape: exact
+    adjoint_terms = 0
+
+    def backward_rounding(self, x: torch.Tensor, pre: Pre) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reshape is exact."""
+        return torch.zeros_like(x.flatten(1)), torch.zeros_like(x.flatten(1)[:, 0])
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1)
@@ -407,7 +440,11 @@ class Linear(Affine):
         return r @ self.weight.abs().T
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return y @ self.weight
+        return y @ self.weight.to(y.dtype)
+
+    @property
+    def adjoint_terms(self) -> int:
+        return self.weight.shape[0]
 
     def apply_columns(self, A: torch.Tensor) -> torch.Tensor:
         return (self.weight @ A.flatten(1)).unflatten(1, A.shape[1:])
@@ -435,12 +472,15 @@ class Linear(Affine):
         return Linear(torch.einsum("ojp,ji->oip", W, inp).reshape(self.weight.shape), self.bias, self.sums)
 
 
-def _relaxed(act: Activation, lam: torch.Tensor, pre: Pre, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """lam . sigma(z) >= (lam k) . z + const on the box `pre`: returns (lam k, const) per row."""
+def _relaxed(act: Activation, lam: torch.Tensor, pre: Pre, rows: torch.Tensor,
+             const: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """lam . sigma(z) >= (lam k) . z + const on the box `pre`: returns (lam k, const) per row, the constant in the
+    dtype of `const` (float64 for float32 rows, certify.bounds.backsub)."""
     assert pre is not None
     r = relax(act, pre[0], pre[1])
-    slope, lower, upper = (t.to(lam.dtype)[rows] for t in (r.slope, r.lower, r.upper))
-    return lam * slope, _sum_but_first(lam.clamp_min(0) * lower + lam.clamp_max(0) * upper)
+    lower, upper = (t.to(const.dtype)[rows] for t in (r.lower, r.upper))
+    lc = lam.to(const.dtype)
+    return lam * r.slope.to(lam.dtype)[rows], _sum_but_first(lc.clamp_min(0) * lower + lc.clamp_max(0) * upper)
 
 
 def _symbolic_box(z: Symbolic, pre: Pre, concretize: Concretize) -> tuple[torch.Tensor, torch.Tensor]:
@@ -496,7 +536,7 @@ class Act(Layer):
 
     def backward(self, lam: torch.Tensor, const: torch.Tensor, pre: Pre,
                  rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        g, c = _relaxed(self.act, lam, pre, rows)
+        g, c = _relaxed(self.act, lam, pre, rows, const)
         return g, const + c
 
     def symbolic(self, s: Symbolic, pre: Pre, concretize: Concretize) -> tuple[Symbolic, Pre]:
@@ -515,6 +555,10 @@ class Act(Layer):
     def pre_error(self, err: torch.Tensor) -> torch.Tensor:
         """sigma's pre-activation is its input."""
         return err
+
+    def backward_rounding(self, x: torch.Tensor, pre: Pre) -> tuple[torch.Tensor, torch.Tensor]:
+        """lam k with k rounded to float32 and one product: gamma_2 |lam| k <= gamma_2 b |lam|, plus underflow."""
+        return gamma(2) * self.act.b * x, 2 * TINY * _sum_but_first(x)
 
 
 def _sigma_rounding(conv: "Conv", act: Activation, lo: torch.Tensor, hi: torch.Tensor, pre: Pre,
@@ -654,7 +698,7 @@ class EulerStep(FieldStep):
     def field_backward(self, mu: torch.Tensor, const: torch.Tensor, pre: Pre,
                        rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """mu . sigma(z) >= (mu k) . z + const on z's box, z = T y + b: (T^T (mu k), (mu k) . b + const)."""
-        g, c = _relaxed(self.act, self.field_dual(mu), pre, rows)
+        g, c = _relaxed(self.act, self.field_dual(mu), pre, rows, const)
         return self.conv.backward(g, const + c, None, rows)
 
     def field_dual(self, mu: torch.Tensor) -> torch.Tensor:
@@ -671,6 +715,19 @@ class EulerStep(FieldStep):
 
     def field_export(self, g: Any, y: Any) -> Any:
         return g.act(self.conv.export(g, y), self.act)
+
+    def backward_rounding(self, x: torch.Tensor, pre: Pre) -> tuple[torch.Tensor, torch.Tensor]:
+        """lam + T^T (k (h lam)) in float32, each rounding a residual against what it multiplies: mu = fl(h lam)
+        against sigma(z) (gamma_2 h |lam| |sigma|), g = fl(mu k) against z (gamma_2 b h |lam| |z|), the adjoint's
+        m-term sums against x (gamma_m b h |lam| . |T| x), the add against x (u (|lam| + b h |T|^T |lam|) . x):
+        all within gamma_{m+5} (x + h (|sigma| + b |z| + b |T| x)) per |lam|, plus underflow."""
+        assert pre is not None
+        m = self.conv.adjoint_terms + 5
+        b = self.act.b
+        z = torch.maximum(pre[0].abs(), pre[1].abs())
+        s = torch.maximum(self.act(pre[0]).abs(), self.act(pre[1]).abs())
+        w = gamma(m) * (x + self.h * (s + b * z + b * self.conv.apply_abs(x)))
+        return w, m * TINY * (_sum_but_first(x) + self.h * _sum_but_first(s + z))
 
     def lipschitz(self, norm: str) -> torch.Tensor:
         """Bounds of ||I + h D T(K)|| over every admissible D (contraction.weights, the block certificates' rules)."""
@@ -767,7 +824,7 @@ class GradientStep(FieldStep):
     def field_backward(self, mu: torch.Tensor, const: torch.Tensor, pre: Pre,
                        rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """mu . (-T^T sigma(z)) = nu . sigma(z) with nu = -T mu, through the relaxation on z's box, z = T y + b."""
-        g, c = _relaxed(self.act, self.field_dual(mu), pre, rows)
+        g, c = _relaxed(self.act, self.field_dual(mu), pre, rows, const)
         return self.conv.backward(g, const + c, None, rows)
 
     def field_dual(self, mu: torch.Tensor) -> torch.Tensor:

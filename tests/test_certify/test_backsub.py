@@ -41,3 +41,40 @@ def test_backsubstituted_boxes_contain_every_point_and_refine_the_given_ones(cfg
         z = net(x)
         true = z.gather(1, y[:, None]) - z
         assert (margins.masked_fill(margins.isinf(), -1e30) <= true + 1e-9).all()
+
+
+@settings(max_examples=budget(10), deadline=None)
+@given(model_configs(), seeds, st.sampled_from([0.3, 2.5]))
+def test_float32_rows_lose_no_more_than_each_layers_backward_rounding_rule(cfg, seed, scale):
+    """Each layer's `backward` on float32 rows against the same rows in float64: over the layer's input box the
+    float32 rows' linear bound lies at most |lam| . w + c0 above the float64 rows' ((w, c0) the layer's
+    `backward_rounding` at the box's magnitude), so moving it down by that keeps it below every true value; the
+    constant stays float64; layers without the rule say so (None)."""
+    model = random_model(cfg, seed, scale).float()
+    net = unroll(model)
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(2, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen, dtype=torch.float64)
+    bounds = local_bounds(net, u, 0.05, "inf")
+    ins = [(bounds.input_lo, bounds.input_hi)] + bounds.boxes
+    checked = 0
+    for i, layer in enumerate(net.layers[:-1]):
+        lo, hi = ins[i]
+        rule = layer.backward_rounding(torch.maximum(lo.abs(), hi.abs()), bounds.pre[i])
+        if rule is None:
+            continue
+        w, c0 = rule
+        rows = torch.tensor([0, 1, 1, 0])
+        shape = bounds.boxes[i][0].shape[1:]
+        lam = (torch.randn(4, *shape, generator=gen, dtype=torch.float64)
+               * 10.0 ** torch.randint(-3, 4, (4,) + (1,) * len(shape), generator=gen)).float()
+        zero = torch.zeros(4, dtype=torch.float64)
+        l64, c64 = layer.backward(lam.double(), zero, bounds.pre[i], rows)
+        l32, c32 = layer.backward(lam, zero, bounds.pre[i], rows)
+        assert c32.dtype == torch.float64
+        d = (l32.double() - l64).flatten(1)  # the largest (l32 x + c32) - (l64 x + c64) over the box
+        mid, rad = (0.5 * (lo + hi)).flatten(1)[rows], (0.5 * (hi - lo)).flatten(1)[rows]
+        above = (d * mid).sum(1) + (d.abs() * rad).sum(1) + (c32 - c64)
+        allowed = (lam.double().abs() * w[rows]).flatten(1).sum(1) + c0[rows]
+        assert (above <= allowed).all(), (type(layer).__name__, float((above / allowed).max()))
+        checked += 1
+    assert checked > 0
