@@ -18,7 +18,8 @@ what the gap costs the margins' bound), the neurons with the largest weight per 
 (FIRST_ROWS neuron-layers in the first round, twice as many in each next one up to `rows`, fewer where the time
 left at the last round's pace allows less; a neuron once refined is not chosen again), the margins' backward pass
 reruns over the refined boxes, and rounds go on until the input is proven, a full-size round closes no open margin's
-distance to a proof by PROGRESS, or the time runs out. Which neurons are chosen affects only the cost: every box is
+distance to a proof by PROGRESS, an open margin's distance exceeds HOPELESS times what its last round's pace closes
+in the time left (every margin must close for a proof), or the time runs out. Which neurons are chosen affects only the cost: every box is
 sound whatever the choice. With the float32 terms (certify.bounds.roundoff.Float32Terms) the boxes are those of the
 float32 states (each back-substituted bound moved out by the errors the earlier layers add, weighed by the
 functional) and the margins' pass bounds the float32 margin too (certify.bounds.crown.rounded_margins)."""
@@ -46,6 +47,7 @@ __all__ = ["backsub_bounds", "gap_weights", "Refinement", "refine_margins", "DEF
 
 DEFAULT_ROWS = 6000  # neuron-layers back-substituted per input and round (about 4 s per round on the paper model)
 FIRST_ROWS = 250  # the first round's size; each next one doubles (up to `rows`) while the time left allows
+HOPELESS = 8.0  # ... or when some open margin would need more than this times its last round's pace in the time left
 PROGRESS = 0.01  # a round that closes no open margin's distance to a proof by this fraction ends the input's rounds
 
 
@@ -240,6 +242,10 @@ def refine_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: fl
             if size >= rows and not bool((after - before > PROGRESS * before.abs()).any()):
                 break
             now = time.perf_counter()  # the next round: twice as large, within the time left at this round's pace
-            size = int(min(2 * size, rows, size * (seconds - (now - start)) / max(now - began, 1e-9)))
+            left = seconds - (now - start)
+            pace = (after - before).clamp_min(0) / max(now - began, 1e-9)  # distance closed per second, per margin
+            if bool((-after > HOPELESS * pace * left).any()):  # a margin no pace this input has shown can close
+                break
+            size = int(min(2 * size, rows, size * left / max(now - began, 1e-9)))
         best[sl], best32[sl] = m, m32
     return Refinement(best, best32, rounds, neurons)
