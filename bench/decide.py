@@ -11,10 +11,8 @@ import time
 
 import torch
 
-from certify.bounds.attacks import is_adversarial, pgd
+from checkpoint_specs import checkpoint_runs, pgd_accuracy
 from certify.run import certify_model
-from nodes import load_dataset
-from nodes.checkpoint import load_checkpoint, model_from_checkpoint, trained_dataset
 
 DEFAULT = ("examples/models/mnist_plain_paper.pt:0.005,0.01,0.02,0.05",)
 
@@ -33,22 +31,14 @@ def main() -> None:
           f"{args.threads} thread(s)\n")
     print(f"| model | eps | clean | certified | by stage | falsified | undecided | PGD-{args.pgd_steps} | s/image |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for spec in args.models:
-        path, _, eps_list = spec.partition(":")
-        payload = load_checkpoint(path)
-        model = model_from_checkpoint(payload, path)
-        data = load_dataset(trained_dataset(payload), "test", data_root=args.data_root, limit=args.limit)
-        x, y = data.tensors(0, len(data))
-        for eps in (float(e) for e in eps_list.split(",")):
-            start = time.perf_counter()
-            r = certify_model(model, data, eps=eps, bound="auto", batch_size=100, budget=args.budget)
-            seconds = (time.perf_counter() - start) / len(data)
-            adv = pgd(model, x, y, eps=eps, steps=args.pgd_steps)
-            robust = float((~is_adversarial(model, adv, y) & (model(x).argmax(1) == y)).double().mean())
-            by = ", ".join(f"{k} {v}" for k, v in r.certified_counts().items())
-            print(f"| {path.rsplit('/', 1)[-1]} | {eps:g} | {r.clean_accuracy:.0%} | {r.certified_accuracy:.0%} | {by} "
-                  f"| {r.falsified_count} | {r.undecided_count} | {robust:.0%} | {seconds:.2f} |", flush=True)
-
+    for name, model, data, eps in checkpoint_runs(args.models, args.limit, args.data_root):
+        start = time.perf_counter()
+        r = certify_model(model, data, eps=eps, bound="auto", batch_size=100, budget=args.budget)
+        seconds = (time.perf_counter() - start) / len(data)
+        robust = pgd_accuracy(model, data, eps, args.pgd_steps)
+        by = ", ".join(f"{k} {v}" for k, v in r.certified_counts().items())
+        print(f"| {name} | {eps:g} | {r.clean_accuracy:.0%} | {r.certified_accuracy:.0%} | {by} "
+              f"| {r.falsified_count} | {r.undecided_count} | {robust:.0%} | {seconds:.2f} |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -14,10 +14,8 @@ import time
 
 import torch
 
-from certify.bounds.attacks import is_adversarial, pgd
+from checkpoint_specs import checkpoint_runs, pgd_accuracy
 from certify.run import certify_model
-from nodes import load_dataset
-from nodes.checkpoint import load_checkpoint, model_from_checkpoint, trained_dataset
 
 BOUNDS = ("global", "local", "crown", "linear", "auto")
 DEFAULT = ("examples/models/mnist_plain_paper.pt:0.005,0.01,0.02", "examples/models/mnist_weightreg.pt:0.02,0.05",
@@ -38,30 +36,21 @@ def main() -> None:
           f"accuracy (s/image); auto: stage counts, falsified inputs and its stages' seconds\n")
     print("| model | eps | " + " | ".join(args.bounds) + f" | PGD-{args.pgd_steps} | auto: certified by / falsified |")
     print("|---|---|" + "---|" * (len(args.bounds) + 2))
-    for spec in args.models:
-        path, _, eps_list = spec.partition(":")
-        payload = load_checkpoint(path)
-        model = model_from_checkpoint(payload, path)
-        data = load_dataset(trained_dataset(payload), "test", data_root=args.data_root, limit=args.limit)
-        x, y = data.tensors(0, len(data))
-        for eps in (float(e) for e in eps_list.split(",")):
-            cells, auto = [], None
-            for bound in args.bounds:
-                start = time.perf_counter()
-                report = certify_model(model, data, eps=eps, bound=bound, batch_size=100)
-                cells.append(f"{report.certified_accuracy:.0%} ({(time.perf_counter() - start) / len(data):.3f})")
-                auto = report if bound == "auto" else auto
-            adv = pgd(model, x, y, eps=eps, steps=args.pgd_steps)
-            robust = float((~is_adversarial(model, adv, y) & (model(x).argmax(1) == y)).double().mean())
-            detail = ""
-            if auto is not None:
-                stages = ", ".join(f"{k} {v}" for k, v in auto.certified_counts().items())
-                times = ", ".join(f"{k[:-8]} {v:.1f} s" for k, v in auto.timing.items()
-                                  if k.endswith("_seconds") and k[:-8] in ("local", "crown", "linear", "attack"))
-                detail = f"{stages} / {auto.falsified_count} ({times})"
-            print(f"| {path.rsplit('/', 1)[-1]} | {eps:g} | " + " | ".join(cells) + f" | {robust:.0%} | {detail} |",
-                  flush=True)
-
+    for name, model, data, eps in checkpoint_runs(args.models, args.limit, args.data_root):
+        cells, auto = [], None
+        for bound in args.bounds:
+            start = time.perf_counter()
+            report = certify_model(model, data, eps=eps, bound=bound, batch_size=100)
+            cells.append(f"{report.certified_accuracy:.0%} ({(time.perf_counter() - start) / len(data):.3f})")
+            auto = report if bound == "auto" else auto
+        robust = pgd_accuracy(model, data, eps, args.pgd_steps)
+        detail = ""
+        if auto is not None:
+            stages = ", ".join(f"{k} {v}" for k, v in auto.certified_counts().items())
+            times = ", ".join(f"{k[:-8]} {v:.1f} s" for k, v in auto.timing.items()
+                              if k.endswith("_seconds") and k[:-8] in ("local", "crown", "linear", "attack"))
+            detail = f"{stages} / {auto.falsified_count} ({times})"
+        print(f"| {name} | {eps:g} | " + " | ".join(cells) + f" | {robust:.0%} | {detail} |", flush=True)
 
 if __name__ == "__main__":
     main()
