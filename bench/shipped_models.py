@@ -1,7 +1,7 @@
 """Re-run every shipped checkpoint's manifest check (examples/models/models.json: the first 100 test images at the
-entry's eps, norm and bound) and compare with the recorded figures; `--write` records the per-input verdicts
-(`verdicts_first100`: one character per input, c certified, . correct but not certified, x misclassified), which
-the fast test compares on the first 10.
+entry's eps, norm and bound) and compare with the recorded figures; `--write` records the figures and the per-input
+verdicts (`verdicts_first100`: one character per input, c certified, . correct but not certified, x misclassified),
+which the fast test compares on the first 10.
 
     python bench/shipped_models.py [--write] [--files mnist_l2.pt ...]
 
@@ -46,6 +46,8 @@ def main() -> int:
               f"certified {report.certified_accuracy:.2f} (manifest {check['certified_first100']:.2f})  "
               f"{'same' if same else 'CHANGED'}  {seconds:.1f} s", flush=True)
         if args.write:
+            check["clean_first100"] = round(report.clean_accuracy, 2)
+            check["certified_first100"] = round(report.certified_accuracy, 2)
             check["verdicts_first100"] = verdicts
     if args.write:
         (MODELS / "models.json").write_text(json.dumps(manifest, indent=2) + "\n")

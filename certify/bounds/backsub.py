@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from contraction.floats import TINY
 from certify.bounds.crown import float32_boxes, input_minimum, rounded_margins
-from certify.bounds.layers import Act, FieldStep, Pre, meet
+from certify.bounds.layers import Act, FieldStep, Pre, meet, row_dot, take
 from certify.bounds.linear import DEFAULT_BUDGET
 from certify.bounds.local import LayerBounds
 from certify.bounds.radius import unproven
@@ -102,36 +102,43 @@ def _refine(net: Unrolled, k: int, pre: list[Pre], bounds: LayerBounds, u: torch
     b_idx, j_idx = mask.nonzero(as_tuple=True)
     new_lo, new_hi = lo.flatten(1).clone(), hi.flatten(1).clone()
     widest = max(math.prod(bounds.input_lo.shape[1:]), *(math.prod(b[0].shape[1:]) for b in bounds.boxes[:k + 1]))
-    chunk = max(1, budget // (2 * widest))
+    chunk = max(1, budget // widest)
     rules = _float32_rules(net, k, pre, bounds, terms) if lo.dtype == torch.float64 else None
     rows_dtype = torch.float32 if rules is not None else lo.dtype
 
-    def lost(i: int, lam: torch.Tensor, both: torch.Tensor) -> torch.Tensor:
-        w, c0 = rules[i]  # type: ignore[index]
-        return (lam.abs() * w[both]).flatten(1).sum(1) + c0[both]
+    # per layer i (and -1: the conv of a step k), what |lam| on its output weighs: the float32 rows' loss (the
+    # `backward_rounding` rule's w, its c0 added apart) and the layer's own float32 error
+    weight: dict[int, torch.Tensor] = {}
+    for i in range(-1 if isinstance(layer, FieldStep) else 0, k):
+        w = None if rules is None else rules[i][0]
+        if terms is not None and i >= 0:
+            w = terms.own[i] if w is None else w + terms.own[i]
+        if w is not None:
+            weight[i] = w.to(lo.dtype)
+    fixed = None if rules is None else sum(c0.to(lo.dtype) for _, c0 in rules.values())
 
     for start in range(0, len(b_idx), chunk):
         rows, cols = b_idx[start:start + chunk], j_idx[start:start + chunk]
         R = len(rows)
         e = torch.zeros(R, n, dtype=rows_dtype, device=lo.device)
         e[torch.arange(R, device=lo.device), cols] = 1.0
-        lam = torch.cat([e, -e]).view(2 * R, *shape)
-        both = torch.cat([rows, rows])
+        lam = e.view(R, *shape)  # one pass for the rows +e_j and -e_j (a paired pass, certify.bounds.layers)
         const = torch.zeros(2 * R, dtype=lo.dtype, device=lo.device)
-        added = torch.zeros(2 * R, dtype=lo.dtype, device=lo.device)
+        added = torch.zeros(R, dtype=lo.dtype, device=lo.device)  # the same for +e_j and -e_j (|lam| only)
+        if fixed is not None:
+            added = added + take(fixed, rows)
         if isinstance(layer, FieldStep):  # z = T x + b: to the step's input
-            if rules is not None:
-                added = added + lost(-1, lam, both)
-            lam, const = layer.conv.backward(lam, const, None, both)
+            if -1 in weight:
+                added = added + row_dot(lam.abs(), weight[-1], rows)
+            lam, const = layer.conv.backward(lam, const, None, rows)
         for i in range(k - 1, -1, -1):
-            if terms is not None:
-                added = added + (lam.abs() * terms.own[i][both]).flatten(1).sum(1)
-            if rules is not None:
-                added = added + lost(i, lam, both)
-            lam, const = net.layers[i].backward(lam, const, pre[i], both)
-        low = input_minimum(lam.to(lo.dtype), const, bounds, u, eps, norm, both)
+            if i in weight:
+                added = added + row_dot(lam.abs(), weight[i], rows)
+            lam, const = net.layers[i].backward(lam, const, pre[i], rows)
+        both = torch.cat([rows, rows])
+        low = input_minimum(torch.cat([lam, -lam]).to(lo.dtype), const, bounds, u, eps, norm, both)
         if terms is not None or rules is not None:
-            low = low - added * (1 + ENGINE_MARGIN) - TINY
+            low = low - torch.cat([added, added]) * (1 + ENGINE_MARGIN) - TINY
         low = low.nan_to_num(nan=-torch.inf)  # a non-number (overflow) leaves the box as it was
         new_lo[rows, cols] = torch.maximum(new_lo[rows, cols], low[:R])
         new_hi[rows, cols] = torch.minimum(new_hi[rows, cols], -low[R:])

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from contraction.errors import check_norm
 from contraction.floats import TINY
-from certify.bounds.layers import Pre
+from certify.bounds.layers import Pre, row_dot
 from certify.bounds.local import LayerBounds, box_margins, local_bounds
 from certify.bounds.radius import unproven
 from certify.bounds.roundoff import ENGINE_MARGIN, Float32Terms
@@ -71,7 +71,7 @@ def rounded_margins(net: Unrolled, bounds: LayerBounds, u: torch.Tensor, labels:
         r = logits[b_idx, y] + logits[b_idx, j_idx]
     for k in range(len(net.layers) - 2, -1, -1):
         if terms is not None:
-            r = r + (lam.abs() * terms.own[k][b_idx]).flatten(1).sum(1)
+            r = r + row_dot(lam.abs(), terms.own[k], b_idx)
         lam, const = net.layers[k].backward(lam, const, bounds.pre[k], b_idx)
     out[b_idx, j_idx] = input_minimum(lam, const, bounds, u, eps, norm, b_idx)
     if terms is not None:

@@ -7,7 +7,10 @@
 - `bounds(box, interval)`: a box of the output (and of the pre-activation, for nonlinear layers) over the input box,
   keeping a centre point run through the exact layer (the mean-value enclosures of the Euler steps use it);
 - `backward(lam, const, pre, rows)`: carry a linear lower bound `lam . output + const` back to the layer's input
-  (CROWN-style), with the sound relaxation `k z + lower <= sigma(z) <= k z + upper` on each neuron's interval;
+  (CROWN-style), with the sound relaxation `k z + lower <= sigma(z) <= k z + upper` on each neuron's interval (row r
+  of lam belongs to input rows[r]). The relaxation's slope does not depend on the sign of lam, so a pass may carry
+  the rows of lam and of -lam at once: `const` then holds 2R entries for R rows, those of lam's rows and then those
+  of their negations (a paired pass, certify.bounds.backsub; `accumulate` adds each constant term to both);
 - `symbolic(s, pre, concretize)`: carry a linear enclosure `x = A u + c + r * delta` (|delta| <= 1) of the layer's
   input in terms of the network's input u forward to its output (forward linear relaxation: the intermediate
   bounds of certify.bounds.linear), for nonlinear layers through the same relaxation on the pre-activation's interval
@@ -42,7 +45,7 @@ from contraction.weights import euler_factor_2, euler_factor_inf, euler_row_gain
 from certify.bounds.relax import relax
 
 __all__ = ["Box", "Symbolic", "columns", "Layer", "Affine", "Normalize", "Conv", "Flatten", "Linear", "Act", "FieldStep",
-           "EulerStep", "GradientStep", "RKStep", "STEP_LAYERS"]
+           "EulerStep", "GradientStep", "RKStep", "STEP_LAYERS", "take", "row_dot", "accumulate"]
 
 Pre = tuple[torch.Tensor, torch.Tensor] | None
 
@@ -88,6 +91,31 @@ def meet(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tens
 
 def _sum_but_first(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).sum(1)
+
+
+def take(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The rows `rows` of a per-input tensor `t`, broadcast instead of copied when there is one input."""
+    return t if t.shape[0] == 1 else t[rows]
+
+
+def row_dot(lam: torch.Tensor, t: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """[R]: sum_j lam[r, j] t[rows[r], j] in t's dtype; `rows=None`: t holds one output without the batch dimension
+    (e.g. a bias map), the same for every row. One matrix-vector product where t is the same for every row."""
+    flat = lam.flatten(1).to(t.dtype)
+    if rows is None:
+        return flat @ t.expand(lam.shape[1:]).reshape(-1)
+    if t.shape[0] == 1:
+        return flat @ t.reshape(-1)
+    return (flat * t.flatten(1)[rows]).sum(1)
+
+
+def accumulate(const: torch.Tensor, linear: torch.Tensor, gap: torch.Tensor | None = None) -> torch.Tensor:
+    """const + linear - gap, per row: `linear` changes sign with lam, `gap` (>= 0) does not; in a paired pass (const
+    with 2R entries for R rows) the negated rows get -linear - gap."""
+    if const.shape[0] != linear.shape[0]:
+        linear = torch.cat([linear, -linear])
+        gap = None if gap is None else torch.cat([gap, gap])
+    return const + linear if gap is None else const + linear - gap
 
 
 class Layer:
@@ -194,7 +222,7 @@ class Affine(Layer):
                  rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.bias_map()
         if b is not None:
-            const = const + _sum_but_first(lam.to(b.dtype) * b)
+            const = accumulate(const, row_dot(lam, b.to(const.dtype)))
         return self.adjoint(lam), const
 
     @property
@@ -474,13 +502,15 @@ class Linear(Affine):
 
 def _relaxed(act: Activation, lam: torch.Tensor, pre: Pre, rows: torch.Tensor,
              const: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """lam . sigma(z) >= (lam k) . z + const on the box `pre`: returns (lam k, const) per row, the constant in the
-    dtype of `const` (float64 for float32 rows, certify.bounds.backsub)."""
+    """lam . sigma(z) >= (lam k) . z + const' on the box `pre`: returns (lam k, const') per row, const' = const +
+    lam . mid - |lam| . half (the relaxation's offsets' midpoint and half-gap: lam+ . lower + lam- . upper), in the
+    dtype of `const` (float64 for float32 rows, certify.bounds.backsub); paired passes as `accumulate`."""
     assert pre is not None
     r = relax(act, pre[0], pre[1])
-    lower, upper = (t.to(const.dtype)[rows] for t in (r.lower, r.upper))
+    mid, half = (0.5 * (r.upper + r.lower)).to(const.dtype), (0.5 * (r.upper - r.lower)).to(const.dtype)
     lc = lam.to(const.dtype)
-    return lam * r.slope.to(lam.dtype)[rows], _sum_but_first(lc.clamp_min(0) * lower + lc.clamp_max(0) * upper)
+    return lam * take(r.slope.to(lam.dtype), rows), accumulate(const, row_dot(lc, mid, rows),
+                                                               row_dot(lc.abs(), half, rows))
 
 
 def _symbolic_box(z: Symbolic, pre: Pre, concretize: Concretize) -> tuple[torch.Tensor, torch.Tensor]:
@@ -536,8 +566,7 @@ class Act(Layer):
 
     def backward(self, lam: torch.Tensor, const: torch.Tensor, pre: Pre,
                  rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        g, c = _relaxed(self.act, lam, pre, rows, const)
-        return g, const + c
+        return _relaxed(self.act, lam, pre, rows, const)
 
     def symbolic(self, s: Symbolic, pre: Pre, concretize: Concretize) -> tuple[Symbolic, Pre]:
         """sigma(z) = k z + mid + half * delta on the pre-activation's interval (the relaxation's mid line)."""
@@ -698,8 +727,8 @@ class EulerStep(FieldStep):
     def field_backward(self, mu: torch.Tensor, const: torch.Tensor, pre: Pre,
                        rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """mu . sigma(z) >= (mu k) . z + const on z's box, z = T y + b: (T^T (mu k), (mu k) . b + const)."""
-        g, c = _relaxed(self.act, self.field_dual(mu), pre, rows, const)
-        return self.conv.backward(g, const + c, None, rows)
+        g, const = _relaxed(self.act, self.field_dual(mu), pre, rows, const)
+        return self.conv.backward(g, const, None, rows)
 
     def field_dual(self, mu: torch.Tensor) -> torch.Tensor:
         return mu
@@ -824,8 +853,8 @@ class GradientStep(FieldStep):
     def field_backward(self, mu: torch.Tensor, const: torch.Tensor, pre: Pre,
                        rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """mu . (-T^T sigma(z)) = nu . sigma(z) with nu = -T mu, through the relaxation on z's box, z = T y + b."""
-        g, c = _relaxed(self.act, self.field_dual(mu), pre, rows, const)
-        return self.conv.backward(g, const + c, None, rows)
+        g, const = _relaxed(self.act, self.field_dual(mu), pre, rows, const)
+        return self.conv.backward(g, const, None, rows)
 
     def field_dual(self, mu: torch.Tensor) -> torch.Tensor:
         return -self.conv.apply(mu)

@@ -78,3 +78,25 @@ def test_float32_rows_lose_no_more_than_each_layers_backward_rounding_rule(cfg, 
         assert (above <= allowed).all(), (type(layer).__name__, float((above / allowed).max()))
         checked += 1
     assert checked > 0
+
+
+@settings(max_examples=budget(10), deadline=None)
+@given(model_configs(), seeds, st.sampled_from([0.3, 2.5]), st.booleans())
+def test_a_paired_pass_gives_the_rows_and_their_negations_what_separate_rows_get(cfg, seed, scale, one_input):
+    """Every layer's `backward` on R rows with 2R constants (a paired pass: the rows and their negations) returns the
+    linear part of the rows and the constants that the 2R rows [lam; -lam] get run separately: the relaxation's
+    slope does not depend on the functional's sign (one input in the batch: the per-input tensors broadcast)."""
+    model = random_model(cfg, seed, scale)
+    net = unroll(model)
+    gen = torch.Generator().manual_seed(seed)
+    B = 1 if one_input else 2
+    u = torch.rand(B, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen, dtype=torch.float64)
+    bounds = local_bounds(net, u, 0.05, "inf")
+    rows = torch.tensor([0, B - 1, B - 1])
+    for i, layer in enumerate(net.layers[:-1]):
+        lam = torch.randn(3, *bounds.boxes[i][0].shape[1:], generator=gen, dtype=torch.float64)
+        const = torch.randn(6, generator=gen, dtype=torch.float64)
+        l2, c2 = layer.backward(lam, const, bounds.pre[i], rows)
+        lsep, csep = layer.backward(torch.cat([lam, -lam]), const, bounds.pre[i], torch.cat([rows, rows]))
+        assert torch.allclose(torch.cat([l2, -l2]), lsep, rtol=1e-12, atol=1e-12), type(layer).__name__
+        assert torch.allclose(c2, csep, rtol=1e-9, atol=1e-9 * (1 + float(csep.abs().max()))), type(layer).__name__
