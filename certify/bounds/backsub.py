@@ -39,7 +39,7 @@ from certify.bounds.layers import Act, FieldStep, Pre, meet, row_dot, take
 from certify.bounds.linear import DEFAULT_BUDGET
 from certify.bounds.local import LayerBounds
 from certify.bounds.radius import unproven
-from certify.bounds.relax import relax
+from certify.bounds.relax import CachedBox, relaxation
 from certify.bounds.roundoff import ENGINE_MARGIN, Float32Terms
 from certify.bounds.unrolled import Unrolled
 
@@ -59,7 +59,7 @@ def _refinable(net: Unrolled, pre: list[Pre]) -> list[int]:
 
 def _gap(net: Unrolled, box: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """[B, N]: upper - lower of each neuron's relaxation on its box."""
-    r = relax(net.act, box[0], box[1])
+    r = relaxation(net.act, box)
     return (r.upper - r.lower).flatten(1)
 
 
@@ -154,11 +154,11 @@ def backsub_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, no
     not in it is kept), by default of every neuron whose relaxation has a gap in every sigma layer and Euler-type
     step. With the float32 `terms`, `bounds` and the result hold the float32 states' pre-activations
     (certify.bounds.crown.float32_boxes)."""
-    pre: list[Pre] = list(bounds.pre)
+    pre: list[Pre] = [p if p is None or isinstance(p, CachedBox) else CachedBox(*p) for p in bounds.pre]
     for k in _refinable(net, pre):
         mask = _gap(net, pre[k]) > 0 if masks is None else masks.get(k)  # type: ignore[arg-type]
         if mask is not None and bool(mask.any()):
-            pre[k] = meet(pre[k], _refine(net, k, pre, bounds, u, eps, norm, budget, mask, terms))  # type: ignore[arg-type]
+            pre[k] = CachedBox(*meet(pre[k], _refine(net, k, pre, bounds, u, eps, norm, budget, mask, terms)))  # type: ignore[arg-type]
     return LayerBounds(bounds.boxes, pre, bounds.input_lo, bounds.input_hi, bounds.balls)
 
 

@@ -42,10 +42,10 @@ from contraction.floats import TINY, UNIT, gamma
 from contraction.runge_kutta import Tableau, combine, stage_factors, step_factor, tableau_step
 from contraction.slopes import Activation
 from contraction.weights import euler_factor_2, euler_factor_inf, euler_row_gain, gradient_factor_2, gradient_row_gain
-from certify.bounds.relax import relax
+from certify.bounds.relax import Relaxation, relax, relaxation
 
 __all__ = ["Box", "Symbolic", "columns", "Layer", "Affine", "Normalize", "Conv", "Flatten", "Linear", "Act", "FieldStep",
-           "EulerStep", "GradientStep", "RKStep", "STEP_LAYERS", "take", "row_dot", "accumulate"]
+           "EulerStep", "GradientStep", "RKStep", "STEP_LAYERS", "take", "row_dot", "accumulate", "constant_rounding"]
 
 Pre = tuple[torch.Tensor, torch.Tensor] | None
 
@@ -116,6 +116,13 @@ def accumulate(const: torch.Tensor, linear: torch.Tensor, gap: torch.Tensor | No
         linear = torch.cat([linear, -linear])
         gap = None if gap is None else torch.cat([gap, gap])
     return const + linear if gap is None else const + linear - gap
+
+
+def constant_rounding(t: torch.Tensor, n: int) -> tuple[torch.Tensor, float]:
+    """(w, c0) with |fl32(lam . fl32(t)) - lam . t| <= |lam| . w + c0 for float32 rows lam: a constant's dot product
+    over n terms taken in the rows' dtype (`row_dot`: t rounded to float32, n products, n - 1 sums in any order),
+    w = gamma_{n+1} |t|, c0 = n TINY for underflow."""
+    return gamma(n + 1) * t.abs(), n * TINY
 
 
 class Layer:
@@ -222,7 +229,7 @@ class Affine(Layer):
                  rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.bias_map()
         if b is not None:
-            const = accumulate(const, row_dot(lam, b.to(const.dtype)))
+            const = accumulate(const, row_dot(lam, b.to(lam.dtype)).to(const.dtype))
         return self.adjoint(lam), const
 
     @property
@@ -232,9 +239,15 @@ class Affine(Layer):
 
     def backward_rounding(self, x: torch.Tensor, pre: Pre) -> tuple[torch.Tensor, torch.Tensor]:
         """|fl(A^T lam) - A^T lam| <= gamma_m |A|^T |lam| (m = `adjoint_terms`, any order) plus m TINY per entry for
-        underflow: (gamma_m |A| x, m TINY sum x)."""
+        underflow: (gamma_m |A| x, m TINY sum x), and the bias's dot product in float32 (`constant_rounding`)."""
         m = self.adjoint_terms
-        return gamma(m) * self.apply_abs(x), m * TINY * _sum_but_first(x)
+        w, c0 = gamma(m) * self.apply_abs(x), m * TINY * _sum_but_first(x)
+        b = self.bias_map()
+        if b is None:
+            return w, c0
+        out = w.shape[1:]
+        wb, cb = constant_rounding(b.to(w.dtype).expand(out), math.prod(out))
+        return w + wb, c0 + cb
 
     def apply_columns(self, A: torch.Tensor) -> torch.Tensor:
         """The linear part applied to every column of A [*in_shape, B, n] -> [*out_shape, B, n] (generic path:
@@ -506,11 +519,24 @@ def _relaxed(act: Activation, lam: torch.Tensor, pre: Pre, rows: torch.Tensor,
     lam . mid - |lam| . half (the relaxation's offsets' midpoint and half-gap: lam+ . lower + lam- . upper), in the
     dtype of `const` (float64 for float32 rows, certify.bounds.backsub); paired passes as `accumulate`."""
     assert pre is not None
-    r = relax(act, pre[0], pre[1])
-    mid, half = (0.5 * (r.upper + r.lower)).to(const.dtype), (0.5 * (r.upper - r.lower)).to(const.dtype)
-    lc = lam.to(const.dtype)
-    return lam * take(r.slope.to(lam.dtype), rows), accumulate(const, row_dot(lc, mid, rows),
-                                                               row_dot(lc.abs(), half, rows))
+    r = relaxation(act, pre)
+    mid, half = _mid_half(r, lam.dtype)
+    return lam * take(r.slope.to(lam.dtype), rows), accumulate(const, row_dot(lam, mid, rows).to(const.dtype),
+                                                               row_dot(lam.abs(), half, rows).to(const.dtype))
+
+
+def _mid_half(r: Relaxation, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The relaxation's offsets as midpoint and half-gap: lam+ . lower + lam- . upper = lam . mid - |lam| . half."""
+    return (0.5 * (r.upper + r.lower)).to(dtype), (0.5 * (r.upper - r.lower)).to(dtype)
+
+
+def _relaxed_rounding(act: Activation, pre: Pre) -> tuple[torch.Tensor, float]:
+    """`constant_rounding` of the relaxation's two constants (`_relaxed` on float32 rows): gamma_{n+1} (|mid| + half)
+    per |lam| at each neuron, 2 n TINY."""
+    assert pre is not None
+    mid, half = _mid_half(relaxation(act, pre), torch.float64)
+    w, c0 = constant_rounding(mid.abs() + half, math.prod(mid.shape[1:]))
+    return w, 2 * c0
 
 
 def _symbolic_box(z: Symbolic, pre: Pre, concretize: Concretize) -> tuple[torch.Tensor, torch.Tensor]:
@@ -586,8 +612,10 @@ class Act(Layer):
         return err
 
     def backward_rounding(self, x: torch.Tensor, pre: Pre) -> tuple[torch.Tensor, torch.Tensor]:
-        """lam k with k rounded to float32 and one product: gamma_2 |lam| k <= gamma_2 b |lam|, plus underflow."""
-        return gamma(2) * self.act.b * x, 2 * TINY * _sum_but_first(x)
+        """lam k with k rounded to float32 and one product: gamma_2 |lam| k <= gamma_2 b |lam|, plus underflow; the
+        relaxation's constants in float32 (`_relaxed_rounding`)."""
+        w, c0 = _relaxed_rounding(self.act, pre)
+        return gamma(2) * self.act.b * x + w, 2 * TINY * _sum_but_first(x) + c0
 
 
 def _sigma_rounding(conv: "Conv", act: Activation, lo: torch.Tensor, hi: torch.Tensor, pre: Pre,
@@ -749,14 +777,20 @@ class EulerStep(FieldStep):
         """lam + T^T (k (h lam)) in float32, each rounding a residual against what it multiplies: mu = fl(h lam)
         against sigma(z) (gamma_2 h |lam| |sigma|), g = fl(mu k) against z (gamma_2 b h |lam| |z|), the adjoint's
         m-term sums against x (gamma_m b h |lam| . |T| x), the add against x (u (|lam| + b h |T|^T |lam|) . x):
-        all within gamma_{m+5} (x + h (|sigma| + b |z| + b |T| x)) per |lam|, plus underflow."""
+        all within gamma_{m+5} (x + h (|sigma| + b |z| + b |T| x)) per |lam|, plus underflow. The constants' dot
+        products in float32 (`constant_rounding`): the relaxation's on mu and the bias's on g, |mu| <= h |lam| (1 + u),
+        |g| <= b h |lam| (1 + u)^2: gamma_{n+3} h (|mid| + half + b |bias|)."""
         assert pre is not None
         m = self.conv.adjoint_terms + 5
         b = self.act.b
         z = torch.maximum(pre[0].abs(), pre[1].abs())
         s = torch.maximum(self.act(pre[0]).abs(), self.act(pre[1]).abs())
         w = gamma(m) * (x + self.h * (s + b * z + b * self.conv.apply_abs(x)))
-        return w, m * TINY * (_sum_but_first(x) + self.h * _sum_but_first(s + z))
+        mid, half = _mid_half(relaxation(self.act, pre), torch.float64)
+        n = math.prod(mid.shape[1:])
+        bias = self.conv.bias_map().to(torch.float64).expand(mid.shape[1:])  # type: ignore[union-attr]
+        wc, c0 = constant_rounding(self.h * (mid.abs() + half + b * bias.abs()), n + 2)
+        return w + wc, m * TINY * (_sum_but_first(x) + self.h * _sum_but_first(s + z)) + 3 * c0
 
     def lipschitz(self, norm: str) -> torch.Tensor:
         """Bounds of ||I + h D T(K)|| over every admissible D (contraction.weights, the block certificates' rules)."""

@@ -3,7 +3,10 @@
 One slope per neuron (the chord slope), two offsets: the exact min and max of g(z) = sigma(z) - k z on [l, u],
 taken over the endpoints and every interior point where sigma'(z) = k. For a convex sigma (smooth leaky ReLU,
 leaky ReLU) the upper line is the chord and the lower one the tangent parallel to it; for tanh it is the tightest
-pair of parallel lines with the chord's slope. Computed in float64 with a small outward margin."""
+pair of parallel lines with the chord's slope. Computed in float64 with a small outward margin.
+
+A `CachedBox` keeps the relaxation computed on it (`relaxation`): back-substitution relaxes the same boxes in every
+backward pass it runs through them."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import torch
 
 from contraction.slopes import Activation
 
-__all__ = ["Relaxation", "relax"]
+__all__ = ["Relaxation", "relax", "CachedBox", "relaxation"]
 
 MARGIN = 1e-12  # outward, relative to 1 + |sigma| at the endpoints: covers float64 error in g's extrema
 NARROW = 1e-9  # intervals narrower than this use the slope at the midpoint instead of the chord
@@ -42,3 +45,21 @@ def relax(act: Activation, lo: torch.Tensor, hi: torch.Tensor) -> Relaxation:
     g = torch.stack([act.fn(z) - k * z for z in candidates])
     margin = MARGIN * (1.0 + s_lo.abs() + s_hi.abs()) + 0.5 * act.b * torch.where(narrow, width, torch.zeros_like(width))
     return Relaxation(slope=k, lower=g.amin(0) - margin, upper=g.amax(0) + margin)
+
+
+class CachedBox(tuple):
+    """A box (lo, hi) that keeps the relaxation of each activation computed on it (its tensors are not changed)."""
+
+    def __new__(cls, lo: torch.Tensor, hi: torch.Tensor) -> "CachedBox":
+        box = super().__new__(cls, (lo, hi))
+        box.relaxations = {}
+        return box
+
+
+def relaxation(act: Activation, box: tuple[torch.Tensor, torch.Tensor]) -> Relaxation:
+    """`relax(act, lo, hi)` on the box, computed once per activation on a CachedBox."""
+    if not isinstance(box, CachedBox):
+        return relax(act, box[0], box[1])
+    if act not in box.relaxations:
+        box.relaxations[act] = relax(act, box[0], box[1])
+    return box.relaxations[act]
