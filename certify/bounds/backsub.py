@@ -15,14 +15,18 @@ exact): full CROWN, far too costly for a conv network of ten steps (well over a 
 `refine_margins` is the affordable form, run per input on the margins earlier stages leave open: the backward pass
 of those margins weighs each neuron's relaxation gap by the functional that reaches it (|nu_j| (upper_j - lower_j):
 what the gap costs the margins' bound), the neurons with the largest weight per layer of depth are back-substituted
-(FIRST_ROWS neuron-layers in the first round, twice as many in each next one up to `rows`, fewer where the time
-left at the last round's pace allows less; a neuron once refined is not chosen again), the margins' backward pass
-reruns over the refined boxes, and rounds go on until the input is proven, a full-size round closes no open margin's
+(FIRST_ROWS neuron-layers in the first round, twice as many in each next one up to `rows`, fewer where the time left
+at the last round's pace allows less; a neuron once refined is not chosen again), the margins' backward pass reruns
+over the refined boxes, and rounds go on until the input is proven, a full-size round closes no open margin's
 distance to a proof by PROGRESS, an open margin's distance exceeds HOPELESS times what its last round's pace closes
-in the time left (every margin must close for a proof), or the time runs out. Which neurons are chosen affects only the cost: every box is
-sound whatever the choice. With the float32 terms (certify.bounds.roundoff.Float32Terms) the boxes are those of the
-float32 states (each back-substituted bound moved out by the errors the earlier layers add, weighed by the
-functional) and the margins' pass bounds the float32 margin too (certify.bounds.crown.rounded_margins)."""
+in the time left (every margin must close for a proof), or the time runs out. Which neurons are chosen affects only
+the cost: every box is sound whatever the choice. When the rounds end with margins still open and time left, branch
+and bound (`branch_margins`) splits the pre-activation intervals of the neurons whose gaps weigh most, if the
+largest weights could close the distance at the depth the time allows (`_within_reach`; on a conv network whose gap
+is spread over thousands of neurons a split gains ~0.1 % of it and branching is skipped). With the float32 terms
+(certify.bounds.roundoff.Float32Terms) the boxes are those of the float32 states (each back-substituted bound moved
+out by the errors the earlier layers add, weighed by the functional) and the margins' pass bounds the float32 margin
+too (certify.bounds.crown.rounded_margins)."""
 
 from __future__ import annotations
 
@@ -196,16 +200,85 @@ def _choose(weights: dict[int, torch.Tensor], done: dict[int, torch.Tensor], row
     return dict(zip(ks, chosen.split([weights[k].shape[1] for k in ks], 1)))
 
 
+def _split(bounds: LayerBounds, k: int, j: int) -> tuple[LayerBounds, LayerBounds]:
+    """The two halves of neuron j's pre-activation interval at layer k (one input): at 0 where the interval holds
+    it (sigma's kink), else at the midpoint; every other box kept."""
+    lo, hi = bounds.pre[k]  # type: ignore[misc]
+    a, b = float(lo.flatten()[j]), float(hi.flatten()[j])
+    cut = 0.0 if a < 0.0 < b else 0.5 * (a + b)
+    halves = []
+    for side in (0, 1):
+        new = (lo.clone(), hi.clone())
+        new[1 - side].view(-1)[j] = cut  # side 0: [lo, cut], side 1: [cut, hi]
+        pre = list(bounds.pre)
+        pre[k] = CachedBox(*new)
+        halves.append(LayerBounds(bounds.boxes, pre, bounds.input_lo, bounds.input_hi, bounds.balls))
+    return halves[0], halves[1]
+
+
+def _within_reach(net: Unrolled, bounds: LayerBounds, labels: torch.Tensor, todo: torch.Tensor,
+                  distance: torch.Tensor, seconds: float) -> bool:
+    """Whether branching could close every open margin in `seconds`: a split removes about its neuron's gap weight
+    (`gap_weights`, summed over the open margins), so a path of d splits at most the d largest; with a node costing
+    about two backward passes (timed here on one), about log2(nodes affordable) splits deep fit in the time."""
+    began = time.perf_counter()
+    weights = gap_weights(net, bounds, labels, todo)
+    per_pass = time.perf_counter() - began
+    if not weights:
+        return False
+    w = torch.cat([v.flatten() for v in weights.values()])
+    depth = max(1, int(math.log2(max(2.0, seconds / max(2 * per_pass, 1e-6)))))
+    reach = float(w.topk(min(depth, w.numel())).values.sum())
+    return bool((-distance[todo] < reach).all())
+
+
+def branch_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str,
+                   bounds: LayerBounds, todo: torch.Tensor, slack: torch.Tensor, terms: Float32Terms | None,
+                   deadline: float) -> tuple[torch.Tensor | None, int]:
+    """Branch and bound on one input: prove the margins `todo` ([1, K] bool) over `bounds` (the float32 states'
+    boxes with `terms`) by splitting pre-activation intervals, depth first, until every branch's margins are proven
+    or `deadline` (time.perf_counter) passes. With `terms` a margin is proven on a branch when its float32 bound
+    C - R > 0, else when C > `slack`. Each open branch splits the neuron whose relaxation gap weighs most in its open
+    margins (`gap_weights`) into two halves (`_split`); the halves cover the interval, so a margin proven on both is
+    proven on the branch, and the least of its bounds over the branches is a bound over the input set.
+
+    Returns ([1, K] those bounds, C - R with `terms` else C, -inf outside `todo`; None when some branch stayed open),
+    and the number of branches bounded."""
+    stack = [(bounds, todo)]
+    best = torch.full(todo.shape, torch.inf, dtype=slack.dtype, device=slack.device)
+    branches = 0
+    while stack:
+        if time.perf_counter() > deadline:
+            return None, branches
+        node, want = stack.pop()
+        branches += 1
+        lb, r = rounded_margins(net, node, u, labels, eps, norm, want, terms)
+        value = lb - r if terms is not None else lb
+        done = want & ((value > 0) if terms is not None else ~unproven(lb, slack))
+        best = torch.where(done, torch.minimum(best, value), best)
+        want = want & ~done
+        if not bool(want.any()):
+            continue
+        weights = gap_weights(net, node, labels, want)
+        k = max(weights, key=lambda i: float(weights[i].max()), default=None)
+        if k is None or not float(weights[k].max()) > 0:  # every relaxation exact here: no split can help
+            return None, branches
+        stack += [(half, want) for half in _split(node, k, int(weights[k].argmax()))]
+    return best.masked_fill(~todo, -torch.inf), branches
+
+
 @dataclass
 class Refinement:
     """`margins` [B, K]: the best lower bounds of z_y - z_j reached (never below the ones given); `rounded`: the best
     lower bounds of the float32 margins (with the float32 terms; else as given); `rounds` [B]: the refinement rounds
-    each input ran; `neurons` [B]: how many neurons were back-substituted for it."""
+    each input ran; `neurons` [B]: how many neurons were back-substituted for it; `branches` [B]: how many branches
+    branch and bound bounded for it (`branch_margins`)."""
 
     margins: torch.Tensor
     rounded: torch.Tensor
     rounds: torch.Tensor
     neurons: torch.Tensor
+    branches: torch.Tensor
 
 
 def refine_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str,
@@ -216,12 +289,13 @@ def refine_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: fl
     (boxes over the input set, best the linear stage's), starting from `margins` ([B, K], e.g. the CROWN pass over
     `bounds`), one input at a time, each for at most `seconds`. A margin is proven when above its `slack`, or, with
     the float32 `terms`, when its float32 bound (certify.bounds.crown.rounded_margins; `rounded`: the ones so far)
-    is above 0."""
+    is above 0. Rounds that end with open margins hand the time left to branch and bound over the refined boxes."""
     B = u.shape[0]
     best = margins.clone()
     best32 = torch.full_like(best, -torch.inf) if rounded is None else rounded.clone()
     rounds = torch.zeros(B, dtype=torch.long)
     neurons = torch.zeros(B, dtype=torch.long)
+    branches = torch.zeros(B, dtype=torch.long)
     slack_t = torch.as_tensor(slack, dtype=best.dtype, device=best.device)
     slack_t = (slack_t.reshape(-1, 1) if slack_t.dim() == 1 else slack_t).expand(B, best.shape[1])
     for i in range(B):
@@ -254,5 +328,14 @@ def refine_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: fl
             if bool((-after > HOPELESS * pace * left).any()):  # a margin no pace this input has shown can close
                 break
             size = int(min(2 * size, rows, size * left / max(now - began, 1e-9)))
+        todo = unproven(m, s) & ~(m32 > 0)
+        left = seconds - (time.perf_counter() - start)
+        if done and bool(todo.any()) and left > 0 \
+                and _within_reach(net, own, labels[sl], todo, torch.maximum(m - s, m32), left):
+            got, branches[i] = branch_margins(net, u[sl], labels[sl], e, norm, own, todo, s, t, start + seconds)
+            if got is not None and t is not None:
+                m32 = torch.maximum(m32, got)
+            elif got is not None:
+                m = torch.maximum(m, got)
         best[sl], best32[sl] = m, m32
-    return Refinement(best, best32, rounds, neurons)
+    return Refinement(best, best32, rounds, neurons, branches)

@@ -7,10 +7,11 @@ bounds and float32 error bounds contain sampled, vertex and PGD points; Lipschit
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from certify.bounds.layers import Box, EulerStep, GradientStep, RKStep
+from certify.bounds.relax import MARGIN
 from certify.bounds.unrolled import unroll
 from contraction.runge_kutta import FIXED_STEP, TABLEAUS
 from nodes import ConvNODE, ModelConfig
@@ -63,14 +64,17 @@ def test_backward_is_the_transposed_jacobian_where_the_relaxation_is_exact(solve
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(2, 3, 5, 5, dtype=torch.float64, generator=g)
     box, pre = step.bounds(Box(x - 0.01, x + 0.01, x))
-    assert (pre[0] > 0).all()  # every stage in the linear part
+    assume(bool((pre[0] > 0).all()))  # every stage in the linear part (the premise; rare seeds miss it)
     lam = torch.randn(2, 3, 5, 5, dtype=torch.float64, generator=g)
     back, const = step.backward(lam, torch.zeros(2, dtype=torch.float64), pre, torch.arange(2))
     for i in range(2):
         J = torch.autograd.functional.jacobian(lambda v: step(v.view(1, 3, 5, 5)).flatten(), x[i].flatten())
         torch.testing.assert_close(back[i].flatten(), J.T @ lam[i].flatten(), rtol=1e-9, atol=1e-9)
-        affine = (lam[i] * step(x[i:i + 1])[0]).sum() - (J.T @ lam[i].flatten() * x[i].flatten()).sum()
-        assert float(const[i]) == pytest.approx(float(affine), rel=1e-9, abs=1e-9)
+        affine = float((lam[i] * step(x[i:i + 1])[0]).sum() - (J.T @ lam[i].flatten() * x[i].flatten()).sum())
+        # below it by at most the relaxation's outward margin, MARGIN (1 + |sigma(lo)| + |sigma(hi)|) per neuron
+        # (here z ~ 50), weighed by the stages' functionals (|mu| <= a few |lam|)
+        margin = MARGIN * (1 + 2 * float(pre[1].abs().max())) * 10 * float(lam[i].abs().sum())
+        assert affine - margin - 1e-9 * abs(affine) <= float(const[i]) <= affine + 1e-9 * (1 + abs(affine))
 
 
 @settings(max_examples=budget(12), deadline=None)
