@@ -22,7 +22,7 @@ distance to a proof by PROGRESS, an open margin's distance exceeds HOPELESS time
 in the time left (every margin must close for a proof), or the time runs out. Which neurons are chosen affects only
 the cost: every box is sound whatever the choice. When the rounds end with margins still open and time left, branch
 and bound (`branch_margins`) splits the pre-activation intervals of the neurons whose gaps weigh most, if the
-largest weights could close the distance at the depth the time allows (`_within_reach`; on a conv network whose gap
+largest weights could close the distance at the depth the time allows (`_reach`; on a conv network whose gap
 is spread over thousands of neurons a split gains ~0.1 % of it and branching is skipped). With the float32 terms
 (certify.bounds.roundoff.Float32Terms) the boxes are those of the float32 states (each back-substituted bound moved
 out by the errors the earlier layers add, weighed by the functional) and the margins' pass bounds the float32 margin
@@ -216,41 +216,44 @@ def _split(bounds: LayerBounds, k: int, j: int) -> tuple[LayerBounds, LayerBound
     return halves[0], halves[1]
 
 
-def _within_reach(net: Unrolled, bounds: LayerBounds, labels: torch.Tensor, todo: torch.Tensor,
-                  distance: torch.Tensor, seconds: float) -> bool:
-    """Whether branching could close every open margin in `seconds`: a split removes about its neuron's gap weight
-    (`gap_weights`, summed over the open margins), so a path of d splits at most the d largest; with a node costing
-    about two backward passes (timed here on one), about log2(nodes affordable) splits deep fit in the time."""
+def _reach(net: Unrolled, bounds: LayerBounds, labels: torch.Tensor, todo: torch.Tensor, distance: torch.Tensor,
+           seconds: float) -> int:
+    """How many splits deep branching may go in `seconds` (0: none could close the open margins). A split removes
+    about its neuron's gap weight (`gap_weights`, summed over the open margins), so a path of d splits at most the d
+    largest; with a node costing about two backward passes (timed here on one), d = log2(nodes affordable); 0 when
+    even the d largest weights fall short of some open margin's distance to a proof."""
     began = time.perf_counter()
     weights = gap_weights(net, bounds, labels, todo)
     per_pass = time.perf_counter() - began
     if not weights:
-        return False
+        return 0
     w = torch.cat([v.flatten() for v in weights.values()])
     depth = max(1, int(math.log2(max(2.0, seconds / max(2 * per_pass, 1e-6)))))
     reach = float(w.topk(min(depth, w.numel())).values.sum())
-    return bool((-distance[todo] < reach).all())
+    return depth if bool((-distance[todo] < reach).all()) else 0
 
 
 def branch_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor, norm: str,
                    bounds: LayerBounds, todo: torch.Tensor, slack: torch.Tensor, terms: Float32Terms | None,
-                   deadline: float) -> tuple[torch.Tensor | None, int]:
+                   deadline: float, depth: int = 64) -> tuple[torch.Tensor | None, int]:
     """Branch and bound on one input: prove the margins `todo` ([1, K] bool) over `bounds` (the float32 states'
     boxes with `terms`) by splitting pre-activation intervals, depth first, until every branch's margins are proven
     or `deadline` (time.perf_counter) passes. With `terms` a margin is proven on a branch when its float32 bound
     C - R > 0, else when C > `slack`. Each open branch splits the neuron whose relaxation gap weighs most in its open
     margins (`gap_weights`) into two halves (`_split`); the halves cover the interval, so a margin proven on both is
-    proven on the branch, and the least of its bounds over the branches is a bound over the input set.
+    proven on the branch, and the least of its bounds over the branches is a bound over the input set. The search
+    gives up (as the refine rounds do, HOPELESS) when a branch at depth d is further from a proof than HOPELESS x
+    what its own split gained x the `depth` - d splits left: every branch must close.
 
     Returns ([1, K] those bounds, C - R with `terms` else C, -inf outside `todo`; None when some branch stayed open),
     and the number of branches bounded."""
-    stack = [(bounds, todo)]
+    stack = [(bounds, todo, -math.inf, 0)]  # (boxes, open margins, the parent's worst distance, depth)
     best = torch.full(todo.shape, torch.inf, dtype=slack.dtype, device=slack.device)
     branches = 0
     while stack:
         if time.perf_counter() > deadline:
             return None, branches
-        node, want = stack.pop()
+        node, want, parent, d = stack.pop()
         branches += 1
         lb, r = rounded_margins(net, node, u, labels, eps, norm, want, terms)
         value = lb - r if terms is not None else lb
@@ -259,11 +262,14 @@ def branch_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: fl
         want = want & ~done
         if not bool(want.any()):
             continue
+        worst = float((value if terms is not None else lb - slack)[want].min())
+        if d > 0 and -worst > HOPELESS * max(worst - parent, 0.0) * max(depth - d, 0):
+            return None, branches
         weights = gap_weights(net, node, labels, want)
         k = max(weights, key=lambda i: float(weights[i].max()), default=None)
         if k is None or not float(weights[k].max()) > 0:  # every relaxation exact here: no split can help
             return None, branches
-        stack += [(half, want) for half in _split(node, k, int(weights[k].argmax()))]
+        stack += [(half, want, worst, d + 1) for half in _split(node, k, int(weights[k].argmax()))]
     return best.masked_fill(~todo, -torch.inf), branches
 
 
@@ -330,9 +336,11 @@ def refine_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: fl
             size = int(min(2 * size, rows, size * left / max(now - began, 1e-9)))
         todo = unproven(m, s) & ~(m32 > 0)
         left = seconds - (time.perf_counter() - start)
-        if done and bool(todo.any()) and left > 0 \
-                and _within_reach(net, own, labels[sl], todo, torch.maximum(m - s, m32), left):
-            got, branches[i] = branch_margins(net, u[sl], labels[sl], e, norm, own, todo, s, t, start + seconds)
+        depth = _reach(net, own, labels[sl], todo, torch.maximum(m - s, m32), left) \
+            if done and bool(todo.any()) and left > 0 else 0
+        if depth:
+            got, branches[i] = branch_margins(net, u[sl], labels[sl], e, norm, own, todo, s, t, start + seconds,
+                                              depth)
             if got is not None and t is not None:
                 m32 = torch.maximum(m32, got)
             elif got is not None:

@@ -134,6 +134,8 @@ def escalate(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: float | 
     for i, name in enumerate(stages):
         if not len(todo):
             break
+        if name == "refine" and refine_seconds <= 0:  # no time for it: the stage does not run
+            continue
         if falsify is not None and name in EXPENSIVE and "attack" not in seconds:
             t0 = time.perf_counter()
             bad = falsify(todo, _rows(eps, todo)).to(dev)

@@ -15,7 +15,7 @@ from certify.bounds.radius import certified_radii
 from certify.bounds.relax import relax
 from certify.run import CertifyReport, certify_model, certify_tensors
 from certify.checks import AttackCheck, attack_check
-from certify.bounds.tight import certified_at, stage_margins, tight_radii
+from certify.bounds.tight import TIGHT_STAGES, certified_at, escalate, stage_margins, tight_radii
 from certify.bounds.unrolled import unroll
 from contraction.errors import CNodeError, DataError
 from contraction.slopes import get_activation
@@ -162,6 +162,18 @@ def test_auto_runs_cheap_first_and_never_loses_to_a_single_method(tiny_trained):
     counts = reports["auto"].certified_counts()
     assert counts.get("global", 0) == int(reports["global"].certified_mask.sum())
     assert sum(counts.values()) == int(reports["auto"].certified_mask.sum())
+
+
+def test_a_zero_budget_skips_the_refine_stage_and_a_budget_never_loses_a_verdict(tiny_batch):
+    """`--budget 0` ("0: skip it"): the refine stage does not run (no seconds, no certificate by it); with a budget
+    every input certified without it stays certified."""
+    model, x, y = tiny_batch
+    net = unroll(model)
+    x64, y = x[:12].double(), y[:12]
+    none = escalate(net, x64, y, 0.05, "inf", slack=None, refine_seconds=0.0)
+    some = escalate(net, x64, y, 0.05, "inf", slack=None, refine_seconds=0.5)
+    assert "refine" not in none.seconds and not (none.stage == TIGHT_STAGES.index("refine")).any()
+    assert (some.certified | ~none.certified).all()
 
 
 def test_bisected_radius_is_certified_and_nearly_maximal(tiny_batch):
