@@ -516,8 +516,9 @@ class Linear(Affine):
 def _relaxed(act: Activation, lam: torch.Tensor, pre: Pre, rows: torch.Tensor,
              const: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """lam . sigma(z) >= (lam k) . z + const' on the box `pre`: returns (lam k, const') per row, const' = const +
-    lam . mid - |lam| . half (the relaxation's offsets' midpoint and half-gap: lam+ . lower + lam- . upper), in the
-    dtype of `const` (float64 for float32 rows, certify.bounds.backsub); paired passes as `accumulate`."""
+    lam . mid - |lam| . half (the relaxation's offsets' midpoint and half-gap: lam+ . lower + lam- . upper), the dot
+    products in lam's dtype (float32 rows: their rounding is in each layer's `backward_rounding`), the constant in
+    the dtype of `const` (float64 for float32 rows, certify.bounds.backsub); paired passes as `accumulate`."""
     assert pre is not None
     r = relaxation(act, pre)
     mid, half = _mid_half(r, lam.dtype)
