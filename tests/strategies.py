@@ -84,3 +84,16 @@ def random_model(cfg, seed: int, scale: float = 1.0):
         for f in model.block.fields:
             f.conv.weight.mul_(scale)
     return model
+
+
+def random_case(cfg, seed: int, scale: float = 1.0, batch: int = 1):
+    """(model, its unrolled net, a generator seeded by `seed`, `batch` float64 inputs in [0, 1] drawn from it, the
+    model's predictions on them): the set-up of the bound engine's brute-force tests."""
+    from certify.bounds.unrolled import unroll
+
+    model = random_model(cfg, seed, scale)
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(u).argmax(1)
+    return model, unroll(model), gen, u, y

@@ -16,7 +16,7 @@ from certify.bounds.local import local_bounds
 from certify.bounds.radius import float32_below
 from certify.bounds.unrolled import unroll
 from tests.profiles import budget
-from tests.strategies import model_configs, random_model, seeds
+from tests.strategies import model_configs, random_case, random_model, seeds
 from tests.test_certify.test_linear import _points
 
 
@@ -24,12 +24,7 @@ from tests.test_certify.test_linear import _points
 @given(model_configs(), seeds, st.sampled_from(["inf", "2"]), st.sampled_from([0.3, 1.0, 2.5]),
        st.sampled_from([0.02, 0.1]), st.booleans())
 def test_backsubstituted_boxes_contain_every_point_and_refine_the_given_ones(cfg, seed, norm, scale, eps, linear):
-    model = random_model(cfg, seed, scale)
-    net = unroll(model)
-    gen = torch.Generator().manual_seed(seed)
-    u = torch.rand(2, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen, dtype=torch.float64)
-    with torch.no_grad():
-        y = model(u).argmax(1)
+    model, net, gen, u, y = random_case(cfg, seed, scale, 2)
     given_ = linear_bounds(net, u, eps, norm) if linear else local_bounds(net, u, eps, norm)
     refined = backsub_bounds(net, u, eps, norm, given_, budget=2**16)  # small chunks: the chunking is exercised
     for p, q in zip(refined.pre, given_.pre):
@@ -113,12 +108,7 @@ def test_each_half_of_a_split_bounds_the_margins_at_the_points_whose_preactivati
     """Branch and bound's split (`_split`) of the neuron whose gap weighs most: the two halves cover its interval
     (cut at 0 or the midpoint) and keep every other box, and the backward pass over each half bounds the margin at
     every sampled, vertex and PGD point whose pre-activation lies in that half."""
-    model = random_model(cfg, seed, scale)
-    net = unroll(model)
-    gen = torch.Generator().manual_seed(seed)
-    u = torch.rand(1, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen, dtype=torch.float64)
-    with torch.no_grad():
-        y = model(u).argmax(1)
+    model, net, gen, u, y = random_case(cfg, seed, scale, 1)
     bounds = local_bounds(net, u, eps, norm)
     pairs = ~torch.nn.functional.one_hot(y, cfg.num_classes).bool()
     weights = gap_weights(net, bounds, y, pairs)
@@ -150,12 +140,7 @@ def test_branch_and_bound_proofs_hold_at_every_point_and_against_attacks(cfg, se
     """Where `branch_margins` proves every open margin, its bounds (the least over the branches) lie below the true
     margins at sampled, vertex and PGD points, and a stronger PGD finds no adversarial example. The eps is chosen
     just past where the plain backward pass proves every margin, so branches are needed."""
-    model = random_model(cfg, seed, 1.0)
-    net = unroll(model)
-    gen = torch.Generator().manual_seed(seed)
-    u = torch.rand(1, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen, dtype=torch.float64)
-    with torch.no_grad():
-        y = model(u).argmax(1)
+    model, net, gen, u, y = random_case(cfg, seed, 1.0, 1)
     pairs = ~torch.nn.functional.one_hot(y, cfg.num_classes).bool()
 
     def plain(eps):

@@ -18,7 +18,7 @@ from certify.bounds.unrolled import unroll
 from contraction.convops import apply_conv_columns, apply_conv_general
 from nodes import ModelConfig, load_dataset
 from tests.profiles import budget
-from tests.strategies import model_configs, random_model, seeds
+from tests.strategies import model_configs, random_case, random_model, seeds
 
 EXAMPLES = "examples/models"
 
@@ -65,12 +65,7 @@ def _points(u, eps, norm, gen, model, y):
 def test_every_layer_symbolic_enclosure_contains_the_exact_outputs(cfg, seed, norm, scale, eps):
     """x = A u + c +- r at every layer, pre-activations inside their boxes, for points of the set (vertices, ball
     directions, PGD), and every box of linear_bounds inside the local one's."""
-    model = random_model(cfg, seed, scale)
-    net = unroll(model)
-    gen = torch.Generator().manual_seed(seed)
-    u = torch.rand(3, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen, dtype=torch.float64)
-    with torch.no_grad():
-        y = model(u).argmax(1)
+    model, net, gen, u, y = random_case(cfg, seed, scale, 3)
     local = local_bounds(net, u, eps, norm)
     lo_u, hi_u = local.input_lo, local.input_hi
     ball = torch.full((3,), eps, dtype=torch.float64) if norm == "2" else None
