@@ -19,7 +19,8 @@
   are the builder's values, which add and scale by floats);
 - `roundoff(lo, hi, pre, err)`: the float32 rule: a bound of |fl32(layer)(x^) - layer(x)| for every x in the box
   [lo, hi] (the exact network's values over the input set) and every float32 x^ with |x^ - x| <= err, the layer as
-  PyTorch runs it in float32 (contraction.floats' error model; certify.bounds.roundoff carries it to the logits).
+  PyTorch runs it in float32 (contraction.floats' error model; certify.bounds.roundoff carries it to the logits),
+  returned with the layer's own part (the same without the incoming err carried through the layer);
 
 Affine layers (Normalize, Conv, Flatten, Linear) share their interval and backward rules through four primitives:
 the linear part `apply`, `apply_abs` (|A| r), `adjoint` (A^T y) and the bias."""
@@ -129,6 +130,7 @@ class Layer:
     """Interface of a layer of the bound engine (see the module docstring)."""
 
     nonlinear = False
+    bounds_are_interval = False  # `bounds` gives the box `interval` gives on the same input box
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -156,10 +158,11 @@ class Layer:
     def export(self, g: Any, x: Any) -> Any:
         raise NotImplementedError
 
-    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
-                 propagate: bool = True) -> torch.Tensor:
-        """(`propagate=False`: only the layer's own float32 error at inputs within err of the box, without the
-        incoming error carried through the layer.)"""
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre,
+                 err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(own, out): bounds of the layer's own float32 error at inputs within err of the box [lo, hi] (pre: the
+        pre-activation's box over it), and of |fl32 output - exact output| there, that own error plus the incoming
+        err carried through the layer; one evaluation of the shared parts."""
         raise NotImplementedError
 
     def pre_error(self, err: torch.Tensor) -> torch.Tensor | None:
@@ -182,6 +185,8 @@ def _magnitude(lo: torch.Tensor, hi: torch.Tensor, err: torch.Tensor | float = 0
 class Affine(Layer):
     """z = A x + bias; subclasses give `apply` (A x), `apply_abs` (|A| r), `adjoint` (A^T y), `bias_map`, and
     `terms`: the length of the float32 sums that compute one output as run (products, bias and any separate add)."""
+
+    bounds_are_interval = True
 
     @property
     def terms(self) -> int:
@@ -270,11 +275,11 @@ class Affine(Layer):
         size = self.apply_abs(_magnitude(lo, hi, err))
         return gamma(n) * (size if b is None else size + b.abs()) + n * TINY
 
-    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
-                 propagate: bool = True) -> torch.Tensor:
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre,
+                 err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """|A x^ + b computed - (A x + b)| <= |A| err + the evaluation's own error (`rounding`)."""
         own = self.rounding(lo, hi, err)
-        return self.apply_abs(err) + own if propagate else own
+        return own, self.apply_abs(err) + own
 
     def ball_rounding(self, centre: torch.Tensor, radius: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
         """`rounding` over inputs in the L2 ball ||x - centre||_2 <= radius ([B]), |x^ - x| <= err: Cauchy-Schwarz
@@ -573,6 +578,7 @@ class Act(Layer):
 
     act: Activation
     nonlinear = True
+    bounds_are_interval = True
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(x)
@@ -601,12 +607,12 @@ class Act(Layer):
         k, mid, half = _mid_line(self.act, box)
         return Symbolic(columns(k) * s.A, k * s.c + mid, k * s.r + half), box
 
-    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
-                 propagate: bool = True) -> torch.Tensor:
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre,
+                 err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """|sigma^(z^) - sigma(z)| <= (largest slope on [lo - err, hi + err]) err + sigma's float32 error there."""
         zl, zh = lo - err, hi + err
         own = self.act.rounding(_magnitude(zl, zh))
-        return self.act.slope_range(zl, zh)[1] * err + own if propagate else own
+        return own, self.act.slope_range(zl, zh)[1] * err + own
 
     def pre_error(self, err: torch.Tensor) -> torch.Tensor:
         """sigma's pre-activation is its input."""
@@ -622,31 +628,31 @@ class Act(Layer):
 def _sigma_rounding(conv: "Conv", act: Activation, lo: torch.Tensor, hi: torch.Tensor, pre: Pre,
                     err: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The float32 pre-activation and activation of a step's field at inputs within err of the box [lo, hi] (pre:
-    z's box over it): (|T| err + rho, rho the conv's own error, the slopes [dl, du] on z's box widened by that,
+    z's box over it): (|T| err, rho the conv's own error, the slopes [dl, du] on z's box widened by that,
     sigma's own error there, a bound of |sigma^|)."""
     assert pre is not None
     rho = conv.rounding(lo, hi, err)
-    dz = conv.apply_abs(err) + rho
+    abs_e = conv.apply_abs(err)
+    dz = abs_e + rho
     zl, zh = pre[0] - dz, pre[1] + dz
     dl, du = act.slope_range(zl, zh)
     s_err = act.rounding(_magnitude(zl, zh))
-    return dz, rho, dl, du, s_err, torch.maximum(act(zl).abs(), act(zh).abs()) + s_err
+    return abs_e, rho, dl, du, s_err, torch.maximum(act(zl).abs(), act(zh).abs()) + s_err
 
 
-def _step_rounding(step: "FieldStep", lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
-                   propagate: bool = True) -> torch.Tensor:
+def _step_rounding(step: "FieldStep", lo: torch.Tensor, hi: torch.Tensor, pre: Pre,
+                   err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The float32 rule of a residual step x+ = x + h F(sigma(z)), z = T x + b, F linear, run as fl(x^ + fl(h_run F^)):
     x^+ - x+ = (I + h F D T)(x^ - x) + h F (D rho_z + sigma's error) + h (F's own error) + (h_run - h) F^ + two
     roundings (rho_z: the conv's own error, D: slopes on z's widened interval). `step.field_rounding(e, s_mag)` gives
     a bound of |F e + F's own error| and of |F^| from per-neuron bounds e and |sigma^| <= s_mag; `step._gain` bounds
-    |(I + h F D T) err|."""
+    |(I + h F D T) err|. Returns (own: every term but the gain on err, own + the gain)."""
     h, h_run = step.h, step.step_run
-    _, rho, dl, du, s_err, s_mag = _sigma_rounding(step.conv, step.act, lo, hi, pre, err)
+    abs_e, rho, dl, du, s_err, s_mag = _sigma_rounding(step.conv, step.act, lo, hi, pre, err)
     inner, f_mag = step.field_rounding(du * rho + s_err, s_mag)
-    out = h * inner + (abs(h_run - h) + UNIT * h_run) * f_mag
-    if propagate:
-        out = out + step._gain(dl, du, err, step.conv.apply_abs(err))
-    return out + UNIT * (_magnitude(lo, hi, err) + h_run * f_mag * (1 + UNIT)) + 2 * TINY
+    own = h * inner + (abs(h_run - h) + UNIT * h_run) * f_mag
+    own = own + UNIT * (_magnitude(lo, hi, err) + h_run * f_mag * (1 + UNIT)) + 2 * TINY
+    return own, own + step._gain(dl, du, err, abs_e)
 
 
 class FieldStep(Layer):
@@ -698,10 +704,10 @@ class FieldStep(Layer):
         back, c = self.field_backward(self.h * lam, const, pre, rows)
         return lam + back, c
 
-    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
-                 propagate: bool = True) -> torch.Tensor:
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre,
+                 err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The residual step's float32 rule (`_step_rounding`)."""
-        return _step_rounding(self, lo, hi, pre, err, propagate)
+        return _step_rounding(self, lo, hi, pre, err)
 
     def field_out(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -1252,17 +1258,15 @@ class RKStep(Layer):
             drifts.append(drift), lines.append((k, half)), boxes.append(box)
         return ks, drifts, lines, boxes
 
-    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
-                 propagate: bool = True) -> torch.Tensor:
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre,
+                 err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The step as run in float32, stage by stage: each stage input fl(x^ + h_run sum a_ij k^_j) within
         gamma_m (|x^| + h_run sum |a_ij| |k^_j|) of its exact sum in any order of the sums and of the products by
         the (rounded) coefficients (m = stages + 5), plus (h_run - h) sum |a_ij| |k_j|; each field evaluation as the
-        Euler step's (the conv's and sigma's own errors, G's); the update likewise. Without `propagate`: the chain
-        from a zero error at inputs within err of the box, over the stage boxes widened by the full chain's errors."""
+        Euler step's (the conv's and sigma's own errors, G's); the update likewise. The own error: the chain from a
+        zero error at inputs within err of the box, over the stage boxes widened by the full chain's errors."""
         full, widen = self._rounding_chain(lo, hi, pre, err, err)
-        if propagate:
-            return full
-        return self._rounding_chain(lo, hi, pre, torch.zeros_like(err), err, widen)[0]
+        return self._rounding_chain(lo, hi, pre, torch.zeros_like(err), err, widen)[0], full
 
     def estimate_rounding(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre) -> torch.Tensor:
         """A bound of |fl32(error estimate) - error estimate| at every state in [lo, hi] as the solver computes it

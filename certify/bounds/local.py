@@ -84,13 +84,17 @@ def local_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, norm
     # centre input inside the set: the box midpoint for Linf (the set is the box), u itself for L2
     box = Box(lo_u, hi_u, 0.5 * (lo_u + hi_u) if norm == "inf" else u)
     ibp = (lo_u, hi_u)
+    same = True  # IBP's chain is still the boxes themselves (up to the first layer whose bounds are not its interval)
     boxes, pre = [], []
     for i, layer in enumerate(net.layers[:-1]):
         box, p = layer.bounds(box, interval)
         if i == 0 and norm == "2" and isinstance(layer, Affine):
             lo, hi = meet((box.lo, box.hi), layer.ball_bounds(u, per_input_eps(eps, u).flatten()))
             box = Box(lo, hi, box.centre)
-        if interval:
+        same = same and layer.bounds_are_interval
+        if same:
+            ibp = (box.lo, box.hi)
+        elif interval:
             ibp, ibp_pre = layer.interval(*ibp)
             if i == 0 and norm == "2" and isinstance(layer, Affine):
                 ibp = meet(ibp, layer.ball_bounds(u, per_input_eps(eps, u).flatten()))

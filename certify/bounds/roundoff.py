@@ -15,7 +15,7 @@ of the float32 terms where the engine's arithmetic mirrors the network's; not a 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,30 +44,46 @@ def lipschitz_met(net: "Unrolled", u: torch.Tensor, eps: float | torch.Tensor, n
     output lies within L_k eps of its value at u (L_k the product of the layers' factors in `norm`, a coordinate being
     at most any p-norm), and a step's pre-activation within its `pre_lipschitz` times L_{k-1} eps. Over large L2 balls the
     mean-value boxes cover the whole pixel box; this keeps the magnitudes the float32 error is proportional to.
-    In L2 the balls themselves (centre, L_{k-1} eps) are kept for the affine layers' magnitudes (`ball_rounding`)."""
+    In L2 the balls themselves (centre, L_{k-1} eps) are kept for the affine layers' magnitudes (`ball_rounding`).
+
+    A ball at least as wide as its box everywhere leaves the box as it is (the box holds the centre's value): the
+    network is evaluated at u only where some ball is narrower (Linf balls of expansive blocks rarely are)."""
     from certify.bounds.attacks import per_input_eps
     from certify.bounds.local import LayerBounds
 
     e = per_input_eps(eps, u).flatten()
-    outs = net.outputs(u)
-    pres = net.preactivations(u)
+    outs: list[torch.Tensor] | None = None
+    pres: dict[int, torch.Tensor] = {}
+
+    def met(box: tuple[torch.Tensor, torch.Tensor], centre: Callable[[], torch.Tensor],
+            factor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal outs, pres
+        radius = factor * e
+        if bool((radius.min() >= (box[1] - box[0]).max())):
+            return box
+        if outs is None:
+            outs = net.outputs(u)
+            pres = net.preactivations(u, outs)
+        c = centre()
+        r = radius.view(-1, *[1] * (c.dim() - 1))
+        lo, hi = torch.maximum(box[0], c - r), torch.minimum(box[1], c + r)
+        return lo, torch.maximum(hi, lo)
+
+    if norm == "2":
+        outs = net.outputs(u)
+        pres = net.preactivations(u, outs)
     lip = torch.ones((), dtype=u.dtype, device=u.device)
     boxes, pre, balls = [], [], []
-    shape = lambda t: e.view(-1, *[1] * (t.dim() - 1))  # noqa: E731
     for i, layer in enumerate(net.layers):
-        balls.append((outs[i], lip * e))  # layer i's input lies within L_{i-1} eps of its value at u
+        if outs is not None and norm == "2":
+            balls.append((outs[i], lip * e))  # layer i's input lies within L_{i-1} eps of its value at u
         if i == len(net.layers) - 1:
             break
         p = bounds.pre[i]
-        if p is not None and i in pres:
-            lz = lip * layer.pre_lipschitz(norm).to(u.dtype)
-            c, r = pres[i], lz * shape(pres[i])
-            p = (torch.maximum(p[0], c - r), torch.minimum(p[1], c + r))
-            p = (p[0], torch.maximum(p[1], p[0]))
-        lip = lip * layer.lipschitz(norm).to(u.dtype)
-        c, r = outs[i + 1], lip * shape(outs[i + 1])
-        lo, hi = torch.maximum(bounds.boxes[i][0], c - r), torch.minimum(bounds.boxes[i][1], c + r)
-        boxes.append((lo, torch.maximum(hi, lo)))
+        if p is not None and layer.nonlinear:
+            p = met(p, lambda i=i: pres[i], lip * net.factor(i, norm, pre=True).to(u.dtype))
+        lip = lip * net.factor(i, norm).to(u.dtype)
+        boxes.append(met(bounds.boxes[i], lambda i=i: outs[i + 1], lip))  # type: ignore[index]
         pre.append(p)
     return LayerBounds(boxes, pre, bounds.input_lo, bounds.input_hi, balls if norm == "2" else None)
 
@@ -90,7 +106,7 @@ def _propagate(net: "Unrolled", bounds: "LayerBounds") -> tuple[list[torch.Tenso
     Two bounds of the error vector d_k after layer k, the smaller kept coordinate by coordinate: elementwise (each
     layer's `roundoff` rule: its own error plus the incoming one through |layer|), and in norm, for the Linf and the L2
     norm: ||d_k|| <= Lip_k ||d_{k-1}|| + ||own_k||, Lip_k the layer's proven factor (the exact layer maps x and x^ at
-    most that far apart) and own_k its own float32 error (`roundoff(propagate=False)`), a coordinate being at most the
+    most that far apart) and own_k its own float32 error (`roundoff`'s first part), a coordinate being at most the
     norm. The norm bound keeps what |.| loses where a layer contracts in norm but not row by row (the gradient field's
     steps: row sums of |I - h T^T D T| near 4, L2 norm <= 1).
 
@@ -102,12 +118,10 @@ def _propagate(net: "Unrolled", bounds: "LayerBounds") -> tuple[list[torch.Tenso
     last = len(net.layers) - 1
     for i, layer in enumerate(net.layers):
         pre = bounds.pre[i] if i < last else None
-        own = layer.roundoff(lo, hi, pre, err, propagate=False)
+        own, out = layer.roundoff(lo, hi, pre, err)
         if bounds.balls is not None and isinstance(layer, Affine):  # L2 balls: the magnitudes by Cauchy-Schwarz too
             own = torch.minimum(own, layer.ball_rounding(*bounds.balls[i], err))
             out = layer.apply_abs(err) + own
-        else:
-            out = layer.roundoff(lo, hi, pre, err)
         owns.append(own)
         own = own.flatten(1)
         flat = out.flatten(1)
@@ -116,7 +130,7 @@ def _propagate(net: "Unrolled", bounds: "LayerBounds") -> tuple[list[torch.Tenso
             flat = torch.minimum(flat, rows * norms["2"][:, None] + own)
         for n in norms:
             size = own.amax(1) if n == "inf" else own.norm(dim=1)
-            norms[n] = layer.lipschitz(n).to(lo.dtype) * norms[n] + size
+            norms[n] = net.factor(i, n).to(lo.dtype) * norms[n] + size
             flat = torch.minimum(flat, norms[n][:, None])
         err = flat.view_as(out)
         errors.append(err)

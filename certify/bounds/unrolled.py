@@ -13,7 +13,7 @@ rest (certify.bounds.roundoff)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -39,6 +39,7 @@ class Unrolled:
     block: tuple[int, int]
     act: Activation
     estimators: tuple[tuple[int, RKStep], ...] = ()
+    _factors: dict[tuple[int, str, bool], torch.Tensor] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.layers or not isinstance(self.layers[-1], Linear):
@@ -61,6 +62,20 @@ class Unrolled:
     def steps(self) -> tuple[Layer, ...]:
         return self.layers[self.block[0]:self.block[1]]  # type: ignore[return-value]
 
+    def factor(self, i: int, norm: str, pre: bool = False) -> torch.Tensor:
+        """Layer i's Lipschitz factor in `norm` (`pre`: of its pre-activation map), kept once computed where the
+        weights are fixed (a certificate's copy: spectral norms are the costly part); recomputed where they take
+        gradients."""
+        layer = self.layers[i]
+        compute = layer.pre_lipschitz if pre else layer.lipschitz
+        key = (i, norm, pre)
+        if key in self._factors:
+            return self._factors[key]
+        value = compute(norm)
+        if not value.requires_grad:
+            self._factors[key] = value
+        return value
+
     def outputs(self, u: torch.Tensor) -> list[torch.Tensor]:
         """The input and every layer's output: [u, layer_0(u), ..., logits]."""
         out = [u]
@@ -68,9 +83,10 @@ class Unrolled:
             out.append(layer(out[-1]))
         return out
 
-    def preactivations(self, u: torch.Tensor) -> dict[int, torch.Tensor]:
-        """The pre-activation of every nonlinear layer (its input for sigma, T x + b for an Euler step)."""
-        outs = self.outputs(u)
+    def preactivations(self, u: torch.Tensor, outs: list[torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
+        """The pre-activation of every nonlinear layer (its input for sigma, T x + b for an Euler step); `outs`: the
+        layer outputs when already computed (`outputs(u)`)."""
+        outs = self.outputs(u) if outs is None else outs
         pre = {}
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Act):

@@ -91,9 +91,15 @@ def test_crown_is_never_looser_than_the_boxes_and_auto_never_loses_an_input(cfg,
     L = min((nb.constants() for nb in network_bounds(model, norm)), key=lambda c: float(c.max()))
     eps = float(certified_radii(z, y, L).median())
     assume(eps > 0)
+    data = ImageData(images.to(torch.uint8), y, "random", "test", "hypothesis")
+    # the global radii pay the float32 slack: the eps where they prove half the inputs (the slack-free radii's
+    # median, or the median of the sound radii where the slack leaves fewer)
+    radii = certify_model(model, data, eps=eps, norm=norm, bound="global").radii
+    if not bool((radii >= eps).any()):
+        eps = float(radii.median())
+        assume(eps > 0)
     box, crown = local_margins(net, u, y, eps, norm), crown_margins(net, u, y, eps, norm)
     assert (crown >= box).all()
-    data = ImageData(images.to(torch.uint8), y, "random", "test", "hypothesis")
     reports = {b: certify_model(model, data, eps=eps, norm=norm, bound=b) for b in ("global", "local", "crown", "auto")}
     assert reports["global"].certified_mask.any()
     for b in ("global", "local", "crown"):
