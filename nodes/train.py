@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from contraction.errors import CNodeError
@@ -116,15 +117,19 @@ class TrainingState:
     scheduler: dict
     rng: dict
     history: History
+    average: dict | None = None  # weight averaging: the raw weights ('raw') and the updates so far ('n_averaged')
 
     def to_dict(self) -> dict:
-        return {"epoch": self.epoch, "optimizer": self.optimizer, "scheduler": self.scheduler, "rng": self.rng,
-                "history": asdict(self.history)}
+        out = {"epoch": self.epoch, "optimizer": self.optimizer, "scheduler": self.scheduler, "rng": self.rng,
+               "history": asdict(self.history)}
+        if self.average is not None:
+            out["average"] = self.average
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainingState":
         return cls(int(data["epoch"]), data["optimizer"], data["scheduler"], data["rng"],
-                   History.from_dict(data["history"]))
+                   History.from_dict(data["history"]), data.get("average"))
 
 
 def _rng_state(shuffle: torch.Generator, reg: torch.Generator) -> dict:
@@ -257,7 +262,10 @@ def train(
     rank on its part of every batch of one shared permutation (the global batch stays `batch_size`, so the recipe
     means the same at any world size), gradients averaged over the ranks; the epoch's figures are summed over the
     ranks, the test accuracy is counted in shares, and only rank 0 writes the checkpoint and calls `on_epoch`.
-    Every rank keeps the same random streams, so rank 0's training state resumes every rank."""
+    Every rank keeps the same random streams, so rank 0's training state resumes every rank.
+
+    Weight averaging (`ema_decay` > 0): the test accuracy and the checkpoint's model are the averaged weights, and
+    the model holds them on return; the raw weights the optimizer moves are in the training state."""
     check_combination(model.config, config)
     run = _prepare(model, config, regularizer, objective, initialise, device, resume, dist)
     was_training = model.training
@@ -269,8 +277,23 @@ def train(
             _save(run, checkpoint, epoch, test_data)
         if on_epoch is not None and dist.main:
             on_epoch(epoch, run.history)
+    if _averaged(run) is not None:
+        model.load_state_dict(run.average.module.state_dict())  # type: ignore[union-attr]
     model.train(was_training)  # the caller's mode, as it was
     return run.history
+
+
+def _model_to_test(run: "_Run") -> ConvNODE:
+    """The weights a run reports and saves: the average once started, else the raw ones."""
+    averaged = _averaged(run)
+    return run.model if averaged is None else averaged
+
+
+def _averaged(run: "_Run") -> ConvNODE | None:
+    """The averaged weights' model once the average has been updated (None: no averaging, or not started)."""
+    if run.average is None or int(run.average.n_averaged) == 0:
+        return None
+    return run.average.module  # type: ignore[return-value]
 
 
 @dataclass
@@ -289,6 +312,7 @@ class _Run:
     history: History
     first: int  # the first epoch to run (> 0 on resume)
     certified: bool  # a certified objective is in the loss
+    average: AveragedModel | None = None  # the weight average (`ema_decay` > 0)
 
 
 def _prepare(model: ConvNODE, config: TrainConfig, regularizer: Regularizer | None, objective: Objective | None,
@@ -305,12 +329,23 @@ def _prepare(model: ConvNODE, config: TrainConfig, regularizer: Regularizer | No
     if objective is None:
         objective = make_objective(config)
     optimizer, scheduler = _optimizer(model, config)
+    average = None
+    if config.ema_decay > 0:
+        average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
     history, first = History(), 0
     if resume is not None:
         optimizer.load_state_dict(resume.optimizer)
         scheduler.load_state_dict(resume.scheduler)
         _set_rng_state(resume.rng, gen, reg_gen)
         history, first = resume.history, resume.epoch
+        if average is not None:
+            if resume.average is None:
+                raise CNodeError("the recipe averages the weights but the training state has no average to resume")
+            n = int(resume.average["n_averaged"])
+            if n:  # the checkpoint's model holds the average; the optimizer's raw weights are in the state
+                average.module.load_state_dict(model.state_dict())
+                model.load_state_dict(resume.average["raw"])
+            average.n_averaged.fill_(n)
     use_reg = regularizer is not None and config.reg_weight > 0
     use_obj = objective is not None and config.certified_eps > 0
     runner: nn.Module = _Step(model, config, regularizer if use_reg else None, objective if use_obj else None)
@@ -318,7 +353,8 @@ def _prepare(model: ConvNODE, config: TrainConfig, regularizer: Regularizer | No
         from torch.nn.parallel import DistributedDataParallel
 
         runner = DistributedDataParallel(runner, device_ids=[device] if device.type == "cuda" else None)
-    return _Run(model, config, device, dist, runner, optimizer, scheduler, gen, reg_gen, history, first, use_obj)
+    return _Run(model, config, device, dist, runner, optimizer, scheduler, gen, reg_gen, history, first, use_obj,
+                average)
 
 
 @dataclass
@@ -351,6 +387,8 @@ def _epoch(run: _Run, data: ImageData, epoch: int, progress: bool) -> _EpochTota
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         run.optimizer.step()
+        if run.average is not None and epoch + i / nb >= config.ema_start:
+            run.average.update_parameters(run.model)
         t.loss += float(loss.detach()) * len(y)
         t.reg += float(reg) * len(y)
         t.proven, t.bounded, t.seen = t.proven + int(got), t.bounded + int(tried), t.seen + len(y)
@@ -372,16 +410,20 @@ def _record(run: _Run, t: _EpochTotals, seconds: float, test_data: ImageData | N
     h.certified.append(t.proven / t.bounded if t.bounded else float("nan"))
     h.eps.append(t.eps)
     if test_data is not None:
-        h.test_accuracy.append(evaluate(run.model, test_data, dist=run.dist))
+        h.test_accuracy.append(evaluate(_model_to_test(run), test_data, dist=run.dist))
     log.info("epoch %d: loss %.4f, reg %.4f, test acc %s, %.1f s", len(h.train_loss), h.train_loss[-1],
              h.reg_value[-1], f"{h.test_accuracy[-1]:.4f}" if h.test_accuracy else "-", h.epoch_seconds[-1])
 
 
 def _save(run: _Run, checkpoint: str | os.PathLike[str], epoch: int, test_data: ImageData | None) -> None:
     """Model, configs, metrics and the TrainingState after `epoch`, written atomically (rank 0)."""
+    averaged = _averaged(run)
+    average = None if run.average is None else {
+        "n_averaged": int(run.average.n_averaged),
+        "raw": {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()} if averaged else None}
     state = TrainingState(epoch + 1, run.optimizer.state_dict(), run.scheduler.state_dict(),
-                          _rng_state(run.gen, run.reg_gen), run.history)
-    save_model(checkpoint, run.model, train_config=run.config,
+                          _rng_state(run.gen, run.reg_gen), run.history, average)
+    save_model(checkpoint, run.model if averaged is None else averaged, train_config=run.config,
                metrics={**history_metrics(run.history, test_data), "device": str(run.device)},
                training_state=state.to_dict())
 

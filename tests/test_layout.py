@@ -151,3 +151,17 @@ def test_box_growth_example_shows_the_mean_value_box_shrinking_through_a_contrac
             for line in out.stdout.splitlines() if "after each step" in line}
     mv, ia, ibp = rows["mean-value box"], rows["interval arithmetic"], rows["IBP as run (met with the mean-value box)"]
     assert all(b < a for a, b in zip(mv, mv[1:])) and ia[-1] > ia[0] and ibp[-1] < ia[-1]
+
+
+def test_an_export_named_like_its_submodule_stays_the_export_after_the_submodule_is_imported():
+    """`from nodes import train` is the function even when `nodes.train` (the module) was imported first, as
+    `certify.cli` does (a fresh interpreter: the import order is the point)."""
+    import subprocess
+    import sys
+
+    code = ("import certify.cli, nodes.train\nfrom nodes import train, fit\nimport nodes\n"
+            "assert callable(train) and not isinstance(train, type(nodes)), train\n"
+            "assert nodes.train is train and nodes.fit is fit\n"
+            "from nodes.train import TrainingState\nprint('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

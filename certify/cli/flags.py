@@ -92,6 +92,9 @@ _HELP = {
     "lr_milestones": "epochs after which the learning rate is multiplied by --lr-decay, comma-separated "
                      "('none': after every epoch)",
     "grad_clip": "clip the gradient's 2-norm to this (0: no clipping)",
+    "ema_decay": "keep an exponential moving average of the weights with this decay per step (0: off; e.g. "
+                 "0.999): tested, saved and returned instead of the raw weights",
+    "ema_start": "epoch from which the weight average is updated (needs --ema-decay)",
     "batch_size": "training batch size",
     "certified_start": "epochs of clean training before the certified eps starts its ramp",
     "init": "initialisation: default (PyTorch's), ibp (interval-preserving, Shi et al. 2021) or contractive (the "

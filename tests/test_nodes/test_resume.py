@@ -3,6 +3,7 @@ schedule fields (lr milestones, gradient clipping) as the stored optimizer state
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from certify.cli import main as cnode_main
 from nodes import ConvNODE, ModelConfig, TrainConfig, load_dataset, train
@@ -120,3 +121,66 @@ def test_cnode_train_resume_strip_and_refusals(tmp_path, capsys, monkeypatch):
     assert "interrupted before the first epoch finished: nothing saved" in capsys.readouterr().err
     assert cnode_main(argv + ["--epochs", "3"]) == 130  # `out` holds 2 finished epochs
     assert f"continue with --resume {out}" in capsys.readouterr().err
+
+
+def _ema(decay, steps):
+    """The exponential average of a weight trajectory as its definition reads: a_1 = w_1, a_k = d a_{k-1} + (1 - d) w_k."""
+    avg = None
+    for w in steps:
+        avg = {k: v.clone() for k, v in w.items()} if avg is None else \
+            {k: decay * avg[k] + (1 - decay) * w[k] for k in avg}
+    return avg
+
+
+def test_weight_averaging_returns_and_saves_the_average_of_the_raw_steps_and_resumes(tmp_path, one_thread):
+    """The averaged run moves the raw weights exactly as the plain run does (recorded after every optimizer step);
+    the model it returns and the checkpoint it writes are their exponential average from `ema_start` on; a run
+    resumed from epoch 1 ends with the same average and raw weights bit for bit."""
+    data = load_dataset("mnist-mini", "train", limit=96)
+    cfg = dict(reg="none", rho=0.0, certified_method="ibp")
+    steps = []
+    hook = register_optimizer_step_post_hook(
+        lambda opt, args, kw: steps.append({k: v.detach().clone() for k, v in plain.state_dict().items()}))
+    try:
+        plain = _fresh()
+        train(plain, data, _cfg(**cfg), progress=False)
+    finally:
+        hook.remove()
+    assert len(steps) == 6  # 2 epochs x 3 batches
+    decay, start = 0.6, 0.5  # the average starts after the first 2 of 3 batches' worth of epoch 1 (i / nb >= 0.5)
+    averaged = _fresh()
+    path = tmp_path / "ema.pt"
+    train(averaged, data, _cfg(ema_decay=decay, ema_start=start, **cfg), progress=False, checkpoint=path)
+    expect = _ema(decay, steps[2:])
+    for k, v in averaged.state_dict().items():
+        assert torch.allclose(v, expect[k], rtol=1e-5, atol=1e-7), k
+        assert not torch.equal(v, steps[-1][k]) or "bias" in k, k  # the average, not the last step
+    saved = model_from_checkpoint(load_checkpoint(path), path)
+    for k, v in saved.state_dict().items():
+        assert torch.equal(v, averaged.state_dict()[k]), k
+    raw = TrainingState.from_dict(load_checkpoint(path)["training_state"]).average["raw"]
+    for k, v in raw.items():
+        assert torch.equal(v, steps[-1][k]), k  # the optimizer's weights, kept for resuming
+
+    first = _fresh()
+    train(first, data, _cfg(epochs=1, ema_decay=decay, ema_start=start, **cfg), progress=False, checkpoint=path)
+    payload = load_checkpoint(path)
+    resumed = model_from_checkpoint(payload, path)
+    train(resumed, data, _cfg(ema_decay=decay, ema_start=start, **cfg), progress=False,
+          resume=TrainingState.from_dict(payload["training_state"]), checkpoint=path)
+    for k, v in resumed.state_dict().items():
+        assert torch.equal(v, averaged.state_dict()[k]), k
+    raw2 = TrainingState.from_dict(load_checkpoint(path)["training_state"]).average["raw"]
+    for k, v in raw2.items():
+        assert torch.equal(v, raw[k]), k
+
+
+def test_weight_averaging_flags_that_would_do_nothing_are_refused():
+    from contraction.errors import CNodeError
+
+    with pytest.raises(CNodeError, match="ema_start"):
+        TrainConfig(ema_start=3.0)
+    with pytest.raises(CNodeError, match="below 1"):
+        TrainConfig(ema_decay=1.0)
+    with pytest.raises(CNodeError, match="never be updated"):
+        TrainConfig(epochs=2, ema_decay=0.9, ema_start=2.0)
