@@ -278,7 +278,11 @@ class TrainConfig(_Config):
     Weight averaging: `ema_decay` > 0 keeps an exponential moving average of the weights, updated after every
     optimizer step from epoch `ema_start` on (the first update copies the weights); the test accuracy, the
     checkpoint and the trained model are the averaged weights (the raw ones continue training; a resumed run
-    restores both)."""
+    restores both).
+
+    `warmup_reg` > 0 adds Shi et al. 2021's warm-up terms on the training boxes (bound tightness and the balance of
+    certainly active and inactive neurons, certify.bounds.objectives.warmup_regularizer) to the certified loss,
+    weighted by warmup_reg x (1 - eps(t) / eps_train): in full at the ramp's start, gone at its end (they used 0.5)."""
 
     dataset: str = "mnist"
     epochs: int = 5
@@ -310,6 +314,7 @@ class TrainConfig(_Config):
     init: str | None = None
     ema_decay: float = 0.0
     ema_start: float = 0.0
+    warmup_reg: float = 0.0
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
@@ -336,6 +341,11 @@ class TrainConfig(_Config):
         if self.ema_decay >= 1:
             raise CNodeError(f"ema_decay must be below 1 (1 never moves the average), got {self.ema_decay!r}")
         _check_float("ema_start", self.ema_start, 0.0, strict=False)
+        _check_float("warmup_reg", self.warmup_reg, 0.0, strict=False)
+        if self.warmup_reg > 0 and (self.certified_eps == 0 or self.certified_method == "lipschitz"):
+            raise CNodeError("warmup_reg regularises the certified loss's boxes during the eps ramp: it needs "
+                             "certified_eps > 0 and a box method (ibp, crown-ibp, mtl-ibp, local), got "
+                             f"certified_eps {self.certified_eps:g}, method {self.certified_method!r}")
         if self.ema_decay == 0 and self.ema_start > 0:
             raise CNodeError(f"ema_start {self.ema_start:g} given without weight averaging (ema_decay is 0): it would "
                              "do nothing; give ema_decay > 0, e.g. 0.999")

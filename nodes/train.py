@@ -17,6 +17,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from contraction.adaptive import PAIRS
 from contraction.errors import CNodeError
 from contraction.weights import check_step_rate
 from nodes.checkpoint import save_model
@@ -218,6 +219,9 @@ def check_combination(model_config: ModelConfig, config: TrainConfig) -> None:
     if model_config.field != "paper" and (config.reg != "none" or config.init == "contractive" or config.neg_init):
         raise CNodeError(f"the {model_config.field} field is contractive by construction: the contraction "
                          "regularizers, --init contractive and --neg-init act on the paper's field (use --field paper)")
+    if config.warmup_reg > 0 and model_config.solver in PAIRS:
+        raise CNodeError(f"--warmup-reg needs one set of training boxes; the controlled solver {model_config.solver!r} "
+                         "bounds each input along its own schedule (use a fixed-step solver)")
     if config.reg != "none" and config.reg_target == "step":
         if model_config.solver != "euler":
             raise CNodeError(f"the step target is the Euler step's factor; solver {model_config.solver!r} is certified "

@@ -35,13 +35,13 @@ from contraction.errors import CNodeError
 from certify.bounds.attacks import pgd
 from certify.bounds.crown import backward_margins
 from certify.bounds.lipschitz import layer_constants
-from certify.bounds.local import box_margins, ibp_bounds, local_bounds
+from certify.bounds.local import LayerBounds, box_margins, ibp_bounds, local_bounds
 from certify.bounds.unrolled import Unrolled, unroll
 from nodes.classifier import ConvNODE
 from nodes.config import CERTIFIED_METHODS, TrainConfig
 
 __all__ = ["RobustLoss", "Objective", "OBJECTIVES", "make_objective", "lipschitz_constants", "certified_margins",
-           "certified_loss", "certified_objective", "crown_beta"]
+           "certified_loss", "certified_objective", "crown_beta", "warmup_regularizer", "WARMUP_TOLERANCE"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,11 @@ def certified_margins(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, eps: fl
 
 def _margins(net: Unrolled, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, method: str,
              beta: float) -> torch.Tensor:
+    return _margins_and_boxes(net, x, y, eps, norm, method, beta)[0]
+
+
+def _margins_and_boxes(net: Unrolled, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, method: str,
+                       beta: float) -> tuple[torch.Tensor, LayerBounds]:
     is_y = F.one_hot(y, net.readout_weight.shape[0]).bool()
     if method == "local":
         b = local_bounds(net, x, eps, norm, interval=False)
@@ -100,7 +105,38 @@ def _margins(net: Unrolled, x: torch.Tensor, y: torch.Tensor, eps: float, norm: 
     if method == "crown-ibp" and beta > 0:
         linear = backward_margins(net, b, x, y, eps, norm).masked_fill(is_y, 0.0)
         m = beta * linear + (1.0 - beta) * m
-    return m
+    return m, b
+
+
+WARMUP_TOLERANCE = 0.5
+"""The warm-up regulariser's tolerance tau (Shi et al. 2021's value)."""
+
+
+def warmup_regularizer(bounds: LayerBounds, tolerance: float = WARMUP_TOLERANCE) -> torch.Tensor:
+    """Shi et al. 2021's warm-up terms on the training boxes, averaged over the nonlinear layers' pre-activation boxes
+    [l, u] (centre c, half-width r): tightness, relu(tau - r0 / mean r) / tau with r0 the input box's mean half-width
+    (the boxes' growth through the network held near 1 / tau), and balance, (relu(tau - rho_mean) + relu(tau -
+    rho_var)) / tau, rho the smaller of the ratio and its inverse between the neurons certainly active (l > 0) and
+    certainly inactive (u < 0): their mean |c| and their spread of c about the layer's mean (the activation's two
+    pieces kept in use): a layer with one kind only pays 2, one with neither (0 / 0) no balance term."""
+    r0 = (0.5 * (bounds.input_hi - bounds.input_lo)).mean()
+    tight, balance, n = r0.new_zeros(()), r0.new_zeros(()), 0
+    for pre in bounds.pre:
+        if pre is None:
+            continue
+        lo, hi = pre
+        c, r = 0.5 * (hi + lo), 0.5 * (hi - lo)
+        tight = tight + F.relu(tolerance - r0 / r.mean().clamp_min(1e-12)) / tolerance
+        on, off = (lo > 0).to(c.dtype), (hi < 0).to(c.dtype)
+        n += 1
+        if not bool(on.any()) and not bool(off.any()):
+            continue
+        spread = (c - c.mean()) ** 2
+        pairs = (((c * on).mean(), -(c * off).mean()), ((spread * on).sum(), (spread * off).sum()))
+        for a, b in pairs:  # min(a / b, b / a) >= 0, 0 when one kind is missing
+            q = torch.minimum(a, b) / torch.maximum(a, b).clamp_min(1e-12)
+            balance = balance + F.relu(tolerance - q) / tolerance
+    return (tight + balance) / max(n, 1)
 
 
 def certified_loss(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "inf",
@@ -117,9 +153,16 @@ def certified_objective(config: TrainConfig) -> Objective:
 
     def objective(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, eps: float) -> RobustLoss:
         eps = eps * factor
-        m = certified_margins(model, x, y, eps, norm, method, logits, beta=crown_beta(eps, eps_train))
+        warm = config.warmup_reg * max(0.0, 1.0 - eps / eps_train)  # fades out as the ramp reaches the training eps
+        if warm > 0:
+            m, boxes = _margins_and_boxes(unroll(model, dtype=None, detach=False), x, y, eps, norm, method,
+                                          crown_beta(eps, eps_train))
+        else:
+            m = certified_margins(model, x, y, eps, norm, method, logits, beta=crown_beta(eps, eps_train))
         certified = (m.masked_fill(F.one_hot(y, m.shape[1]).bool(), torch.inf) > 0).all(1).detach()
         loss = F.cross_entropy(-m, y)
+        if warm > 0:
+            loss = loss + warm * warmup_regularizer(boxes)
         if method == "mtl-ibp" and config.mtl_alpha < 1:
             adv = pgd(model, x, y, eps=eps, norm=norm, steps=config.attack_steps, seed=config.seed)
             loss = config.mtl_alpha * loss + (1 - config.mtl_alpha) * F.cross_entropy(model(adv), y)

@@ -95,6 +95,8 @@ _HELP = {
     "ema_decay": "keep an exponential moving average of the weights with this decay per step (0: off; e.g. "
                  "0.999): tested, saved and returned instead of the raw weights",
     "ema_start": "epoch from which the weight average is updated (needs --ema-decay)",
+    "warmup_reg": "weight of the warm-up terms on the training boxes (tightness, active/inactive balance; Shi et "
+                  "al. 2021 used 0.5), fading to 0 as the eps ramp ends (0: off)",
     "batch_size": "training batch size",
     "certified_start": "epochs of clean training before the certified eps starts its ramp",
     "init": "initialisation: default (PyTorch's), ibp (interval-preserving, Shi et al. 2021) or contractive (the "

@@ -176,3 +176,37 @@ def test_objective_trains_at_the_factor_and_counts_inputs_its_bound_proves():
     adv_part = float(mtl(model, u, y, model(u), 0.02).loss.detach()) - 0.3 * float(F.cross_entropy(
         -certified_margins(model, u, y, 0.02, "inf", "ibp"), y).detach())
     assert adv_part >= 0.7 * float(F.cross_entropy(model(u), y)) - 1e-6  # the PGD point is no better than u
+
+
+def test_warmup_regularizer_terms_and_their_fade_over_the_ramp():
+    """The tightness term is relu(tau - r0 / r) / tau per layer; balanced active/inactive neurons pay no balance term,
+    a layer of active neurons only pays 2; the certified loss carries warmup_reg x (1 - eps / eps_train) x the terms,
+    nothing at the ramp's end."""
+    from certify.bounds.local import LayerBounds
+    from certify.bounds.objectives import warmup_regularizer
+    from contraction.errors import CNodeError
+
+    lo_u, hi_u = torch.zeros(2, 4), torch.full((2, 4), 0.2)  # input half-width r0 = 0.1
+    c = torch.tensor([[2.0, -2.0, 3.0, -3.0]] * 2)
+    for r, tight in ((0.1, 0.0), (1.0, 0.8), (0.25, 0.2)):  # r0 / r = 1, 0.1, 0.4
+        balanced = LayerBounds([], [(c - r, c + r)], lo_u, hi_u)
+        assert torch.isclose(warmup_regularizer(balanced), torch.tensor(tight)), r
+    active = LayerBounds([], [(c.abs() - 0.1, c.abs() + 0.1)], lo_u, hi_u)
+    assert torch.isclose(warmup_regularizer(active), torch.tensor(2.0))
+
+    data = load_dataset("mnist-mini", "train", limit=16)
+    x, y = data.tensors(0, 16)
+    torch.manual_seed(0)
+    model = ConvNODE(ModelConfig(channels=2, steps=2))
+    base = dict(dataset="mnist-mini", certified_eps=0.1, certified_method="ibp", train_eps_factor=2.0)
+    plain = certified_objective(TrainConfig(**base))
+    warm = certified_objective(TrainConfig(**base, warmup_reg=0.5))
+    net = unroll(model, dtype=None, detach=False)
+    from certify.bounds.local import ibp_bounds
+    for eps in (0.0125, 0.05, 0.1):
+        extra = 0.5 * (1 - eps / 0.1) * warmup_regularizer(ibp_bounds(net, x, 2 * eps, "inf"))
+        got = warm(model, x, y, model(x), eps).loss - plain(model, x, y, model(x), eps).loss
+        assert torch.isclose(got, extra, rtol=1e-5, atol=1e-7), eps
+    assert float(extra.detach()) == 0.0
+    with pytest.raises(CNodeError, match="warmup_reg"):
+        TrainConfig(dataset="mnist-mini", certified_method="lipschitz", certified_eps=0.1, warmup_reg=0.5)
