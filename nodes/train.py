@@ -184,16 +184,21 @@ class _Step(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
         config = self.config
-        logits, states = self.model.trajectory(x)
-        loss = F.cross_entropy(logits, y)
+        robust_only = eps > 0 and self.objective is not None and self.regularizer is None and config.certified_mix == 0
         zero = torch.zeros((), device=x.device)
+        if robust_only:  # the clean pass would enter the loss with weight 0: skip it (same loss, same gradients)
+            logits, states, loss = None, None, zero
+        else:
+            logits, states = self.model.trajectory(x)
+            loss = F.cross_entropy(logits, y)
         reg, proven, bounded = zero, zero, zero
         if eps > 0 and self.objective is not None:
             robust = self.objective(self.model, x, y, logits, eps)
-            loss = config.certified_mix * loss + (1 - config.certified_mix) * robust.loss
+            loss = robust.loss if robust_only else config.certified_mix * loss + (1 - config.certified_mix) * robust.loss
             if robust.certified is not None:
                 proven, bounded = robust.certified.sum().float(), torch.tensor(float(len(y)), device=x.device)
         if self.regularizer is not None:
+            assert states is not None
             value = self.regularizer(self.model, states)
             loss = loss + config.reg_weight * value
             reg = value.detach()

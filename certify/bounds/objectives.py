@@ -53,8 +53,9 @@ class RobustLoss:
     certified: torch.Tensor | None = None
 
 
-Objective = Callable[[ConvNODE, torch.Tensor, torch.Tensor, torch.Tensor, float], RobustLoss]
-"""L(model, x, y, logits, eps) -> RobustLoss (e.g. cross-entropy of certified worst-case logits at eps)."""
+Objective = Callable[[ConvNODE, torch.Tensor, torch.Tensor, torch.Tensor | None, float], RobustLoss]
+"""L(model, x, y, logits, eps) -> RobustLoss (e.g. cross-entropy of certified worst-case logits at eps); logits are
+the clean pass's, or None where the training step skips it (the objective then runs what it needs itself)."""
 
 
 def lipschitz_constants(model: ConvNODE, norm: str) -> torch.Tensor:
@@ -151,7 +152,8 @@ def certified_objective(config: TrainConfig) -> Objective:
     method, norm, factor = config.certified_method, config.certified_norm, config.train_eps_factor
     eps_train = config.certified_eps * factor
 
-    def objective(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, eps: float) -> RobustLoss:
+    def objective(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None,
+                  eps: float) -> RobustLoss:
         eps = eps * factor
         warm = config.warmup_reg * max(0.0, 1.0 - eps / eps_train)  # fades out as the ramp reaches the training eps
         if warm > 0:

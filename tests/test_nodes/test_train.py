@@ -145,3 +145,39 @@ def test_contractive_init_starts_certified_at_the_flows_target(norm, rho):
         assert float(weight_hinge(convs, model.activation, rho=rho, norm=norm, target="flow")) == 0.0
         cert = [c for c in block_certificates(model.block.spec()) if c.norm == norm][0]
         assert cert.certified and cert.rate >= rho
+
+
+@pytest.mark.parametrize("method", ["ibp", "lipschitz"])
+def test_robust_only_step_skips_the_clean_pass_with_the_same_loss_and_gradients(method, monkeypatch):
+    """With certified_mix 0 and no regularizer the clean pass enters the loss with weight 0: the step skips it (the
+    trajectory runs only where the objective needs the logits itself: once for the lipschitz margins, never for the
+    box bounds) and its loss and every gradient equal the full computation's, 0 * CE + robust loss."""
+    from certify.bounds.objectives import certified_objective
+    from nodes.data import batches
+    from nodes.train import _Step
+
+    x, y = next(batches(load_dataset("mnist-mini", "train", limit=16), 16))
+    torch.manual_seed(3)
+    model = ConvNODE(ModelConfig(channels=2, steps=2))
+    cfg = TrainConfig(dataset="mnist-mini", certified_eps=0.1, certified_method=method, certified_mix=0.0)
+    objective = certified_objective(cfg)
+    logits = model(x)
+    reference = 0.0 * torch.nn.functional.cross_entropy(logits, y) + objective(model, x, y, logits, 0.05).loss
+    params = list(model.parameters())
+    expected = torch.autograd.grad(reference, params, allow_unused=True)
+
+    calls = []
+    trajectory = model.trajectory
+    monkeypatch.setattr(model, "trajectory", lambda u: calls.append(len(u)) or trajectory(u))
+    loss = _Step(model, cfg, None, objective)(x, y, 0.05)[0]
+    assert len(calls) == (1 if method == "lipschitz" else 0)
+    got = torch.autograd.grad(loss, params, allow_unused=True)
+    assert torch.allclose(loss, reference, rtol=1e-6, atol=0)
+    for p, g, e in zip(params, got, expected):
+        g = torch.zeros_like(p) if g is None else g
+        e = torch.zeros_like(p) if e is None else e
+        assert torch.allclose(g, e, rtol=1e-5, atol=1e-7)
+    calls.clear()
+    mixed = TrainConfig(dataset="mnist-mini", certified_eps=0.1, certified_method=method, certified_mix=0.5)
+    _Step(model, mixed, None, certified_objective(mixed))(x, y, 0.05)
+    assert calls and calls[0] == len(y)  # a mix > 0 runs the clean pass
