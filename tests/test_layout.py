@@ -165,3 +165,32 @@ def test_an_export_named_like_its_submodule_stays_the_export_after_the_submodule
             "from nodes.train import TrainingState\nprint('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_bound_gap_example_splits_the_certificate_attack_gap_and_never_finds_a_gradient_above_its_constant(tmp_path):
+    """examples/bound_gap.py on a small gradient-field model: every input gradient's dual norm lies at or below its
+    certified pairwise constant (ratio <= 1), and certified <= first-order yardstick, certified <= PGD-robust."""
+    import re
+
+    import torch
+
+    from nodes import ConvNODE, ModelConfig, TrainConfig, save_model
+
+    torch.manual_seed(0)
+    model = ConvNODE(ModelConfig.preset("mini", channels=4, field="gradient", padding="circular"))
+    with torch.no_grad():  # large readout rows: margins big enough that some inputs certify at a small radius
+        model.head[-1].weight.mul_(30.0)
+    path = save_model(tmp_path / "g.pt", model, train_config=TrainConfig(dataset="mnist-mini"))
+    out = subprocess.run([sys.executable, str(REPO / "examples" / "bound_gap.py"), str(path), "--norm", "2",
+                          "--eps", "0.005", "--limit", "64", "--pgd-steps", "10"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "WARNING" not in out.stdout
+    ratio_max = float(re.search(r"/ L_yj \(runner-up pair\):.* max ([0-9.e+-]+)", out.stdout).group(1))
+    assert 0.0 < ratio_max <= 1.0
+    pct = [float(v) for v in re.findall(r"([0-9.]+) %$", out.stdout, flags=re.M)]
+    certified, first_order, robust = pct[-3:]
+    assert 0.0 < certified <= first_order and certified <= robust
+    missing = subprocess.run([sys.executable, str(REPO / "examples" / "bound_gap.py"), str(tmp_path / "none.pt"),
+                              "--eps", "0.1"], capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
