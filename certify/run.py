@@ -27,9 +27,9 @@ from contraction.runge_kutta import FIXED_STEP, TABLEAUS
 from certify.bounds.attacks import is_adversarial, pgd
 from certify.bounds.decisions import decision_proofs
 from certify.bounds.lipschitz import NetworkBound, best_network_bound
-from certify.bounds.local import local_bounds
-from certify.bounds.radius import certified_accuracy, certified_radii, float32_below
-from certify.bounds.roundoff import ERROR_MODEL, ball_error, ball_terms, float32_error, margin_slack
+from certify.bounds.local import LayerBounds, box_margins, local_bounds
+from certify.bounds.radius import certified_accuracy, certified_radii, float32_below, unproven
+from certify.bounds.roundoff import ERROR_MODEL, ball_error, ball_terms, float32_error, hull_error, margin_slack
 from certify.bounds.tight import REFINE_SECONDS, TIGHT_STAGES, escalate, tight_radii
 from certify.bounds.unrolled import Unrolled, unroll
 from nodes.classifier import ConvNODE
@@ -38,6 +38,7 @@ from nodes.device import eval_mode, exact_float32, module_device, place
 from nodes.distributed import SINGLE, Dist, batch_shard
 
 if TYPE_CHECKING:  # the checks' results (certify.checks) are attached to a report
+    from certify.bounds.roundoff import Float32Terms
     from certify.checks import AttackCheck, PGDCheck
 
 __all__ = ["CertifyReport", "CertifyPlan", "BatchResult", "plan_certification", "certify_batch", "certify_model",
@@ -388,9 +389,46 @@ def _global_radii(plan: CertifyPlan, z: torch.Tensor, y: torch.Tensor, x64: torc
     return r
 
 
+def _proven_by_hull(plan: CertifyPlan, z: torch.Tensor, y: torch.Tensor, local: LayerBounds
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[B] bool: correct inputs the local stage proves with one slack for the whole batch, the float32 error bound
+    over the hull of the batch's boxes (`hull_error`: it holds every input's set), among those the global stage
+    cannot certify at eps (their radius with no slack at all is below eps). Such an input needs no float32 bound of
+    its own: the verdict ('local') and the radius (eps) are the ones its own, smaller bound gives (every input's
+    set lies in the hull's, and the bound only grows with the boxes; tests/test_certify/test_tight.py). Also returns
+    the hull's bound [1, K] (None where none was computed)."""
+    none = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    if not plan.tight or plan.tight[0] != "local":
+        return none, None
+    L = plan.network.constants().to(z.device)  # type: ignore[union-attr]
+    cand = torch.nonzero((z.argmax(1) == y) & (certified_radii(z, y, L) < plan.eps)).flatten()
+    if not len(cand):
+        return none, None
+    net = plan.unrolled
+    err = hull_error(net, local)  # type: ignore[arg-type]
+    m = box_margins(net, y[cand], local.lo[cand], local.hi[cand])  # type: ignore[arg-type]
+    none[cand] = ~unproven(m, margin_slack(err.expand(len(cand), -1), y[cand])).any(1)  # fail closed: NaN proves nothing
+    return none, err
+
+
+def _own_errors(plan: CertifyPlan, x64: torch.Tensor, local: LayerBounds, rows: torch.Tensor,
+                err: torch.Tensor) -> "Float32Terms | None":
+    """The float32 terms over the balls of inputs `rows` (their logits' bounds written into `err`)."""
+    net, sub = plan.unrolled, local.select(rows)
+    if not len(rows):
+        return None
+    terms = ball_terms(net, x64[rows], plan.eps, plan.norm, sub)  # type: ignore[arg-type]
+    err[rows] = terms.errors[-1] if terms is not None else \
+        ball_error(net, x64[rows], plan.eps, plan.norm, sub)  # type: ignore[arg-type]
+    return terms
+
+
 def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.Tensor) -> BatchResult:
     """Global radii for every input, then the plan's tight stages, escalated, on the correct inputs still
-    uncertified; every margin's slack is the float32 error bound over its ball (derived, Euler models)."""
+    uncertified; every margin's slack is the float32 error bound over its ball (derived, Euler models).
+
+    The float32 bound of each input's own ball costs about as much as its boxes; the inputs the local stage proves
+    with the batch's one (looser) bound (`_proven_by_hull`) skip it, the others get their own, as before."""
     if plan.unrolled is None:
         return _dyadic_batch(plan, model, x, y)
     seconds = dict.fromkeys(STAGES, 0.0)
@@ -402,20 +440,34 @@ def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.
     net, tight = plan.unrolled, plan.tight
     x64 = x.to(torch.float64)
     local = local_bounds(net, x64, plan.eps, plan.norm)
-    terms = ball_terms(net, x64, plan.eps, plan.norm, local)
-    err = terms.errors[-1] if terms is not None else ball_error(net, x64, plan.eps, plan.norm, local)
+    seconds["global"] += time.perf_counter() - ts
+    ts = time.perf_counter()
+    early, hull = _proven_by_hull(plan, z, y, local)
+    seconds["local"] += time.perf_counter() - ts
+    ts = time.perf_counter()
+    own = torch.nonzero(~early).flatten()
+    err = hull.expand(len(y), -1).clone() if hull is not None and bool(early.any()) else \
+        torch.zeros(len(y), z.shape[1], dtype=torch.float64, device=device)
+    terms = _own_errors(plan, x64, local, own, err)
     slack = margin_slack(err, y)
     r = _global_radii(plan, z, y, x64, err)
     nonfinite = ~torch.isfinite(z).all(1) | ~torch.isfinite(err).all(1)
     ok = r >= plan.eps
     names = ["global" if c else "" for c in ok.tolist()]
+    for i in torch.nonzero(early).flatten().tolist():
+        names[i] = "local"
+    r[early] = plan.eps  # certified at eps: the closed eps-ball is proven
     falsified = torch.zeros(len(y), dtype=torch.bool)
     seconds["global"] += time.perf_counter() - ts
-    todo = torch.nonzero(~ok & (z.argmax(1) == y)).flatten()
+    todo = torch.nonzero(~ok & ~early & (z.argmax(1) == y)).flatten()
+    if terms is not None and len(todo):  # the terms of `own`, re-indexed to `todo` (a subset of `own`)
+        pos = torch.full((len(y),), -1, dtype=torch.long, device=device)
+        pos[own] = torch.arange(len(own), device=device)
+        terms = terms.select(pos[todo])
     if len(todo) and tight:
         hook = _falsifier(model, x[todo], y[todo], plan.norm) if plan.falsify else None
         esc = escalate(net, x64[todo], y[todo], plan.eps, plan.norm, tight, slack[todo], hook, local.select(todo),
-                       plan.budget, None if terms is None else terms.select(todo))
+                       plan.budget, terms)
         for i, s in zip(todo.tolist(), esc.stage.tolist()):
             if s >= 0:
                 names[i] = tight[s]

@@ -49,6 +49,12 @@ class LayerBounds:
     def hi(self) -> torch.Tensor:
         return self.boxes[-1][1]
 
+    def hull(self) -> "LayerBounds":
+        """One set holding every input's: each box's coordinatewise hull over the batch (batch 1; no L2 balls)."""
+        span = lambda pair: None if pair is None else (pair[0].amin(0, keepdim=True), pair[1].amax(0, keepdim=True))  # noqa: E731
+        return LayerBounds([span(b) for b in self.boxes], [span(p) for p in self.pre],
+                           self.input_lo.amin(0, keepdim=True), self.input_hi.amax(0, keepdim=True))
+
 
 def input_box(u: torch.Tensor, eps: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The box [u - eps, u + eps] intersected with [0, 1]: contains the Linf and the L2 ball (clipped)."""

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from certify.bounds.local import LayerBounds
     from certify.bounds.unrolled import Unrolled
 
-__all__ = ["ENGINE_MARGIN", "float32_error", "float32_errors", "ball_error", "margin_slack", "ERROR_MODEL",
+__all__ = ["ENGINE_MARGIN", "float32_error", "float32_errors", "ball_error", "hull_error", "margin_slack", "ERROR_MODEL",
            "lipschitz_met", "Float32Terms", "float32_terms", "ball_terms"]
 
 ENGINE_MARGIN = 2.0**-10
@@ -185,6 +185,13 @@ def ball_error(net: "Unrolled", u: torch.Tensor, eps: float | torch.Tensor, norm
     """`float32_error` over the ball of radius eps around u (`bounds`: boxes over it), the boxes first met with the
     Lipschitz balls (`lipschitz_met`)."""
     return float32_error(net, lipschitz_met(net, u, eps, norm, bounds))
+
+
+def hull_error(net: "Unrolled", bounds: "LayerBounds") -> torch.Tensor:
+    """[1, K]: one float32 error bound of the logits for every input of the batch: `float32_error` over the hull of
+    its boxes (`LayerBounds.hull`), which holds every input's set. One pass instead of one per input; looser (the
+    widest magnitudes and slope ranges of the batch), so a margin that clears it needs no bound of its own."""
+    return float32_error(net, bounds.hull())
 
 
 def margin_slack(err: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

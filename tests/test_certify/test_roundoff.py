@@ -12,7 +12,7 @@ from certify.bounds.attacks import pgd
 from certify.bounds.layers import Conv, EulerStep
 from certify.bounds.local import local_bounds
 from certify.bounds.radius import certified_radii, float32_below, unproven
-from certify.bounds.roundoff import ball_error, float32_error, margin_slack
+from certify.bounds.roundoff import ball_error, ball_terms, float32_error, hull_error, margin_slack
 from certify.run import certify_model, certify_tensors
 from certify.bounds.tight import TIGHT_STAGES, escalate
 from certify.bounds.unrolled import unroll
@@ -236,3 +236,55 @@ def test_tight_stages_with_derived_slack_match_the_run(tiny_trained):
     tight_only = mask & torch.tensor([b != "global" for b in report.certified_by])
     assert (esc.certified[tight_only]).all()  # what the run proved by a tight stage, escalate proves again
     assert not (esc.certified & ~correct).any()
+
+
+@settings(max_examples=budget(25))
+@given(model_configs(), seeds, st.sampled_from([0.3, 1.0, 3.0]), st.sampled_from(["inf", "2"]),
+       st.sampled_from([0.0, 0.02, 0.1]))
+def test_the_batch_hull_bound_holds_every_input_bound_and_the_real_error(cfg, seed, scale, norm, eps):
+    """hull_error (one bound for the batch, over the hull of its boxes) is at least every input's own bound (the
+    propagation only grows with the boxes: a margin that clears the hull's slack clears its own) and contains the
+    float32 network's real error at each input and at random points of each ball."""
+    model32 = random_model(cfg, seed, scale).float()
+    net = unroll(model32)
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(5, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen)
+    local = local_bounds(net, u.double(), eps, norm)
+    hull = hull_error(net, local)
+    assert hull.shape == (1, cfg.num_classes) and torch.isfinite(hull).all()
+    terms = ball_terms(net, u.double(), eps, norm, local)
+    own = terms.errors[-1] if terms is not None else ball_error(net, u.double(), eps, norm, local)
+    assert (own <= hull).all(), float((own / hull).max())
+    assert (float32_error(net, local) <= hull).all()
+    for p in [u] + _ball_points(u, eps, norm, gen, 3):
+        with torch.no_grad():
+            observed = (model32(p).double() - net(p.double())).abs()
+        assert (observed <= hull).all()
+
+
+@pytest.mark.parametrize("norm,eps", [("inf", 0.01), ("inf", 0.03), ("2", 0.3)])
+def test_the_hull_tier_changes_no_verdict_stage_or_radius(tiny_trained, monkeypatch, norm, eps):
+    """certify_batch proves some inputs by the local stage under the batch's hull slack, skipping their own float32
+    bound: every verdict, stage and radius equals the run that derives every input's own bound (the tier disabled),
+    and the tier is not vacuous on this model."""
+    import certify.run as run
+
+    model, _ = tiny_trained
+    x, y = load_dataset("mnist-mini", "test").tensors(0, 120)
+    calls = []
+    real = run._proven_by_hull
+
+    def counted(*args):
+        early, hull = real(*args)
+        calls.append(int(early.sum()))
+        return early, hull
+
+    monkeypatch.setattr(run, "_proven_by_hull", counted)
+    fast = certify_tensors(model, x, y, eps=eps, norm=norm, bound="auto")
+    monkeypatch.setattr(run, "_proven_by_hull", lambda plan, z, y, local: (torch.zeros_like(y, dtype=torch.bool), None))
+    slow = certify_tensors(model, x, y, eps=eps, norm=norm, bound="auto")
+    assert fast.certified_by == slow.certified_by
+    assert torch.equal(fast.falsified, slow.falsified) and torch.equal(fast.nonfinite, slow.nonfinite)
+    assert torch.allclose(fast.radii, slow.radii, rtol=1e-9, atol=0.0)
+    if norm == "inf":
+        assert sum(calls) > 0, "the hull proved nothing: the test is vacuous"
