@@ -2,7 +2,7 @@
 report, gathered over processes and shards (the checks by attack: certify.checks).
 
 Float32: every certificate is for the network as it runs in float32: each margin's slack is the derived float32
-error bound over the ball (certify.bounds.roundoff; the global stage's radius pays it twice: at the input and in the
+error bound over the ball (certify.bounds.roundoff; the global stage's radius pays it at the input and in the
 ball), and the plan checks that the float32 logits on a sample lie inside it (a cross-check of the error model:
 outside, the certificate is withheld).
 
@@ -369,21 +369,31 @@ def _falsifier(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, norm: str):  #
 
 def _global_radii(plan: CertifyPlan, z: torch.Tensor, y: torch.Tensor, x64: torch.Tensor,
                   err: torch.Tensor) -> torch.Tensor:
-    """Lipschitz radii of the float32 network: min_j (z_y - z_j - 2 s_yj) / L_yj, s_yj the margin's float32 slack
-    over the ball (paid at the input and at the point in the ball).
+    """Lipschitz radii of the float32 network: min_j (z_y - z_j - c_yj - s_yj) / L_yj, s_yj the margin's float32 slack
+    over the ball (paid at the point in the ball) and c_yj the one at the input itself (its float32 margin read off
+    the logits run: the error bound over the one-point set, far below the ball's for large L2 balls; at most s_yj).
+    c is derived only for the inputs the global stage may certify (radius >= eps with no slack at all); the others
+    pay s twice, a smaller radius that is still proven.
 
     Derived slack (`err`: the error bound over the eps-ball): a radius r0 > eps needs the bound over its own ball, so
     those inputs get it recomputed over the r0-ball (the whole pixel box at most) and keep the smaller radius, never
     below eps (r0 >= eps was proven with the eps-ball's slack)."""
     L = plan.network.constants().to(z.device)
-    r = certified_radii(z, y, L, 2 * margin_slack(err, y))
+    net = plan.unrolled
+    slack = margin_slack(err, y)
+    centre = slack.clone()
+    near = torch.nonzero(certified_radii(z, y, L) >= plan.eps).flatten()
+    if len(near):
+        x0 = x64[near]
+        own = margin_slack(ball_error(net, x0, 0.0, plan.norm, local_bounds(net, x0, 0.0, plan.norm)), y[near])
+        centre[near] = torch.minimum(own, slack[near])  # the input lies in its ball: the ball's bound holds there too
+    r = certified_radii(z, y, L, centre + slack)
     wide = torch.nonzero(r > plan.eps).flatten()
     if len(wide):
-        net = plan.unrolled
         whole = 1.0 if plan.norm == "inf" else float(x64[0].numel()) ** 0.5  # a larger ball is the whole pixel box
         ball = r[wide].clamp(max=whole)
         e = ball_error(net, x64[wide], ball, plan.norm, local_bounds(net, x64[wide], ball, plan.norm))
-        r1 = certified_radii(z[wide], y[wide], L, 2 * margin_slack(e, y[wide]))
+        r1 = certified_radii(z[wide], y[wide], L, centre[wide] + margin_slack(e, y[wide]))
         r1 = torch.where(ball < whole, torch.minimum(r1, ball), r1)
         r[wide] = torch.maximum(r1, torch.full_like(r1, plan.eps))
     return r
@@ -443,7 +453,8 @@ def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.
     seconds["global"] += time.perf_counter() - ts
     ts = time.perf_counter()
     early, hull = _proven_by_hull(plan, z, y, local)
-    seconds["local"] += time.perf_counter() - ts
+    if tight:
+        seconds["local"] += time.perf_counter() - ts
     ts = time.perf_counter()
     own = torch.nonzero(~early).flatten()
     err = hull.expand(len(y), -1).clone() if hull is not None and bool(early.any()) else \

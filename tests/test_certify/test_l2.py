@@ -81,3 +81,41 @@ def test_radius_curves_plots_reports_side_by_side_and_refuses_mixed_norms(l2_tra
     assert mixed.returncode != 0 and "mix norms" in mixed.stderr
     capped = run(tmp_path / "y.png", paths["d"])  # auto's radii stop at eps without --radius
     assert capped.returncode != 0 and "--radius" in capped.stderr
+
+
+def test_the_global_radius_pays_the_inputs_own_float32_slack_once(l2_trained):
+    """The global radius pays the slack over the ball once and the (smaller) slack at the input itself once: every
+    radius is at least the one that pays the ball's slack twice, larger where the slack decides (eps between the two),
+    and PGD inside each radius (float32 model as run) changes no prediction."""
+    from certify.bounds.attacks import pgd
+    from certify.bounds.local import local_bounds
+    from certify.bounds.radius import certified_radii, float32_below
+    from certify.bounds.roundoff import ball_error, margin_slack
+
+    model, data = l2_trained
+    x, y = data.tensors(0, len(data))
+    net = unroll(model)
+    L = best_network_bound(model, "2").constants()
+    with torch.no_grad():
+        z = model(x)
+    x64 = x.double()
+
+    def twice_radii(eps):
+        ball = margin_slack(ball_error(net, x64, eps, "2", local_bounds(net, x64, eps, "2")), y)
+        return certified_radii(z, y, L, 2 * ball), ball
+
+    free = certified_radii(z, y, L)
+    twice, _ = twice_radii(0.5)
+    i = int(torch.argmax(torch.where((free > 0) & (free < 1.0), free - twice, -1.0)))
+    eps = float(0.5 * (free[i] + twice[i]))  # the input the slack decides: certified by no-slack, not by twice
+    twice, ball = twice_radii(eps)
+    centre = margin_slack(ball_error(net, x64, 0.0, "2", local_bounds(net, x64, 0.0, "2")), y)
+    assert (centre <= ball).all() and (centre < ball).any()  # the one-point set's bound is the smaller
+    once = certify_model(model, data, eps=eps, norm="2", bound="global").radii.to(twice.dtype)
+    capped = torch.minimum(once, torch.full_like(once, eps))  # radii above eps are recomputed over their own ball
+    assert (capped >= torch.minimum(twice, torch.full_like(twice, eps)) - 1e-12).all()
+    assert ((capped > twice + 1e-12) & (twice < eps)).any()  # larger radii where the slack decides
+    good = torch.nonzero(once > 0).flatten()
+    adv = pgd(model, x[good], y[good], eps=float32_below(once[good]), norm="2", steps=30, loss="margin")
+    with torch.no_grad():
+        assert (model(adv).argmax(1) == y[good]).all()
