@@ -368,12 +368,12 @@ def _falsifier(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, norm: str):  #
 
 
 def _global_radii(plan: CertifyPlan, z: torch.Tensor, y: torch.Tensor, x64: torch.Tensor,
-                  err: torch.Tensor) -> torch.Tensor:
+                  err: torch.Tensor, reach: torch.Tensor) -> torch.Tensor:
     """Lipschitz radii of the float32 network: min_j (z_y - z_j - c_yj - s_yj) / L_yj, s_yj the margin's float32 slack
     over the ball (paid at the point in the ball) and c_yj the one at the input itself (its float32 margin read off
     the logits run: the error bound over the one-point set, far below the ball's for large L2 balls; at most s_yj).
-    c is derived only for the inputs the global stage may certify (radius >= eps with no slack at all); the others
-    pay s twice, a smaller radius that is still proven.
+    c is derived only for the inputs the global stage may certify (`reach`: radius >= eps with no slack at all); the
+    others pay s twice, a smaller radius that is still proven.
 
     Derived slack (`err`: the error bound over the eps-ball): a radius r0 > eps needs the bound over its own ball, so
     those inputs get it recomputed over the r0-ball (the whole pixel box at most) and keep the smaller radius, never
@@ -382,7 +382,7 @@ def _global_radii(plan: CertifyPlan, z: torch.Tensor, y: torch.Tensor, x64: torc
     net = plan.unrolled
     slack = margin_slack(err, y)
     centre = slack.clone()
-    near = torch.nonzero(certified_radii(z, y, L) >= plan.eps).flatten()
+    near = torch.nonzero(reach).flatten()
     if len(near):
         x0 = x64[near]
         own = margin_slack(ball_error(net, x0, 0.0, plan.norm, local_bounds(net, x0, 0.0, plan.norm)), y[near])
@@ -399,19 +399,18 @@ def _global_radii(plan: CertifyPlan, z: torch.Tensor, y: torch.Tensor, x64: torc
     return r
 
 
-def _proven_by_hull(plan: CertifyPlan, z: torch.Tensor, y: torch.Tensor, local: LayerBounds
+def _proven_by_hull(plan: CertifyPlan, z: torch.Tensor, y: torch.Tensor, local: LayerBounds, reach: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """[B] bool: correct inputs the local stage proves with one slack for the whole batch, the float32 error bound
     over the hull of the batch's boxes (`hull_error`: it holds every input's set), among those the global stage
-    cannot certify at eps (their radius with no slack at all is below eps). Such an input needs no float32 bound of
-    its own: the verdict ('local') and the radius (eps) are the ones its own, smaller bound gives (every input's
-    set lies in the hull's, and the bound only grows with the boxes; tests/test_certify/test_tight.py). Also returns
-    the hull's bound [1, K] (None where none was computed)."""
+    cannot certify at eps (not in `reach`). Such an input needs no float32 bound of its own: the verdict ('local')
+    and the radius (eps) are the ones its own, smaller bound gives (every input's set lies in the hull's, and the
+    bound only grows with the boxes; tests/test_certify/test_roundoff.py). Also returns the hull's bound [1, K]
+    (None where none was computed)."""
     none = torch.zeros(len(y), dtype=torch.bool, device=y.device)
     if not plan.tight or plan.tight[0] != "local":
         return none, None
-    L = plan.network.constants().to(z.device)  # type: ignore[union-attr]
-    cand = torch.nonzero((z.argmax(1) == y) & (certified_radii(z, y, L) < plan.eps)).flatten()
+    cand = torch.nonzero((z.argmax(1) == y) & ~reach).flatten()
     if not len(cand):
         return none, None
     net = plan.unrolled
@@ -424,9 +423,9 @@ def _proven_by_hull(plan: CertifyPlan, z: torch.Tensor, y: torch.Tensor, local: 
 def _own_errors(plan: CertifyPlan, x64: torch.Tensor, local: LayerBounds, rows: torch.Tensor,
                 err: torch.Tensor) -> "Float32Terms | None":
     """The float32 terms over the balls of inputs `rows` (their logits' bounds written into `err`)."""
-    net, sub = plan.unrolled, local.select(rows)
     if not len(rows):
         return None
+    net, sub = plan.unrolled, local.select(rows)
     terms = ball_terms(net, x64[rows], plan.eps, plan.norm, sub)  # type: ignore[arg-type]
     err[rows] = terms.errors[-1] if terms is not None else \
         ball_error(net, x64[rows], plan.eps, plan.norm, sub)  # type: ignore[arg-type]
@@ -452,16 +451,18 @@ def certify_batch(plan: CertifyPlan, model: ConvNODE, x: torch.Tensor, y: torch.
     local = local_bounds(net, x64, plan.eps, plan.norm)
     seconds["global"] += time.perf_counter() - ts
     ts = time.perf_counter()
-    early, hull = _proven_by_hull(plan, z, y, local)
+    reach = certified_radii(z, y, plan.network.constants().to(device)) >= plan.eps  # type: ignore[union-attr]
+    early, hull = _proven_by_hull(plan, z, y, local, reach)
     if tight:
         seconds["local"] += time.perf_counter() - ts
     ts = time.perf_counter()
     own = torch.nonzero(~early).flatten()
-    err = hull.expand(len(y), -1).clone() if hull is not None and bool(early.any()) else \
-        torch.zeros(len(y), z.shape[1], dtype=torch.float64, device=device)
+    err = torch.zeros(len(y), z.shape[1], dtype=torch.float64, device=device)
+    if hull is not None:
+        err[early] = hull.to(err.dtype)  # the rest are the inputs' own (`_own_errors`)
     terms = _own_errors(plan, x64, local, own, err)
     slack = margin_slack(err, y)
-    r = _global_radii(plan, z, y, x64, err)
+    r = _global_radii(plan, z, y, x64, err, reach)
     nonfinite = ~torch.isfinite(z).all(1) | ~torch.isfinite(err).all(1)
     ok = r >= plan.eps
     names = ["global" if c else "" for c in ok.tolist()]

@@ -281,7 +281,7 @@ def test_the_hull_tier_changes_no_verdict_stage_or_radius(tiny_trained, monkeypa
 
     monkeypatch.setattr(run, "_proven_by_hull", counted)
     fast = certify_tensors(model, x, y, eps=eps, norm=norm, bound="auto")
-    monkeypatch.setattr(run, "_proven_by_hull", lambda plan, z, y, local: (torch.zeros_like(y, dtype=torch.bool), None))
+    monkeypatch.setattr(run, "_proven_by_hull", lambda plan, z, y, local, reach: (torch.zeros_like(y, dtype=torch.bool), None))
     slow = certify_tensors(model, x, y, eps=eps, norm=norm, bound="auto")
     assert fast.certified_by == slow.certified_by
     assert torch.equal(fast.falsified, slow.falsified) and torch.equal(fast.nonfinite, slow.nonfinite)
