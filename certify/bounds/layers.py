@@ -17,10 +17,12 @@
   (its symbolic range over the input set, `concretize`, met with the box `pre`);
 - `export(g, x)`: the layer as run, written into a graph builder `g` (certify.export: ONNX nodes; `x` and the result
   are the builder's values, which add and scale by floats);
-- `roundoff(lo, hi, pre, err)`: the float32 rule: a bound of |fl32(layer)(x^) - layer(x)| for every x in the box
-  [lo, hi] (the exact network's values over the input set) and every float32 x^ with |x^ - x| <= err, the layer as
-  PyTorch runs it in float32 (contraction.floats' error model; certify.bounds.roundoff carries it to the logits),
-  returned with the layer's own part (the same without the incoming err carried through the layer);
+- `roundoff(lo, hi, pre, err, ball)`: the float32 rule: a bound of |fl32(layer)(x^) - layer(x)| for every x in the
+  box [lo, hi] (the exact network's values over the input set) and every float32 x^ with |x^ - x| <= err, the layer
+  as PyTorch runs it in float32 (contraction.floats' error model; certify.bounds.roundoff carries it to the logits),
+  returned with the layer's own part (the same without the incoming err carried through the layer); `ball`
+  (optional, L2 sets): (centre, radius [B]), an L2 ball that also holds every x, for the magnitudes the own error is
+  proportional to (Cauchy-Schwarz on the offset: ||row||_2 against the box's ||row||_1);
 
 Affine layers (Normalize, Conv, Flatten, Linear) share their interval and backward rules through four primitives:
 the linear part `apply`, `apply_abs` (|A| r), `adjoint` (A^T y) and the bias."""
@@ -49,6 +51,8 @@ __all__ = ["Box", "Symbolic", "columns", "Layer", "Affine", "Normalize", "Conv",
            "EulerStep", "GradientStep", "RKStep", "STEP_LAYERS", "take", "row_dot", "accumulate", "constant_rounding"]
 
 Pre = tuple[torch.Tensor, torch.Tensor] | None
+Ball = tuple[torch.Tensor, torch.Tensor] | None
+"""An L2 ball (centre [B, ...], radius [B]) holding a layer's exact input over the set (`roundoff`)."""
 
 
 @dataclass(frozen=True)
@@ -158,11 +162,12 @@ class Layer:
     def export(self, g: Any, x: Any) -> Any:
         raise NotImplementedError
 
-    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre,
-                 err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
+                 ball: Ball = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(own, out): bounds of the layer's own float32 error at inputs within err of the box [lo, hi] (pre: the
-        pre-activation's box over it), and of |fl32 output - exact output| there, that own error plus the incoming
-        err carried through the layer; one evaluation of the shared parts."""
+        pre-activation's box over it; ball: an L2 ball that also holds the exact inputs, None: unknown), and of
+        |fl32 output - exact output| there, that own error plus the incoming err carried through the layer; one
+        evaluation of the shared parts."""
         raise NotImplementedError
 
     def pre_error(self, err: torch.Tensor) -> torch.Tensor | None:
@@ -265,20 +270,26 @@ class Affine(Layer):
         """Exact for the linear part; the error box through |A|."""
         return Symbolic(self.apply_columns(s.A), self(s.c), self.apply_abs(s.r)), None
 
-    def rounding(self, lo: torch.Tensor, hi: torch.Tensor, err: torch.Tensor | float = 0.0) -> torch.Tensor:
+    def rounding(self, lo: torch.Tensor, hi: torch.Tensor, err: torch.Tensor | float = 0.0,
+                 ball: Ball = None) -> torch.Tensor:
         """The float32 evaluation's own error at inputs |x^| <= |x| + err: gamma_n (|A| |x^| + |b|) + n TINY, n = `terms`
-        (any summation order)."""
+        (any summation order), x in the box [lo, hi]; where x also lies in an L2 ball, the smaller of that and
+        `ball_rounding`'s."""
         n = self.terms
         if n == 0:
             return torch.zeros_like(self.apply_abs(lo))
         b = self.bias_map()
         size = self.apply_abs(_magnitude(lo, hi, err))
-        return gamma(n) * (size if b is None else size + b.abs()) + n * TINY
+        own = gamma(n) * (size if b is None else size + b.abs()) + n * TINY
+        if ball is not None:
+            own = torch.minimum(own, self.ball_rounding(*ball, err if torch.is_tensor(err) else torch.full_like(lo, err)))
+        return own
 
-    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre,
-                 err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """|A x^ + b computed - (A x + b)| <= |A| err + the evaluation's own error (`rounding`)."""
-        own = self.rounding(lo, hi, err)
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
+                 ball: Ball = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """|A x^ + b computed - (A x + b)| <= |A| err + the evaluation's own error (`rounding` over the box, the
+        smaller of it and `ball_rounding` where a ball is given)."""
+        own = self.rounding(lo, hi, err, ball)
         return own, self.apply_abs(err) + own
 
     def ball_rounding(self, centre: torch.Tensor, radius: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
@@ -607,8 +618,8 @@ class Act(Layer):
         k, mid, half = _mid_line(self.act, box)
         return Symbolic(columns(k) * s.A, k * s.c + mid, k * s.r + half), box
 
-    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre,
-                 err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
+                 ball: Ball = None) -> tuple[torch.Tensor, torch.Tensor]:
         """|sigma^(z^) - sigma(z)| <= (largest slope on [lo - err, hi + err]) err + sigma's float32 error there."""
         zl, zh = lo - err, hi + err
         own = self.act.rounding(_magnitude(zl, zh))
@@ -626,12 +637,12 @@ class Act(Layer):
 
 
 def _sigma_rounding(conv: "Conv", act: Activation, lo: torch.Tensor, hi: torch.Tensor, pre: Pre,
-                    err: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                    err: torch.Tensor, ball: Ball = None) -> tuple[torch.Tensor, ...]:
     """The float32 pre-activation and activation of a step's field at inputs within err of the box [lo, hi] (pre:
-    z's box over it): (|T| err, rho the conv's own error, the slopes [dl, du] on z's box widened by that,
-    sigma's own error there, a bound of |sigma^|)."""
+    z's box over it; ball: an L2 ball holding the exact inputs, for the conv's magnitudes): (|T| err, rho the conv's
+    own error, the slopes [dl, du] on z's box widened by that, sigma's own error there, a bound of |sigma^|)."""
     assert pre is not None
-    rho = conv.rounding(lo, hi, err)
+    rho = conv.rounding(lo, hi, err, ball)
     abs_e = conv.apply_abs(err)
     dz = abs_e + rho
     zl, zh = pre[0] - dz, pre[1] + dz
@@ -640,16 +651,31 @@ def _sigma_rounding(conv: "Conv", act: Activation, lo: torch.Tensor, hi: torch.T
     return abs_e, rho, dl, du, s_err, torch.maximum(act(zl).abs(), act(zh).abs()) + s_err
 
 
-def _step_rounding(step: "FieldStep", lo: torch.Tensor, hi: torch.Tensor, pre: Pre,
-                   err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _sigma_ball(step: "FieldStep", ball: tuple[torch.Tensor, torch.Tensor], dz: torch.Tensor,
+                s_err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where the exact input x lies in the L2 ball (c, r): the float32 activation sigma^ = fl(sigma(z^)), |z^ - z| <= dz,
+    lies within e = b dz + sigma's error (elementwise) of the L2 ball around sigma(z_c) of radius b ||T||_2 r
+    (z = T x + b_T, z_c = T c + b_T, b the largest slope). Returns (|sigma(z_c)|, that radius [B], e): the form
+    `Affine.ball_rounding` takes."""
+    zc = step.conv(ball[0])
+    b = step.act.b
+    return step.act(zc).abs(), b * step.pre_lipschitz("2").to(zc.dtype) * ball[1], b * dz + s_err
+
+
+def _step_rounding(step: "FieldStep", lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
+                   ball: Ball = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The float32 rule of a residual step x+ = x + h F(sigma(z)), z = T x + b, F linear, run as fl(x^ + fl(h_run F^)):
     x^+ - x+ = (I + h F D T)(x^ - x) + h F (D rho_z + sigma's error) + h (F's own error) + (h_run - h) F^ + two
     roundings (rho_z: the conv's own error, D: slopes on z's widened interval). `step.field_rounding(e, s_mag)` gives
     a bound of |F e + F's own error| and of |F^| from per-neuron bounds e and |sigma^| <= s_mag; `step._gain` bounds
-    |(I + h F D T) err|. Returns (own: every term but the gain on err, own + the gain)."""
+    |(I + h F D T) err|. With an L2 ball (centre c, radius r) holding the exact x, the conv's and F's magnitudes are
+    also taken over the balls: z within ||T||_2 r of z_c = T c + b, sigma(z) within b ||T||_2 r of sigma(z_c), so
+    |sigma^| <= |sigma(z_c)| + (b (|T| err + rho) + sigma's error) + that ball (`field_rounding`'s `s_ball`).
+    Returns (own: every term but the gain on err, own + the gain)."""
     h, h_run = step.h, step.step_run
-    abs_e, rho, dl, du, s_err, s_mag = _sigma_rounding(step.conv, step.act, lo, hi, pre, err)
-    inner, f_mag = step.field_rounding(du * rho + s_err, s_mag)
+    abs_e, rho, dl, du, s_err, s_mag = _sigma_rounding(step.conv, step.act, lo, hi, pre, err, ball)
+    s_ball = None if ball is None else _sigma_ball(step, ball, abs_e + rho, s_err)
+    inner, f_mag = step.field_rounding(du * rho + s_err, s_mag, s_ball)
     own = h * inner + (abs(h_run - h) + UNIT * h_run) * f_mag
     own = own + UNIT * (_magnitude(lo, hi, err) + h_run * f_mag * (1 + UNIT)) + 2 * TINY
     return own, own + step._gain(dl, du, err, abs_e)
@@ -704,10 +730,10 @@ class FieldStep(Layer):
         back, c = self.field_backward(self.h * lam, const, pre, rows)
         return lam + back, c
 
-    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre,
-                 err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
+                 ball: Ball = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The residual step's float32 rule (`_step_rounding`)."""
-        return _step_rounding(self, lo, hi, pre, err)
+        return _step_rounding(self, lo, hi, pre, err, ball)
 
     def field_out(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -732,7 +758,12 @@ class FieldStep(Layer):
     def field_lipschitz(self, norm: str) -> torch.Tensor:
         raise NotImplementedError
 
-    def field_rounding(self, e: torch.Tensor, s_mag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def field_rounding(self, e: torch.Tensor, s_mag: torch.Tensor,
+                       s_ball: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a bound of |G e' + G's own float32 error| for |e'| <= e, a bound of |G^ sigma^|) with |sigma^| <= s_mag;
+        `s_ball` (centre, radius [B], err): sigma^ also lies within err of the L2 ball (centre, radius), for G's
+        magnitudes (G = I: none)."""
         raise NotImplementedError
 
     def _gain(self, dl: torch.Tensor, du: torch.Tensor, r: torch.Tensor, abs_r: torch.Tensor,
@@ -774,7 +805,9 @@ class EulerStep(FieldStep):
     def field_lipschitz(self, norm: str) -> torch.Tensor:
         return self.act.b * self.conv.lipschitz(norm)
 
-    def field_rounding(self, e: torch.Tensor, s_mag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def field_rounding(self, e: torch.Tensor, s_mag: torch.Tensor,
+                       s_ball: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         return e, s_mag
 
     def field_export(self, g: Any, y: Any) -> Any:
@@ -918,10 +951,14 @@ class GradientStep(FieldStep):
     def field_export(self, g: Any, y: Any) -> Any:
         return -1.0 * self.adj.export(g, g.act(self.conv.export(g, y), self.act))
 
-    def field_rounding(self, e: torch.Tensor, s_mag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """T^T adds its own sum's error."""
+    def field_rounding(self, e: torch.Tensor, s_mag: torch.Tensor,
+                       s_ball: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """T^T adds its own sum's error (over the ball too where one is given: `Affine.ball_rounding`)."""
         adj = self.adj
         own = adj.rounding(-s_mag, s_mag)
+        if s_ball is not None:
+            own = torch.minimum(own, adj.ball_rounding(*s_ball))
         return adj.apply_abs(e) + own, adj.apply_abs(s_mag) + own
 
     def lipschitz(self, norm: str) -> torch.Tensor:
@@ -1258,9 +1295,10 @@ class RKStep(Layer):
             drifts.append(drift), lines.append((k, half)), boxes.append(box)
         return ks, drifts, lines, boxes
 
-    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre,
-                 err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step as run in float32, stage by stage: each stage input fl(x^ + h_run sum a_ij k^_j) within
+    def roundoff(self, lo: torch.Tensor, hi: torch.Tensor, pre: Pre, err: torch.Tensor,
+                 ball: Ball = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step as run in float32, stage by stage (the ball is not used: each stage's magnitudes come from its
+        own boxes): each stage input fl(x^ + h_run sum a_ij k^_j) within
         gamma_m (|x^| + h_run sum |a_ij| |k^_j|) of its exact sum in any order of the sums and of the products by
         the (rounded) coefficients (m = stages + 5), plus (h_run - h) sum |a_ij| |k_j|; each field evaluation as the
         Euler step's (the conv's and sigma's own errors, G's); the update likewise. The own error: the chain from a

@@ -44,7 +44,8 @@ def lipschitz_met(net: "Unrolled", u: torch.Tensor, eps: float | torch.Tensor, n
     output lies within L_k eps of its value at u (L_k the product of the layers' factors in `norm`, a coordinate being
     at most any p-norm), and a step's pre-activation within its `pre_lipschitz` times L_{k-1} eps. Over large L2 balls the
     mean-value boxes cover the whole pixel box; this keeps the magnitudes the float32 error is proportional to.
-    In L2 the balls themselves (centre, L_{k-1} eps) are kept for the affine layers' magnitudes (`ball_rounding`).
+    In L2 the balls themselves (centre, L_{k-1} eps) are kept for the magnitudes of the affine layers and of the steps'
+    convolutions (`Layer.roundoff`'s ball).
 
     A ball at least as wide as its box everywhere leaves the box as it is (the box holds the centre's value): the
     network is evaluated at u only where some ball is narrower (Linf balls of expansive blocks rarely are)."""
@@ -118,10 +119,8 @@ def _propagate(net: "Unrolled", bounds: "LayerBounds") -> tuple[list[torch.Tenso
     last = len(net.layers) - 1
     for i, layer in enumerate(net.layers):
         pre = bounds.pre[i] if i < last else None
-        own, out = layer.roundoff(lo, hi, pre, err)
-        if bounds.balls is not None and isinstance(layer, Affine):  # L2 balls: the magnitudes by Cauchy-Schwarz too
-            own = torch.minimum(own, layer.ball_rounding(*bounds.balls[i], err))
-            out = layer.apply_abs(err) + own
+        # L2 balls: the magnitudes by Cauchy-Schwarz too (affine layers and the steps' convolutions)
+        own, out = layer.roundoff(lo, hi, pre, err, None if bounds.balls is None else bounds.balls[i])
         owns.append(own)
         own = own.flatten(1)
         flat = out.flatten(1)

@@ -288,3 +288,93 @@ def test_the_hull_tier_changes_no_verdict_stage_or_radius(tiny_trained, monkeypa
     assert torch.allclose(fast.radii, slow.radii, rtol=1e-9, atol=0.0)
     if norm == "inf":
         assert sum(calls) > 0, "the hull proved nothing: the test is vacuous"
+
+
+def _ball_layers(cfg, seed, scale):
+    """A random model's unrolled twin, two inputs, every layer's exact input at them (the balls' centres) and a
+    radius per input."""
+    net = unroll(random_model(cfg, seed, scale).float())
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(2, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen, dtype=torch.float64)
+    r = 0.05 + torch.rand(2, generator=gen, dtype=torch.float64)
+    return net, net.outputs(u), r, gen
+
+
+def _unit_rows(v):
+    return v / v.flatten(1).norm(dim=1).clamp_min(1e-300).view(-1, *[1] * (v.dim() - 1))
+
+
+@settings(max_examples=budget(20))
+@given(model_configs(), seeds, st.sampled_from([0.3, 1.0, 3.0]))
+def test_affine_rounding_over_an_l2_ball_holds_at_each_rows_extreme_point(cfg, seed, scale):
+    """Affine layers (and the steps' convolutions): the own float32 error over the L2 ball (c, r), inputs within err
+    of it, is at least the error model's gamma_n (|A| |x^| + |b|) + n TINY at every point of the ball, the point that
+    maximises one output's |A_i| |x| (c + r |A_i| sign(c) / ||A_i||: the Cauchy-Schwarz bound is attained there)
+    included, even where the box around the ball is the whole box."""
+    from certify.bounds.layers import Affine, FieldStep
+    from contraction.floats import TINY, gamma
+
+    net, outs, r, gen = _ball_layers(cfg, seed, scale)
+    rr = r.view(-1, 1, 1, 1)
+    for i, layer in enumerate(net.layers):
+        affine = layer.conv if isinstance(layer, FieldStep) else layer if isinstance(layer, Affine) else None
+        if affine is None or affine.terms == 0:
+            continue
+        c = outs[i]
+        view = r.view(-1, *[1] * (c.dim() - 1))
+        lo, hi = c - view, c + view  # the box around the ball: the ball's bound is the one that can decide
+        err = 1e-3 * torch.rand(c.shape, generator=gen, dtype=torch.float64)
+        own = affine.rounding(lo, hi, err, (c, r))
+        assert (own <= affine.rounding(lo, hi, err) * (1 + 1e-12)).all()  # never looser than the box's
+
+        def model_error(x):
+            b = affine.bias_map()
+            size = affine.apply_abs(x.abs() + err)
+            return gamma(affine.terms) * (size if b is None else size + b.abs()) + affine.terms * TINY
+
+        out = torch.zeros_like(own).flatten(1)
+        for k in torch.randperm(out.shape[1], generator=gen)[:4].tolist():
+            e = torch.zeros_like(out)
+            e[:, k] = 1.0
+            row = affine.adjoint(e.view_as(own)).abs()  # |A_k| in the input's shape
+            sign = torch.where(c >= 0, 1.0, -1.0).to(c.dtype)
+            x = c + view * _unit_rows(row) * sign
+            assert torch.allclose(x.flatten(1).sub(c.flatten(1)).norm(dim=1), r)
+            got = model_error(x).flatten(1)[:, k]
+            assert (got <= own.flatten(1)[:, k] * (1 + 1e-9)).all(), float((got / own.flatten(1)[:, k]).max())
+        for _ in range(3):  # random points of the ball
+            d = _unit_rows(torch.randn(c.shape, generator=gen, dtype=torch.float64))
+            x = c + d * view * torch.rand(len(c), generator=gen, dtype=torch.float64).view_as(view)
+            assert (model_error(x) <= own * (1 + 1e-9)).all()
+
+
+@settings(max_examples=budget(20))
+@given(model_configs(), seeds, st.sampled_from([0.3, 1.0, 3.0]))
+def test_a_steps_float32_activation_lies_within_its_error_of_the_ball_the_rule_gives(cfg, seed, scale):
+    """A step's field over an L2 ball (c, r) of its input: every sigma^ = sigma(z^) + (its float32 error), z^ within
+    dz of z = T x + b, x in the ball, lies within e of the ball (|sigma(z_c)|-centred, radius b ||T||_2 r) that
+    `_sigma_ball` returns: at random points, at points along T's top singular vector (where the radius is nearly
+    attained) and with every perturbation at its extreme."""
+    from certify.bounds.layers import FieldStep, _sigma_ball
+
+    net, outs, r, gen = _ball_layers(cfg, seed, scale)
+    steps = [(i, layer) for i, layer in enumerate(net.layers) if isinstance(layer, FieldStep)]
+    for i, step in steps:
+        c = outs[i]
+        view = r.view(-1, *[1] * (c.dim() - 1))
+        v = torch.randn(c.shape, generator=gen, dtype=torch.float64)
+        for _ in range(30):  # power iteration on T^T T: T's top right singular vector
+            v = _unit_rows(step.conv.adjoint(step.conv.apply(v)))
+        dz = 1e-3 * torch.rand(step.conv(c).shape, generator=gen, dtype=torch.float64)
+        s_err = 1e-4 * torch.rand(dz.shape, generator=gen, dtype=torch.float64)
+        centre_abs, radius, e = _sigma_ball(step, (c, r), dz, s_err)
+        centre = step.act(step.conv(c))
+        assert torch.equal(centre_abs, centre.abs())
+        points = [c + view * v, c - view * v]
+        points += [c + view * _unit_rows(torch.randn(c.shape, generator=gen, dtype=torch.float64)) for _ in range(3)]
+        for x in points:
+            z = step.conv(x)
+            sign = torch.where(torch.rand(z.shape, generator=gen) < 0.5, -1.0, 1.0).to(z.dtype)
+            s_hat = step.act(z + sign * dz) + sign * s_err
+            outside = ((s_hat - centre).abs() - e).clamp_min(0).flatten(1).norm(dim=1)
+            assert (outside <= radius * (1 + 1e-9) + 1e-12).all(), float((outside / radius).max())
