@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from certify.run import certify_model
+from contraction.errors import DataError
 from nodes.checkpoint import load_checkpoint, model_from_checkpoint
 from nodes.data import load_dataset
 
@@ -55,4 +56,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except DataError as exc:
+        raise SystemExit(f"shipped_models: {exc}") from None
