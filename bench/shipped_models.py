@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 from certify.run import certify_model
-from contraction.errors import DataError
+from contraction.errors import CNodeError
 from nodes.checkpoint import load_checkpoint, model_from_checkpoint
 from nodes.data import load_dataset
 
@@ -58,5 +59,6 @@ def main() -> int:
 if __name__ == "__main__":
     try:
         raise SystemExit(main())
-    except DataError as exc:
-        raise SystemExit(f"shipped_models: {exc}") from None
+    except CNodeError as exc:  # a missing dataset or checkpoint: one line and exit 2, as run_cli does for cnode
+        print(f"shipped_models: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
