@@ -49,6 +49,21 @@ class LayerBounds:
     def hi(self) -> torch.Tensor:
         return self.boxes[-1][1]
 
+    def with_rows(self, rows: torch.Tensor, other: "LayerBounds") -> "LayerBounds":
+        """These bounds with the rows `rows` (indices) replaced by `other`'s (bounds of those inputs, in that order;
+        same layers). Each row stays sound for its own input; the L2 balls are dropped unless both carry them."""
+        def put(mine: "tuple[torch.Tensor, torch.Tensor] | None", theirs: "tuple[torch.Tensor, torch.Tensor] | None"
+                ) -> "tuple[torch.Tensor, torch.Tensor] | None":
+            if mine is None or theirs is None:
+                return None
+            return mine[0].index_copy(0, rows, theirs[0]), mine[1].index_copy(0, rows, theirs[1])
+        balls = None if self.balls is None or other.balls is None else \
+            [put(a, b) for a, b in zip(self.balls, other.balls)]
+        return LayerBounds([put(a, b) for a, b in zip(self.boxes, other.boxes)],  # type: ignore[misc]
+                           [put(a, b) for a, b in zip(self.pre, other.pre)],
+                           self.input_lo.index_copy(0, rows, other.input_lo),
+                           self.input_hi.index_copy(0, rows, other.input_hi), balls)  # type: ignore[arg-type]
+
     def hull(self) -> "LayerBounds":
         """One set holding every input's: each box's coordinatewise hull over the batch (batch 1; no L2 balls)."""
         span = lambda pair: None if pair is None else (pair[0].amin(0, keepdim=True), pair[1].amax(0, keepdim=True))  # noqa: E731

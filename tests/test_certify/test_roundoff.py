@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from certify.bounds.attacks import pgd
 from certify.bounds.layers import Conv, EulerStep
-from certify.bounds.local import local_bounds
+from certify.bounds.local import ibp_bounds, local_bounds
 from certify.bounds.radius import certified_radii, float32_below, unproven
 from certify.bounds.roundoff import ball_error, ball_terms, float32_error, hull_error, margin_slack
 from certify.run import certify_model, certify_tensors
@@ -256,6 +256,9 @@ def test_the_batch_hull_bound_holds_every_input_bound_and_the_real_error(cfg, se
     own = terms.errors[-1] if terms is not None else ball_error(net, u.double(), eps, norm, local)
     assert (own <= hull).all(), float((own / hull).max())
     assert (float32_error(net, local) <= hull).all()
+    ibp = ibp_bounds(net, u.double(), eps, norm)  # certify_batch's first tier: IBP's boxes hold the local ones
+    assert all((a[0] <= b[0]).all() and (b[1] <= a[1]).all() for a, b in zip(ibp.boxes, local.boxes))
+    assert (hull <= hull_error(net, ibp)).all()
     for p in [u] + _ball_points(u, eps, norm, gen, 3):
         with torch.no_grad():
             observed = (model32(p).double() - net(p.double())).abs()
@@ -264,22 +267,28 @@ def test_the_batch_hull_bound_holds_every_input_bound_and_the_real_error(cfg, se
 
 @pytest.mark.parametrize("norm,eps", [("inf", 0.01), ("inf", 0.03), ("2", 0.3)])
 def test_the_hull_tier_changes_no_verdict_stage_or_radius(tiny_trained, monkeypatch, norm, eps):
-    """certify_batch proves some inputs by the local stage under the batch's hull slack, skipping their own float32
-    bound: every verdict, stage and radius equals the run that derives every input's own bound (the tier disabled),
-    and the tier is not vacuous on this model."""
+    """certify_batch proves some inputs by the local stage under a hull's slack (IBP's boxes first, then the local
+    boxes of the rest), skipping their own float32 bound: every verdict, stage and radius equals the run that
+    derives every input's own bound from the local boxes (the tiers disabled), and the IBP tier is not vacuous on
+    this model."""
     import certify.run as run
 
     model, _ = tiny_trained
     x, y = load_dataset("mnist-mini", "test").tensors(0, 120)
-    calls = []
-    real = run._proven_by_hull
+    calls, ibp = [], []
+    real, real_ibp = run._proven_by_hull, run.ibp_bounds
 
     def counted(*args):
         early, hull = real(*args)
-        calls.append(int(early.sum()))
+        calls.append((any(args[3] is b for b in ibp), int(early.sum())))
         return early, hull
 
+    def kept(*args):
+        ibp.append(real_ibp(*args))
+        return ibp[-1]
+
     monkeypatch.setattr(run, "_proven_by_hull", counted)
+    monkeypatch.setattr(run, "ibp_bounds", kept)
     fast = certify_tensors(model, x, y, eps=eps, norm=norm, bound="auto")
     monkeypatch.setattr(run, "_proven_by_hull", lambda plan, z, y, local, reach: (torch.zeros_like(y, dtype=torch.bool), None))
     slow = certify_tensors(model, x, y, eps=eps, norm=norm, bound="auto")
@@ -287,7 +296,7 @@ def test_the_hull_tier_changes_no_verdict_stage_or_radius(tiny_trained, monkeypa
     assert torch.equal(fast.falsified, slow.falsified) and torch.equal(fast.nonfinite, slow.nonfinite)
     assert torch.allclose(fast.radii, slow.radii, rtol=1e-9, atol=0.0)
     if norm == "inf":
-        assert sum(calls) > 0, "the hull proved nothing: the test is vacuous"
+        assert sum(n for by_ibp, n in calls if by_ibp) > 0, "IBP's hull proved nothing: the test is vacuous"
 
 
 def _ball_layers(cfg, seed, scale):
