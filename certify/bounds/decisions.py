@@ -28,7 +28,7 @@ import torch
 from contraction.adaptive import Decision
 from certify.bounds.attacks import per_input_eps
 from certify.bounds.layers import Box, Symbolic, meet
-from certify.bounds.linear import DEFAULT_BUDGET, symbolic_range
+from certify.bounds.linear import DEFAULT_BUDGET, symbolic_layers, symbolic_range
 from certify.bounds.local import LayerBounds
 from certify.bounds.roundoff import ENGINE_MARGIN, float32_errors, lipschitz_met
 from certify.bounds.unrolled import Unrolled
@@ -104,13 +104,9 @@ def _symbolic_estimates(net: Unrolled, u: torch.Tensor, eps: torch.Tensor, norm:
     def concretize(s: Symbolic) -> tuple[torch.Tensor, torch.Tensor]:
         return symbolic_range(s, lo_u, hi_u, u, ball)
 
-    B, n = u.shape[0], u[0].numel()
-    eye = torch.eye(n, dtype=u.dtype, device=u.device).reshape(*u.shape[1:], 1, n).expand(*u.shape[1:], B, n)
-    s = Symbolic(eye.contiguous(), torch.zeros_like(u), torch.zeros_like(u))
     out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(net.estimators)
     last = max(net.estimators[a][0] for a in wanted)
-    for i, layer in enumerate(net.layers[:last + 1]):
-        s, _ = layer.symbolic(s, local.pre[i], concretize)
+    for i, s, _ in symbolic_layers(net, u, local, concretize, stop=last + 1):
         for a, (index, est) in enumerate(net.estimators):
             if index == i and a in wanted:
                 wide = Symbolic(s.A, s.c, s.r + errors[i])

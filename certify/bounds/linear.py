@@ -17,27 +17,44 @@ dense matrix), so the inputs are processed in chunks holding at most `budget` co
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
 from contraction.errors import check_norm
 from certify.bounds.attacks import per_input_eps
-from certify.bounds.layers import Symbolic, meet
+from certify.bounds.layers import Affine, Concretize, Pre, Symbolic, meet
 from certify.bounds.local import LayerBounds, local_bounds
 from certify.bounds.unrolled import Unrolled
 
-__all__ = ["DEFAULT_BUDGET", "symbolic_range", "linear_bounds"]
+__all__ = ["DEFAULT_BUDGET", "ROWS", "symbolic_range", "remember", "symbolic_layers", "linear_bounds"]
 
 DEFAULT_BUDGET = 2**26  # coefficients of A held at once (512 MiB in float64), chunking the inputs
 
 
-def symbolic_range(s: Symbolic, lo_u: torch.Tensor, hi_u: torch.Tensor, u: torch.Tensor, eps: torch.Tensor | None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+ROWS = 256  # rows of A concretised at a time: |A| of a block stays in cache (the whole |A| would be a copy of A)
+
+
+def symbolic_range(s: Symbolic, lo_u: torch.Tensor, hi_u: torch.Tensor, u: torch.Tensor, eps: torch.Tensor | None,
+                   *, rows: int = ROWS) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact range of A u + c +- r over u in the box [lo_u, hi_u] (and, if `eps` [B] is given, also over the L2
-    ball ||u' - u|| <= eps: the intersection of both ranges encloses the set ball & box)."""
+    ball ||u' - u|| <= eps: the intersection of both ranges encloses the set ball & box). A linear part shared by
+    every input (stride 0 over the batch, as `symbolic_layers` leaves the first affine layer's) is read once; any
+    other is read `rows` rows at a time."""
     A = s.A.flatten(0, -3).transpose(0, 1)  # [B, m, n]
     mid, rad = (0.5 * (lo_u + hi_u)).flatten(1), (0.5 * (hi_u - lo_u)).flatten(1)
-    centre = torch.bmm(A, mid.unsqueeze(-1)).squeeze(-1)
-    width = torch.bmm(A.abs(), rad.unsqueeze(-1)).squeeze(-1)
+    if A.stride(0) == 0:  # one matrix for every input: matrix products over the inputs' vectors
+        A1 = A[0]
+        centre = (A1 @ mid.T).T
+        width = (A1.abs() @ rad.T).T
+    else:
+        B, m = A.shape[:2]
+        centre = torch.empty(B, m, dtype=A.dtype, device=A.device)
+        width = torch.empty_like(centre)
+        for i in range(0, m, rows):
+            block = A[:, i:i + rows]
+            centre[:, i:i + rows] = torch.bmm(block, mid.unsqueeze(-1)).squeeze(-1)
+            width[:, i:i + rows] = torch.bmm(block.abs(), rad.unsqueeze(-1)).squeeze(-1)
     shape = s.c.shape
     c, r = s.c.flatten(1), s.r.flatten(1)
     lo, hi = c + centre - width - r, c + centre + width + r
@@ -48,19 +65,48 @@ def symbolic_range(s: Symbolic, lo_u: torch.Tensor, hi_u: torch.Tensor, u: torch
     return lo.reshape(shape), hi.reshape(shape)
 
 
+def remember(concretize: Concretize) -> Concretize:
+    """`concretize` that returns the range it took last when asked again for the same linear form (the form a layer
+    returned, its output box, is also the next rule's pre-activation form)."""
+    last: list = [None, None]
+
+    def once(form: Symbolic) -> tuple[torch.Tensor, torch.Tensor]:
+        if last[0] is not form:
+            last[0], last[1] = form, concretize(form)
+        return last[1]
+    return once
+
+
+def symbolic_layers(net: Unrolled, u: torch.Tensor, local: LayerBounds, concretize: Concretize, stop: int | None = None
+                    ) -> Iterator[tuple[int, Symbolic, Pre]]:
+    """Each layer's output as a linear form of the input, x = A u + c +- r (`Layer.symbolic` from the identity),
+    with the pre-activation box each rule used, for layers 0 .. `stop` - 1 (all but the last by default).
+
+    An affine first layer maps the identity to the same linear part for every input: it is computed for one and
+    shared (stride 0 over the batch) until a later rule scales it per input."""
+    B, n = u.shape[0], u[0].numel()
+    layers = net.layers[:-1] if stop is None else net.layers[:stop]
+    eye = torch.eye(n, dtype=u.dtype, device=u.device).reshape(*u.shape[1:], 1, n)
+    first = 0
+    s = Symbolic(eye.expand(*u.shape[1:], B, n).contiguous(), torch.zeros_like(u), torch.zeros_like(u))
+    if layers and isinstance(layers[0], Affine):
+        zero = torch.zeros_like(u[:1])
+        one, _ = layers[0].symbolic(Symbolic(eye, zero, zero), None, concretize)
+        s = Symbolic(one.A.expand(*one.A.shape[:-2], B, n), one.c.expand(B, *one.c.shape[1:]),
+                     one.r.expand(B, *one.r.shape[1:]))
+        first = 1
+        yield 0, s, None
+    for i in range(first, len(layers)):
+        s, p = layers[i].symbolic(s, local.pre[i], concretize)
+        yield i, s, p
+
+
 def _linear_chunk(net: Unrolled, u: torch.Tensor, eps: torch.Tensor, norm: str, local: LayerBounds) -> LayerBounds:
     lo_u, hi_u = local.input_lo, local.input_hi
     ball = eps.flatten() if norm == "2" else None
-
-    def concretize(s: Symbolic) -> tuple[torch.Tensor, torch.Tensor]:
-        return symbolic_range(s, lo_u, hi_u, u, ball)
-
-    B, n = u.shape[0], u[0].numel()
-    eye = torch.eye(n, dtype=u.dtype, device=u.device).reshape(*u.shape[1:], 1, n).expand(*u.shape[1:], B, n).contiguous()
-    s = Symbolic(eye, torch.zeros_like(u), torch.zeros_like(u))
+    concretize = remember(lambda s: symbolic_range(s, lo_u, hi_u, u, ball))
     pre, boxes = [], []
-    for i, layer in enumerate(net.layers[:-1]):
-        s, p = layer.symbolic(s, local.pre[i], concretize)
+    for i, s, p in symbolic_layers(net, u, local, concretize):
         pre.append(p)
         boxes.append(meet(concretize(s), local.boxes[i]))
     return LayerBounds(boxes, pre, lo_u, hi_u)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from certify.bounds.attacks import pgd
 from certify.bounds.layers import Symbolic
-from certify.bounds.linear import linear_bounds, symbolic_range
+from certify.bounds.linear import linear_bounds, remember, symbolic_layers, symbolic_range
 from certify.bounds.local import input_box, local_bounds
 from certify.run import certify_model
 from certify.bounds.tight import TIGHT_STAGES, certified_at, escalate, stage_margins
@@ -70,12 +70,8 @@ def test_every_layer_symbolic_enclosure_contains_the_exact_outputs(cfg, seed, no
     lo_u, hi_u = local.input_lo, local.input_hi
     ball = torch.full((3,), eps, dtype=torch.float64) if norm == "2" else None
     concretize = lambda s: symbolic_range(s, lo_u, hi_u, u, ball)  # noqa: E731
-    n = u[0].numel()
-    eye = torch.eye(n, dtype=u.dtype).reshape(*u.shape[1:], 1, n).expand(*u.shape[1:], 3, n).contiguous()
     forms, pres = [], []
-    s = Symbolic(eye, torch.zeros_like(u), torch.zeros_like(u))
-    for i, layer in enumerate(net.layers[:-1]):
-        s, p = layer.symbolic(s, local.pre[i], concretize)
+    for i, s, p in symbolic_layers(net, u, local, concretize):
         forms.append(s)
         pres.append(p)
         if p is not None:  # never looser than the local pre-activation box
@@ -92,6 +88,51 @@ def test_every_layer_symbolic_enclosure_contains_the_exact_outputs(cfg, seed, no
                 assert (pres[i][0] - ptol <= pre[i]).all() and (pre[i] <= pres[i][1] + ptol).all(), i
     b = linear_bounds(net, u, eps, norm, local=local)
     assert (b.lo >= local.lo - 1e-12).all() and (b.hi <= local.hi + 1e-12).all()
+
+
+@settings(max_examples=budget(15), deadline=None)
+@given(model_configs(), seeds, st.sampled_from(["inf", "2"]), st.integers(1, 7))
+def test_the_shared_first_layer_and_blocked_ranges_equal_the_plain_pass(cfg, seed, norm, rows):
+    """symbolic_layers (an affine first layer computed once and shared over the batch; each form's range reused by
+    the next rule) and symbolic_range read in blocks of `rows` rows give the forms and ranges of the plain pass:
+    every input's identity through every layer's rule, each range by the dense formula A mid +- |A| rad."""
+    model, net, gen, u, y = random_case(cfg, seed, 1.0, 3)
+    local = local_bounds(net, u, 0.05, norm)
+    lo_u, hi_u = local.input_lo, local.input_hi
+    ball = torch.full((3,), 0.05, dtype=torch.float64) if norm == "2" else None
+
+    def dense(s):
+        mid, rad = 0.5 * (lo_u + hi_u), 0.5 * (hi_u - lo_u)
+        centre = torch.einsum("...bn,bn->b...", s.A, mid.flatten(1))
+        width = torch.einsum("...bn,bn->b...", s.A.abs(), rad.flatten(1))
+        lo, hi = s.c + centre - width - s.r, s.c + centre + width + s.r
+        if ball is not None:
+            at = s.c + torch.einsum("...bn,bn->b...", s.A, u.flatten(1))
+            norms = s.A.norm(dim=-1).movedim(-1, 0)
+            lo, hi = torch.maximum(lo, at - 0.05 * norms - s.r), torch.minimum(hi, at + 0.05 * norms + s.r)
+            hi = torch.maximum(hi, lo)
+        return lo, hi
+
+    n = u[0].numel()
+    s = Symbolic(torch.eye(n, dtype=u.dtype).reshape(*u.shape[1:], 1, n).expand(*u.shape[1:], 3, n).contiguous(),
+                 torch.zeros_like(u), torch.zeros_like(u))
+    calls = []
+
+    def blocked(form):
+        calls.append(form)
+        return symbolic_range(form, lo_u, hi_u, u, ball, rows=rows)
+
+    conc = remember(blocked)
+    for (i, shared, p), layer in zip(symbolic_layers(net, u, local, conc), net.layers[:-1]):
+        s, q = layer.symbolic(s, local.pre[i], dense)
+        for a, b in zip((shared.A, shared.c, shared.r), (s.A, s.c, s.r)):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        for a, b in zip(conc(shared), dense(s)):  # the output's range, as linear_bounds takes it
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        if p is not None:
+            for a, b in zip(p, q):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert len(calls) == len({id(f) for f in calls}), "a form was concretised twice"
 
 
 @settings(max_examples=budget(10), deadline=None)
