@@ -88,7 +88,6 @@ def symbolic_layers(net: Unrolled, u: torch.Tensor, local: LayerBounds, concreti
     layers = net.layers[:-1] if stop is None else net.layers[:stop]
     eye = torch.eye(n, dtype=u.dtype, device=u.device).reshape(*u.shape[1:], 1, n)
     first = 0
-    s = Symbolic(eye.expand(*u.shape[1:], B, n).contiguous(), torch.zeros_like(u), torch.zeros_like(u))
     if layers and isinstance(layers[0], Affine):
         zero = torch.zeros_like(u[:1])
         one, _ = layers[0].symbolic(Symbolic(eye, zero, zero), None, concretize)
@@ -96,6 +95,8 @@ def symbolic_layers(net: Unrolled, u: torch.Tensor, local: LayerBounds, concreti
                      one.r.expand(B, *one.r.shape[1:]))
         first = 1
         yield 0, s, None
+    else:  # every input's own copy of the identity (the first rule scales it per input)
+        s = Symbolic(eye.expand(*u.shape[1:], B, n).contiguous(), torch.zeros_like(u), torch.zeros_like(u))
     for i in range(first, len(layers)):
         s, p = layers[i].symbolic(s, local.pre[i], concretize)
         yield i, s, p
