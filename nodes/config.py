@@ -14,7 +14,8 @@ from contraction.regularizers import REG_TARGETS
 from contraction.weights import CONTRACTIVE_INSET, check_step_rate
 
 __all__ = ["ModelConfig", "TrainConfig", "FIELDS", "REG_TARGETS", "ARCHS", "DEFAULT_ARCH", "INITS", "PADDINGS", "SOLVERS", "READOUTS",
-           "DATASETS", "REGULARIZERS", "HINGES", "THREAT_NORMS", "DEFAULT_REG_WEIGHT", "CERTIFIED_METHODS", "EPS_RAMPS"]
+           "DATASETS", "REGULARIZERS", "HINGES", "THREAT_NORMS", "DEFAULT_REG_WEIGHT", "CERTIFIED_METHODS", "EPS_RAMPS",
+           "LIPSCHITZ_LOSSES"]
 
 SOLVERS = ("euler", "midpoint", "heun2", "heun3", "ssprk3", "rk4", "dopri5", "dopri5-dyadic", "bosh3-dyadic")
 READOUTS = ("linear", "avgpool")
@@ -247,7 +248,12 @@ CERTIFIED_METHODS = ("ibp", "crown-ibp", "mtl-ibp", "local", "lipschitz")
 with IBP by beta falling from 1 to 0 over the eps ramp); MTL-IBP (alpha CE(IBP worst case) + (1 - alpha) CE(PGD
 point)); the mean-value boxes of `--bound local` without its interval pass ('local'; named 'interval' in
 checkpoints written before); the Lipschitz margin ('lipschitz')."""
-EPS_RAMPS = ("linear", "smooth")
+EPS_RAMPS = ("linear", "smooth", "log")
+
+LIPSCHITZ_LOSSES = ("margin", "gloro", "trades")
+"""The losses of Lipschitz-margin training (certify.bounds.objectives): 'margin', cross-entropy of the logits shifted
+by eps L_yj; 'gloro' (Leino et al. 2021), cross-entropy over the logits and a bottom class max_{j != c} z_j + eps L_cj, c
+the predicted class; 'trades', the clean cross-entropy plus trades_lambda x the bottom class's KL term."""
 
 
 @dataclass(frozen=True)
@@ -270,7 +276,8 @@ class TrainConfig(_Config):
     points of clean accuracy, docs/RESULTS.md section 5; give both explicitly to combine them).
 
     Schedules: `eps_ramp` shapes the ramp of the certified eps ('smooth': Shi et al. 2021's polynomial-then-linear
-    growth, continuous slope, over the same `certified_warmup` epochs); the loss trains at `train_eps_factor` x
+    growth, continuous slope, over the same `certified_warmup` epochs; 'log': GloRo's logarithmic ramp, fast at first,
+    from 1 % of the eps); the loss trains at `train_eps_factor` x
     `certified_eps` (the test eps stays `certified_eps`); the learning rate is multiplied by `lr_decay` after every
     epoch, or only at the `lr_milestones` (epochs) when given; `grad_clip` > 0 clips the gradient's 2-norm
     (0: no clipping); `mtl_alpha`, `attack_steps`: the MTL-IBP mix and its PGD steps.
@@ -282,7 +289,10 @@ class TrainConfig(_Config):
 
     `warmup_reg` > 0 adds Shi et al. 2021's warm-up terms on the training boxes (bound tightness and the balance of
     certainly active and inactive neurons, certify.bounds.objectives.warmup_regularizer) to the certified loss,
-    weighted by warmup_reg x (1 - eps(t) / eps_train): in full at the ramp's start, gone at its end (they used 0.5)."""
+    weighted by warmup_reg x (1 - eps(t) / eps_train): in full at the ramp's start, gone at its end (they used 0.5).
+
+    `lipschitz_loss` (certified_method 'lipschitz' only, LIPSCHITZ_LOSSES): 'margin' (the default), 'gloro' or
+    'trades' (with `trades_lambda` > 0, the robust term's weight)."""
 
     dataset: str = "mnist"
     epochs: int = 5
@@ -315,6 +325,8 @@ class TrainConfig(_Config):
     ema_decay: float = 0.0
     ema_start: float = 0.0
     warmup_reg: float = 0.0
+    lipschitz_loss: str = "margin"
+    trades_lambda: float = 0.0
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
@@ -346,6 +358,16 @@ class TrainConfig(_Config):
             raise CNodeError("warmup_reg regularises the certified loss's boxes during the eps ramp: it needs "
                              "certified_eps > 0 and a box method (ibp, crown-ibp, mtl-ibp, local), got "
                              f"certified_eps {self.certified_eps:g}, method {self.certified_method!r}")
+        _check_choice("lipschitz_loss", self.lipschitz_loss, LIPSCHITZ_LOSSES)
+        _check_float("trades_lambda", self.trades_lambda, 0.0, strict=False)
+        if self.lipschitz_loss != "margin" and (self.certified_eps == 0 or self.certified_method != "lipschitz"):
+            raise CNodeError(f"lipschitz_loss {self.lipschitz_loss!r} is a loss of Lipschitz-margin training: it needs "
+                             f"certified_method 'lipschitz' and certified_eps > 0, got {self.certified_method!r}, "
+                             f"certified_eps {self.certified_eps:g}")
+        if (self.lipschitz_loss == "trades") != (self.trades_lambda > 0):
+            raise CNodeError("trades_lambda weighs the robust term of lipschitz_loss 'trades' and nothing else: give "
+                             f"both or neither (got lipschitz_loss {self.lipschitz_loss!r}, trades_lambda "
+                             f"{self.trades_lambda:g})")
         if self.ema_decay == 0 and self.ema_start > 0:
             raise CNodeError(f"ema_start {self.ema_start:g} given without weight averaging (ema_decay is 0): it would "
                              "do nothing; give ema_decay > 0, e.g. 0.999")

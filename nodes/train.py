@@ -4,6 +4,7 @@ regularizer and certified objective come from the TrainConfig's names (registrie
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import time
@@ -38,10 +39,14 @@ log = logging.getLogger(__name__)
 
 def ramp(progress: float, shape: str = "linear", mid: float = 0.25, power: float = 4.0) -> float:
     """The fraction of the final eps reached `progress` in [0, 1] into the ramp. 'smooth' (Shi et al. 2021):
-    A p^power up to `mid`, then linear to 1, A chosen so that the slope is continuous at `mid`."""
+    A p^power up to `mid`, then linear to 1, A chosen so that the slope is continuous at `mid`. 'log' (GloRo, Leino
+    et al. 2021): log((e - e^s) p + e^s) from s = 0.01 at p = 0 to 1 at p = 1, concave (fast at first)."""
     p = min(max(progress, 0.0), 1.0)
     if shape == "linear":
         return p
+    if shape == "log":
+        start = 0.01
+        return math.log((math.e - math.exp(start)) * p + math.exp(start))
     a = 1.0 / (mid ** (power - 1) * (power * (1 - mid) + mid))
     if p < mid:
         return a * p**power

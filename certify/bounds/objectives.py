@@ -15,7 +15,11 @@ differentiable lower bound of the margin z_y - z_j. The methods (`TrainConfig.ce
 - 'local': m_j from the mean-value boxes of certify.bounds.local (the mean-value enclosure of every Euler step, as
   `--bound local` computes them but without its interval pass: `local_bounds(interval=False)`), tighter than IBP
   and slower;
-- 'lipschitz' (Lipschitz-margin training): m_j = (z_y - z_j)(u) - eps * L_yj, L_yj the global pairwise constant.
+- 'lipschitz' (Lipschitz-margin training): m_j = (z_y - z_j)(u) - eps * L_yj, L_yj the global pairwise constant;
+  its loss is one of LIPSCHITZ_LOSSES (`TrainConfig.lipschitz_loss`): 'margin', CE(-m) as for the box methods;
+  'gloro' (Leino et al. 2021), CE over [z, z_bot] with the bottom class z_bot = max_{j != c} z_j + eps L_cj, c the
+  predicted class (no gradient through the argmax); 'trades', CE(z, y) + lambda KL(softmax([z, -inf]) ||
+  softmax([z, z_bot])) = CE(z, y) + lambda softplus(z_bot - logsumexp(z)) (GloRo's TRADES loss).
 A controlled solver ('dopri5-dyadic', 'bosh3-dyadic') is bounded along each input's schedule (the inputs grouped by
 schedule, each group through its own layers); its accept/reject decisions are not part of the training bound (the
 certificate proves them, certify.bounds.decisions).
@@ -41,6 +45,7 @@ from nodes.classifier import ConvNODE
 from nodes.config import CERTIFIED_METHODS, TrainConfig
 
 __all__ = ["RobustLoss", "Objective", "OBJECTIVES", "make_objective", "lipschitz_constants", "certified_margins",
+           "LIPSCHITZ_LOSSES", "bottom_logit",
            "certified_loss", "certified_objective", "crown_beta", "warmup_regularizer", "WARMUP_TOLERANCE"]
 
 
@@ -62,6 +67,32 @@ def lipschitz_constants(model: ConvNODE, norm: str) -> torch.Tensor:
     """Differentiable pairwise constants L_yj [K, K] of the whole network (each layer's own factor, the solver steps'
     per-step bounds: the global bound of certify.bounds.lipschitz without the channel metric)."""
     return layer_constants(unroll(model, dtype=None, detach=False), norm)
+
+
+def bottom_logit(z: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """GloRo's bottom class [B]: max over j != c of z_j + shift[c, j], c = argmax z the predicted class (shift = eps x
+    the pairwise constants [K, K]); above z_c exactly when the Lipschitz margin does not prove c."""
+    c = z.argmax(1).detach()
+    shifted = (z + shift[c]).masked_fill(F.one_hot(c, z.shape[1]).bool(), -torch.inf)
+    return shifted.amax(1)
+
+
+def _margin_loss(z: torch.Tensor, y: torch.Tensor, shift: torch.Tensor, lam: float) -> torch.Tensor:
+    m = (z.gather(1, y[:, None]) - z - shift[y]).masked_fill(F.one_hot(y, z.shape[1]).bool(), 0.0)
+    return F.cross_entropy(-m, y)
+
+
+def _gloro_loss(z: torch.Tensor, y: torch.Tensor, shift: torch.Tensor, lam: float) -> torch.Tensor:
+    return F.cross_entropy(torch.cat([z, bottom_logit(z, shift)[:, None]], 1), y)
+
+
+def _trades_loss(z: torch.Tensor, y: torch.Tensor, shift: torch.Tensor, lam: float) -> torch.Tensor:
+    return F.cross_entropy(z, y) + lam * F.softplus(bottom_logit(z, shift) - torch.logsumexp(z, 1)).mean()
+
+
+LIPSCHITZ_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
+    "margin": _margin_loss, "gloro": _gloro_loss, "trades": _trades_loss}
+"""loss(logits [B, K], labels, shift = eps L [K, K], trades lambda) keyed by `TrainConfig.lipschitz_loss`."""
 
 
 def crown_beta(eps: float, eps_train: float) -> float:
@@ -155,6 +186,12 @@ def certified_objective(config: TrainConfig) -> Objective:
     def objective(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None,
                   eps: float) -> RobustLoss:
         eps = eps * factor
+        if method == "lipschitz":
+            z = model(x) if logits is None else logits
+            shift = eps * lipschitz_constants(model, norm)
+            m = (z.gather(1, y[:, None]) - z - shift[y]).masked_fill(F.one_hot(y, z.shape[1]).bool(), torch.inf)
+            return RobustLoss(LIPSCHITZ_LOSSES[config.lipschitz_loss](z, y, shift, config.trades_lambda),
+                              (m > 0).all(1).detach())
         warm = config.warmup_reg * max(0.0, 1.0 - eps / eps_train)  # fades out as the ramp reaches the training eps
         if warm > 0:
             m, boxes = _margins_and_boxes(unroll(model, dtype=None, detach=False), x, y, eps, norm, method,

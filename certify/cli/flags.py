@@ -13,7 +13,7 @@ from contraction.errors import CNodeError
 from nodes.checkpoint import load_checkpoint, model_from_checkpoint, trained_dataset
 from nodes.classifier import ConvNODE
 from nodes.config import (ARCHS, CERTIFIED_METHODS, DATASETS, DEFAULT_ARCH, DEFAULT_REG_WEIGHT, EPS_RAMPS, FIELDS, HINGES,
-                          INITS, PADDINGS, READOUTS, REG_TARGETS, REGULARIZERS, SOLVERS, THREAT_NORMS, ModelConfig)
+                          INITS, LIPSCHITZ_LOSSES, PADDINGS, READOUTS, REG_TARGETS, REGULARIZERS, SOLVERS, THREAT_NORMS, ModelConfig)
 from nodes.data import EMBEDDED_NOTE, ImageData, load_dataset
 from nodes.device import DEVICES, resolve_device
 from nodes.distributed import SINGLE, Dist
@@ -34,6 +34,7 @@ _CHOICES: dict[str, Sequence[str]] = {
     "certified_norm": THREAT_NORMS,
     "eps_ramp": EPS_RAMPS,
     "certified_method": CERTIFIED_METHODS,
+    "lipschitz_loss": LIPSCHITZ_LOSSES,
     "init": INITS,
 }
 _HELP = {
@@ -85,7 +86,12 @@ _HELP = {
                         "Lipschitz margin",
     "certified_mix": "loss = mix * clean CE + (1 - mix) * certified CE",
     "certified_warmup": "epochs over which the certified eps ramps up from 0",
-    "eps_ramp": "shape of the eps ramp: linear, or smooth (Shi et al. 2021: polynomial, then linear)",
+    "eps_ramp": "shape of the eps ramp: linear, smooth (Shi et al. 2021: polynomial, then linear) or log (GloRo's "
+                "logarithmic ramp from 1 %% of the eps: fast at first)",
+    "lipschitz_loss": "loss of --certified-method lipschitz: margin = CE of the logits shifted by eps L_yj, gloro = CE "
+                      "with a bottom class max_j z_j + eps L_cj (c predicted), trades = clean CE + --trades-lambda x "
+                      "the bottom class's KL term (Leino et al. 2021)",
+    "trades_lambda": "weight of the robust term of --lipschitz-loss trades (GloRo used 1-3)",
     "train_eps_factor": "the certified loss trains at this factor x --certified-eps",
     "mtl_alpha": "mtl-ibp: loss = alpha CE(IBP worst case) + (1 - alpha) CE(PGD point)",
     "attack_steps": "mtl-ibp: PGD steps of the attack point",

@@ -14,7 +14,8 @@ from certify.cli import main as cnode_main
 from certify.bounds.tight import certified_at
 from certify.bounds.lipschitz import best_network_bound
 from certify.bounds.radius import certified_radii
-from certify.bounds.objectives import (certified_loss, certified_margins, certified_objective, crown_beta,
+from certify.bounds.objectives import (LIPSCHITZ_LOSSES, bottom_logit, certified_loss, certified_margins,
+                                       certified_objective, crown_beta,
                               lipschitz_constants)
 from certify.bounds.unrolled import unroll
 from nodes import ConvNODE, ModelConfig, TrainConfig, load_dataset, train
@@ -103,10 +104,10 @@ def plain_batch_model():
     return model, data
 
 
-def _finetune(model, data, method, eps):
+def _finetune(model, data, method, eps, **extra):
     model = copy.deepcopy(model)
     cfg = TrainConfig(dataset="mnist-mini", epochs=20, batch_size=128, lr=1e-2, lr_decay=1.0, certified_eps=eps,
-                      certified_method=method, certified_warmup=0.0, certified_start=0.0)
+                      certified_method=method, certified_warmup=0.0, certified_start=0.0, **extra)
     train(model, data, cfg, objective=certified_objective(cfg), progress=False)
     return model
 
@@ -133,6 +134,70 @@ def test_lipschitz_training_raises_the_global_radii_on_a_fixed_batch(plain_batch
 
     before, after = mean_radius(model), mean_radius(_finetune(model, data, "lipschitz", 1e-4))
     assert after >= 2 * before > 0, (before, after)
+    for loss, lam in (("gloro", 0.0), ("trades", 2.0)):
+        tuned = _finetune(model, data, "lipschitz", 1e-4, lipschitz_loss=loss, trades_lambda=lam)
+        assert mean_radius(tuned) >= 2 * before, (loss, before, mean_radius(tuned))
+
+
+@settings(max_examples=budget(30), deadline=None)
+@given(seeds, st.integers(2, 6), st.floats(0.0, 3.0))
+def test_gloro_bottom_class_and_losses_match_their_definitions(seed, k, scale):
+    """The bottom class is the brute-force max over j != c of z_j + shift_cj (c predicted), above z_c exactly when a
+    Lipschitz margin of c is negative; 'gloro' is CE over the K + 1 logits (never below the clean CE), 'trades' the
+    clean CE plus lambda x the KL divergence of the softmax with the bottom class from the clean one, computed
+    explicitly; 'margin' is CE of the negated certified margins."""
+    g = torch.Generator().manual_seed(seed)
+    z = scale * torch.randn(7, k, generator=g, dtype=torch.float64)
+    shift = torch.rand(k, k, generator=g, dtype=torch.float64)
+    y = torch.randint(0, k, (7,), generator=g)
+    c = z.argmax(1)
+    brute = torch.tensor([max(float(z[b, j] + shift[c[b], j]) for j in range(k) if j != c[b]) for b in range(7)],
+                         dtype=torch.float64)
+    bot = bottom_logit(z, shift)
+    assert torch.allclose(bot, brute)
+    open_ = torch.tensor([any(float(z[b, c[b]] - z[b, j] - shift[c[b], j]) < 0 for j in range(k) if j != c[b])
+                          for b in range(7)])
+    assert torch.equal(bot > z.gather(1, c[:, None])[:, 0], open_)
+    clean = F.cross_entropy(z, y)
+    gloro = LIPSCHITZ_LOSSES["gloro"](z, y, shift, 0.0)
+    assert torch.isclose(gloro, F.cross_entropy(torch.cat([z, brute[:, None]], 1), y)) and gloro >= clean - 1e-12
+    p = torch.cat([F.softmax(z, 1), torch.zeros(7, 1, dtype=z.dtype)], 1)
+    q = F.softmax(torch.cat([z, brute[:, None]], 1), 1)
+    kl = (p[:, :k] * (p[:, :k].log() - q[:, :k].log())).sum(1).mean()
+    assert torch.isclose(LIPSCHITZ_LOSSES["trades"](z, y, shift, 1.5), clean + 1.5 * kl)
+    m = (z.gather(1, y[:, None]) - z - shift[y]).masked_fill(F.one_hot(y, k).bool(), 0.0)
+    assert torch.isclose(LIPSCHITZ_LOSSES["margin"](z, y, shift, 0.0), F.cross_entropy(-m, y))
+
+
+def test_lipschitz_losses_count_the_same_certified_inputs_and_refuse_other_methods():
+    """Every Lipschitz loss reports the inputs whose Lipschitz margins are all > 0 at train_eps_factor x eps; 'margin'
+    is the loss of certified_margins; a Lipschitz loss with a box method, and lambda without 'trades', are refused."""
+    from contraction.errors import CNodeError
+
+    model = _model(3, "circular").float()
+    u, y = torch.rand(8, 1, 6, 6, generator=torch.Generator().manual_seed(2)), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    m = certified_margins(model, u, y, 0.02, "2", "lipschitz")
+    expected = (m.masked_fill(F.one_hot(y, 3).bool(), torch.inf) > 0).all(1)
+    for loss, lam in (("margin", 0.0), ("gloro", 0.0), ("trades", 1.0)):
+        cfg = TrainConfig(certified_eps=0.01, certified_method="lipschitz", certified_norm="2", train_eps_factor=2.0,
+                          lipschitz_loss=loss, trades_lambda=lam)
+        out = certified_objective(cfg)(model, u, y, model(u), 0.01)
+        assert torch.equal(out.certified, expected), loss
+        if loss == "margin":
+            assert torch.isclose(out.loss, F.cross_entropy(-m, y))
+    for bad in (dict(certified_method="ibp", lipschitz_loss="gloro"),
+                dict(certified_method="lipschitz", lipschitz_loss="trades"),
+                dict(certified_method="lipschitz", trades_lambda=1.0)):
+        with pytest.raises(CNodeError, match="lipschitz_loss|trades_lambda"):
+            TrainConfig(certified_eps=0.1, **bad)
+
+
+def test_log_ramp_starts_at_one_percent_rises_fast_and_ends_at_one():
+    xs = [i / 1000 for i in range(1001)]
+    ys = [ramp(x, "log") for x in xs]
+    assert ys[0] == pytest.approx(0.01) and ys[-1] == pytest.approx(1.0) and ys == sorted(ys)
+    assert all(y >= x for x, y in zip(xs, ys))  # concave from 0.01 to 1: above the line
+    assert ys[250] > 0.3 and ramp(2.0, "log") == pytest.approx(1.0)
 
 
 def test_cnode_train_certified_flags(tmp_path, capsys):
