@@ -252,8 +252,8 @@ EPS_RAMPS = ("linear", "smooth", "log")
 
 LIPSCHITZ_LOSSES = ("margin", "gloro", "trades")
 """The losses of Lipschitz-margin training (certify.bounds.objectives): 'margin', cross-entropy of the logits shifted
-by eps L_yj; 'gloro' (Leino et al. 2021), cross-entropy over the logits and a bottom class max_{j != c} z_j + eps L_cj, c
-the predicted class; 'trades', the clean cross-entropy plus trades_lambda x the bottom class's KL term."""
+by eps L_yj; 'gloro' (Leino et al. 2021), cross-entropy over the logits and a bottom class max_{j != c} z_j +
+eps L_cj, c the predicted class; 'trades', the clean cross-entropy plus trades_lambda x the bottom class's KL term."""
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from nodes.classifier import ConvNODE
 from nodes.config import CERTIFIED_METHODS, TrainConfig
 
 __all__ = ["RobustLoss", "Objective", "OBJECTIVES", "make_objective", "lipschitz_constants", "certified_margins",
-           "LIPSCHITZ_LOSSES", "bottom_logit",
+           "LIPSCHITZ_LOSSES", "lipschitz_margins", "bottom_logit",
            "certified_loss", "certified_objective", "crown_beta", "warmup_regularizer", "WARMUP_TOLERANCE"]
 
 
@@ -69,6 +69,12 @@ def lipschitz_constants(model: ConvNODE, norm: str) -> torch.Tensor:
     return layer_constants(unroll(model, dtype=None, detach=False), norm)
 
 
+def lipschitz_margins(z: torch.Tensor, y: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """The Lipschitz margins [B, K]: z_y - z_j - shift[y, j] (shift = eps x the pairwise constants), 0 at j = y."""
+    m = z.gather(1, y[:, None]) - z - shift[y]
+    return m.masked_fill(F.one_hot(y, z.shape[1]).bool(), 0.0)
+
+
 def bottom_logit(z: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """GloRo's bottom class [B]: max over j != c of z_j + shift[c, j], c = argmax z the predicted class (shift = eps x
     the pairwise constants [K, K]); above z_c exactly when the Lipschitz margin does not prove c."""
@@ -78,8 +84,7 @@ def bottom_logit(z: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 def _margin_loss(z: torch.Tensor, y: torch.Tensor, shift: torch.Tensor, lam: float) -> torch.Tensor:
-    m = (z.gather(1, y[:, None]) - z - shift[y]).masked_fill(F.one_hot(y, z.shape[1]).bool(), 0.0)
-    return F.cross_entropy(-m, y)
+    return F.cross_entropy(-lipschitz_margins(z, y, shift), y)
 
 
 def _gloro_loss(z: torch.Tensor, y: torch.Tensor, shift: torch.Tensor, lam: float) -> torch.Tensor:
@@ -104,9 +109,7 @@ def certified_margins(model: ConvNODE, x: torch.Tensor, y: torch.Tensor, eps: fl
                       logits: torch.Tensor | None = None, *, beta: float = 0.0) -> torch.Tensor:
     """Differentiable lower bounds of z_y - z_j over the eps-ball, [B, K] (0 at j = y). `beta`: crown-ibp's mix."""
     if method == "lipschitz":
-        z = model(x) if logits is None else logits
-        m = z.gather(1, y[:, None]) - z - eps * lipschitz_constants(model, norm)[y]
-        return m.masked_fill(F.one_hot(y, m.shape[1]).bool(), 0.0)
+        return lipschitz_margins(model(x) if logits is None else logits, y, eps * lipschitz_constants(model, norm))
     if method not in CERTIFIED_METHODS:
         raise CNodeError(f"certified method must be one of {list(CERTIFIED_METHODS)}, got {method!r}")
     if model.config.solver in PAIRS:  # a controlled solver: each group of inputs through its own schedule's layers
@@ -189,7 +192,7 @@ def certified_objective(config: TrainConfig) -> Objective:
         if method == "lipschitz":
             z = model(x) if logits is None else logits
             shift = eps * lipschitz_constants(model, norm)
-            m = (z.gather(1, y[:, None]) - z - shift[y]).masked_fill(F.one_hot(y, z.shape[1]).bool(), torch.inf)
+            m = lipschitz_margins(z, y, shift).masked_fill(F.one_hot(y, z.shape[1]).bool(), torch.inf)
             return RobustLoss(LIPSCHITZ_LOSSES[config.lipschitz_loss](z, y, shift, config.trades_lambda),
                               (m > 0).all(1).detach())
         warm = config.warmup_reg * max(0.0, 1.0 - eps / eps_train)  # fades out as the ramp reaches the training eps

@@ -13,7 +13,8 @@ from contraction.errors import CNodeError
 from nodes.checkpoint import load_checkpoint, model_from_checkpoint, trained_dataset
 from nodes.classifier import ConvNODE
 from nodes.config import (ARCHS, CERTIFIED_METHODS, DATASETS, DEFAULT_ARCH, DEFAULT_REG_WEIGHT, EPS_RAMPS, FIELDS, HINGES,
-                          INITS, LIPSCHITZ_LOSSES, PADDINGS, READOUTS, REG_TARGETS, REGULARIZERS, SOLVERS, THREAT_NORMS, ModelConfig)
+                          INITS, LIPSCHITZ_LOSSES, PADDINGS, READOUTS, REG_TARGETS, REGULARIZERS, SOLVERS, THREAT_NORMS,
+                          ModelConfig)
 from nodes.data import EMBEDDED_NOTE, ImageData, load_dataset
 from nodes.device import DEVICES, resolve_device
 from nodes.distributed import SINGLE, Dist
