@@ -214,6 +214,11 @@ class Affine(Layer):
         """Upper bounds of the 2-norm of each output's row of A (broadcast to one output)."""
         raise NotImplementedError
 
+    def magnitude_row_norms(self) -> torch.Tensor:
+        """Upper bounds of the 2-norm of each output's row of the magnitude map `apply_abs` (the products' |a| that
+        the float32 error model sums; the rows of |A| unless a layer sums several products into one entry)."""
+        return self.row_norms()
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         b = self.bias_map()
         z = self.apply(x)
@@ -301,7 +306,7 @@ class Affine(Layer):
             return torch.zeros_like(self.apply_abs(centre))
         b = self.bias_map()
         size = self.apply_abs(centre.abs() + err)
-        size = size + radius.reshape(-1, *[1] * (size.dim() - 1)) * self.row_norms()
+        size = size + radius.reshape(-1, *[1] * (size.dim() - 1)) * self.magnitude_row_norms()
         return gamma(n) * (size if b is None else size + b.abs()) + n * TINY
 
 
@@ -398,7 +403,15 @@ class Conv(Affine):
     def row_norms(self) -> torch.Tensor:
         """The 2-norm of each output channel's row: the kernel's, with taps that circular padding wraps onto the same
         pixel (kernel wider than the input) summed first (their row entry is the sum)."""
-        K, k = self.weight, self.weight.shape[-1]
+        return self._wrapped_row_norms(self.weight)
+
+    def magnitude_row_norms(self) -> torch.Tensor:
+        """As `row_norms` for |K|: wrapped taps are separate products, their magnitudes add (|w_a| + |w_b|, not
+        |w_a + w_b|)."""
+        return self._wrapped_row_norms(self.weight.abs())
+
+    def _wrapped_row_norms(self, K: torch.Tensor) -> torch.Tensor:
+        k = K.shape[-1]
         if self.padding == "circular" and k > self.size:
             idx = torch.arange(k, device=K.device) % self.size
             K = K.new_zeros((*K.shape[:2], k, self.size)).index_add(3, idx, K)
