@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from contraction.errors import CNodeError
+from nodes.aol import apply_lipschitz_layers
 from nodes.block import ODEBlock
 from nodes.config import ModelConfig
 
@@ -16,7 +17,8 @@ class ConvNODE(nn.Module):
     """logits = head(ODE block(stem((u - mean) / std))).
 
     stem: convs, each followed by sigma; head: flatten (`readout='avgpool'`: average over pixels first), then the
-    hidden linear layers, each followed by sigma, then the linear layer to the classes."""
+    hidden linear layers, each followed by sigma, then the linear layer to the classes. With
+    `config.lipschitz_layers='aol'` the stem convs' and hidden layers' weights are AOL-parametrized (nodes.aol)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -31,6 +33,7 @@ class ConvNODE(nn.Module):
         self.block = ODEBlock(config)
         dims = [config.features, *config.head, config.num_classes]
         self.head = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, dims[1:]))
+        apply_lipschitz_layers([*self.stem, *self.head[:-1]], config.lipschitz_layers)
 
     @property
     def readout(self) -> nn.Linear:

@@ -12,10 +12,11 @@ from contraction.errors import THREAT_NORMS, CNodeError
 from contraction.slopes import ACTIVATIONS, Activation, get_activation
 from contraction.regularizers import REG_TARGETS
 from contraction.weights import CONTRACTIVE_INSET, check_step_rate
+from nodes.aol import LIPSCHITZ_LAYERS
 
 __all__ = ["ModelConfig", "TrainConfig", "FIELDS", "REG_TARGETS", "ARCHS", "DEFAULT_ARCH", "INITS", "PADDINGS", "SOLVERS", "READOUTS",
            "DATASETS", "REGULARIZERS", "HINGES", "THREAT_NORMS", "DEFAULT_REG_WEIGHT", "CERTIFIED_METHODS", "EPS_RAMPS",
-           "LIPSCHITZ_LOSSES"]
+           "LIPSCHITZ_LOSSES", "LIPSCHITZ_LAYERS"]
 
 SOLVERS = ("euler", "midpoint", "heun2", "heun3", "ssprk3", "rk4", "dopri5", "dopri5-dyadic", "bosh3-dyadic")
 READOUTS = ("linear", "avgpool")
@@ -75,7 +76,8 @@ class ModelConfig(_Config):
     """ConvNODE: u -> normalise -> stem (convs, each + sigma) -> ODE block x' = sigma(K(t)*x + b(t)) on [0, T]
     (`field='gradient'`: x' = -K(t)^T sigma(K(t)*x + b(t)); `field='contractive'`: the paper's field with each kernel
     mapped so that every Euler step is certified to shrink by 1 - h rho in the infinity norm) -> head (flatten or pixel average, hidden linear layers
-    + sigma, then the classes).
+    + sigma, then the classes). `lipschitz_layers='aol'`: every stem conv and hidden head layer is 1-Lipschitz in L2
+    by construction (nodes.aol); the block and the last layer stay as they are.
 
     `stem=None` is the paper's embedding: one `kernel_size` conv to `channels`, stride 1, same size. Named
     presets: `ModelConfig.preset("paper" | "mini", **overrides)`."""
@@ -102,9 +104,11 @@ class ModelConfig(_Config):
     std: tuple[float, ...] = ()
     field: str = "paper"
     rho: float = 0.0
+    lipschitz_layers: str = "free"
 
     def __post_init__(self) -> None:
         _check_int("channels", self.channels, 1, 512)
+        _check_choice("lipschitz_layers", self.lipschitz_layers, LIPSCHITZ_LAYERS)
         _check_choice("field", self.field, FIELDS)
         _check_choice("activation", self.activation, tuple(ACTIVATIONS))
         _check_float("slope", self.slope, 0.0, high=0.999)
@@ -171,6 +175,10 @@ class ModelConfig(_Config):
             _check_int(f"stem conv {i} padding", pad, 0, k - 1)
             if self.padding == "circular" and pad > size:
                 raise CNodeError(f"stem conv {i}: circular padding {pad} exceeds the {size}x{size} input")
+            if self.lipschitz_layers == "aol" and self.padding == "circular" and 2 * pad > k - 1:
+                raise CNodeError(f"stem conv {i}: AOL with circular padding needs 2 x padding <= kernel - 1 (got "
+                                 f"padding {pad}, kernel {k}: the conv would repeat pixels of the torus, and the "
+                                 "rescaled map could exceed norm 1)")
             size = conv_output_size(size, k, stride, pad)
             if size < 1:
                 raise CNodeError(f"stem conv {i} leaves no pixels ({k}x{k}, stride {stride}, padding {pad})")

@@ -12,6 +12,7 @@ from contraction.convops import centre_mask, conv_spectral_norm, with_centre_tap
 from contraction.regularizers import contractive_centre_taps
 from contraction.weights import euler_factor_2, euler_factor_inf, step_rate_limit
 from nodes.classifier import ConvNODE
+from nodes.aol import raw_weight
 from nodes.config import TrainConfig
 from nodes.regularize import negative_diagonal_init_
 
@@ -24,7 +25,7 @@ def ibp_init_(model: nn.Module) -> nn.Module:
     with n_in its fan-in, biases 0, so that an input box's expected width is kept layer by layer at the start."""
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
-            module.weight.normal_(0.0, math.sqrt(2 * math.pi) / module.weight[0].numel())
+            raw_weight(module).normal_(0.0, math.sqrt(2 * math.pi) / module.weight[0].numel())
             if module.bias is not None:
                 module.bias.zero_()
     return model

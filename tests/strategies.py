@@ -39,8 +39,8 @@ def kernels(draw: st.DrawFn, channels: tuple[int, int] = (1, 4), sizes: tuple[in
 def model_configs(draw: st.DrawFn, image: int = 8):
     """A small ModelConfig with every layer type in play: normalisation or not, a stem of 0-2 convs (strides 1-2,
     even and odd kernels, any padding width), the Euler block of either field, a head of 0-1 hidden layers, either
-    readout; the block run by Euler (about half the draws) or by any fixed-step Runge-Kutta solver (the contractive
-    field: Euler)."""
+    readout; free or AOL-rescaled stem and hidden layers; the block run by Euler (about half the draws) or by any
+    fixed-step Runge-Kutta solver (the contractive field: Euler)."""
     from contraction.runge_kutta import FIXED_STEP
     from nodes.config import ModelConfig
 
@@ -62,6 +62,9 @@ def model_configs(draw: st.DrawFn, image: int = 8):
     steps = draw(st.integers(1, 3))
     solver = "euler" if field == "contractive" else draw(st.one_of(st.just("euler"), st.sampled_from(FIXED_STEP)))
     activation = draw(st.sampled_from(["smooth_leaky_relu", "leaky_relu"] + (["tanh"] if field != "contractive" else [])))
+    # AOL-rescaled stem and hidden layers (nodes.aol), where the config allows them (a circular conv must not repeat
+    # torus pixels)
+    aol = draw(st.booleans()) and (padding == "zeros" or all(2 * p <= k - 1 for _, k, _, p in stem))
     rho = 0.0
     if field == "contractive":  # a rate below the Euler step's limit a / (h b) (a = 0.1, b = 1, T = 1)
         rho = draw(st.floats(0.0, 0.9)) * 0.1 * steps
@@ -70,7 +73,8 @@ def model_configs(draw: st.DrawFn, image: int = 8):
         padding=padding, field=field, rho=rho, activation=activation, solver=solver,
         readout=draw(st.sampled_from(["linear", "avgpool"])), shared_weights=draw(st.booleans()),
         stem=tuple(stem), head=tuple(draw(st.lists(st.integers(2, 5), max_size=1))),
-        mean=tuple([0.3] * in_ch) if norm else (), std=tuple([0.7] * in_ch) if norm else ())
+        mean=tuple([0.3] * in_ch) if norm else (), std=tuple([0.7] * in_ch) if norm else (),
+        lipschitz_layers="aol" if aol else "free")
 
 
 def random_model(cfg, seed: int, scale: float = 1.0):

@@ -13,8 +13,8 @@ from contraction.errors import CNodeError
 from nodes.checkpoint import load_checkpoint, model_from_checkpoint, trained_dataset
 from nodes.classifier import ConvNODE
 from nodes.config import (ARCHS, CERTIFIED_METHODS, DATASETS, DEFAULT_ARCH, DEFAULT_REG_WEIGHT, EPS_RAMPS, FIELDS, HINGES,
-                          INITS, LIPSCHITZ_LOSSES, PADDINGS, READOUTS, REG_TARGETS, REGULARIZERS, SOLVERS, THREAT_NORMS,
-                          ModelConfig)
+                          INITS, LIPSCHITZ_LAYERS, LIPSCHITZ_LOSSES, PADDINGS, READOUTS, REG_TARGETS, REGULARIZERS,
+                          SOLVERS, THREAT_NORMS, ModelConfig)
 from nodes.data import EMBEDDED_NOTE, ImageData, load_dataset
 from nodes.device import DEVICES, resolve_device
 from nodes.distributed import SINGLE, Dist
@@ -37,6 +37,7 @@ _CHOICES: dict[str, Sequence[str]] = {
     "certified_method": CERTIFIED_METHODS,
     "lipschitz_loss": LIPSCHITZ_LOSSES,
     "init": INITS,
+    "lipschitz_layers": LIPSCHITZ_LAYERS,
 }
 _HELP = {
     "channels": "channels of the ODE state (the stem's last conv ends there)",
@@ -62,6 +63,8 @@ _HELP = {
     "steps": "solver steps (one conv per step unless --shared-weights)",
     "shared_weights": "one convolution shared by all steps",
     "readout": "linear on the flattened state, or on the pixel average",
+    "lipschitz_layers": "aol: every stem conv and hidden head layer rescaled to L2 norm <= 1 by construction "
+                        "(almost-orthogonal layers, Prach & Lampert 2022; for L2 models), the last layer free",
     "dataset": "training and test data",
     "epochs": "training epochs",
     "lr": "Adam learning rate",
