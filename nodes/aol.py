@@ -10,8 +10,9 @@ d_i = (sum_{j, taps} |G[i, j, tap]|)^(-1/2), bounds every column of the conv mat
 a block of the infinite-domain convolution, with circular padding taps that wrap onto one pixel add up to at most
 the sum of their magnitudes, and a stride keeps a subset of the stride-1 rows. All three only shrink the Gram row
 sums, so the bound holds for the conv as run, provided a circular conv has no more stride-1 outputs than the torus
-has pixels (2 x padding <= kernel - 1; otherwise rows repeat and the norm can exceed 1: ModelConfig refuses it). The certificate never relies on it: it measures each layer's norm
-(certify.bounds.layers); the parametrization shapes what training can reach.
+has pixels (2 x padding <= kernel - 1; otherwise rows repeat and the norm can exceed 1: ModelConfig refuses it). The
+certificate never relies on it: it measures each layer's norm (certify.bounds.layers); the parametrization shapes
+what training can reach.
 """
 
 from __future__ import annotations
