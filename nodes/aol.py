@@ -22,11 +22,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["LIPSCHITZ_LAYERS", "aol_linear_scale", "aol_conv_scale", "AOLLinear", "AOLConv", "apply_lipschitz_layers",
-           "raw_weight"]
+__all__ = ["LIPSCHITZ_LAYERS", "repeats_torus_pixels", "aol_linear_scale", "aol_conv_scale", "AOLLinear", "AOLConv",
+           "apply_lipschitz_layers", "raw_weight"]
 
 LIPSCHITZ_LAYERS = ("free", "aol")
 """`ModelConfig.lipschitz_layers`: free weights, or AOL-rescaled stem convs and hidden head layers."""
+
+def repeats_torus_pixels(kernel: int, pad: int) -> bool:
+    """Whether a circular conv with this kernel and padding width has more stride-1 outputs than the torus has
+    pixels (2 x padding > kernel - 1): its rows repeat, and the AOL scale no longer bounds its norm by 1."""
+    return 2 * pad > kernel - 1
+
 
 _FLOOR = 1e-12  # a zero column's Gram row sum: any scale keeps it zero
 

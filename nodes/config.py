@@ -12,7 +12,7 @@ from contraction.errors import THREAT_NORMS, CNodeError
 from contraction.slopes import ACTIVATIONS, Activation, get_activation
 from contraction.regularizers import REG_TARGETS
 from contraction.weights import CONTRACTIVE_INSET, check_step_rate
-from nodes.aol import LIPSCHITZ_LAYERS
+from nodes.aol import LIPSCHITZ_LAYERS, repeats_torus_pixels
 
 __all__ = ["ModelConfig", "TrainConfig", "FIELDS", "REG_TARGETS", "ARCHS", "DEFAULT_ARCH", "INITS", "PADDINGS", "SOLVERS", "READOUTS",
            "DATASETS", "REGULARIZERS", "HINGES", "THREAT_NORMS", "DEFAULT_REG_WEIGHT", "CERTIFIED_METHODS", "EPS_RAMPS",
@@ -175,7 +175,7 @@ class ModelConfig(_Config):
             _check_int(f"stem conv {i} padding", pad, 0, k - 1)
             if self.padding == "circular" and pad > size:
                 raise CNodeError(f"stem conv {i}: circular padding {pad} exceeds the {size}x{size} input")
-            if self.lipschitz_layers == "aol" and self.padding == "circular" and 2 * pad > k - 1:
+            if self.lipschitz_layers == "aol" and self.padding == "circular" and repeats_torus_pixels(k, pad):
                 raise CNodeError(f"stem conv {i}: AOL with circular padding needs 2 x padding <= kernel - 1 (got "
                                  f"padding {pad}, kernel {k}: the conv would repeat pixels of the torus, and the "
                                  "rescaled map could exceed norm 1)")

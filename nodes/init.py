@@ -11,8 +11,8 @@ from torch import nn
 from contraction.convops import centre_mask, conv_spectral_norm, with_centre_taps
 from contraction.regularizers import contractive_centre_taps
 from contraction.weights import euler_factor_2, euler_factor_inf, step_rate_limit
-from nodes.classifier import ConvNODE
 from nodes.aol import raw_weight
+from nodes.classifier import ConvNODE
 from nodes.config import TrainConfig
 from nodes.regularize import negative_diagonal_init_
 

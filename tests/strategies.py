@@ -42,6 +42,7 @@ def model_configs(draw: st.DrawFn, image: int = 8):
     readout; free or AOL-rescaled stem and hidden layers; the block run by Euler (about half the draws) or by any
     fixed-step Runge-Kutta solver (the contractive field: Euler)."""
     from contraction.runge_kutta import FIXED_STEP
+    from nodes.aol import repeats_torus_pixels
     from nodes.config import ModelConfig
 
     in_ch = draw(st.integers(1, 2))
@@ -64,7 +65,8 @@ def model_configs(draw: st.DrawFn, image: int = 8):
     activation = draw(st.sampled_from(["smooth_leaky_relu", "leaky_relu"] + (["tanh"] if field != "contractive" else [])))
     # AOL-rescaled stem and hidden layers (nodes.aol), where the config allows them (a circular conv must not repeat
     # torus pixels)
-    aol = draw(st.booleans()) and (padding == "zeros" or all(2 * p <= k - 1 for _, k, _, p in stem))
+    aol = draw(st.booleans()) and (padding == "zeros"
+                                   or not any(repeats_torus_pixels(k, p) for _, k, _, p in stem))
     rho = 0.0
     if field == "contractive":  # a rate below the Euler step's limit a / (h b) (a = 0.1, b = 1, T = 1)
         rho = draw(st.floats(0.0, 0.9)) * 0.1 * steps
