@@ -87,12 +87,14 @@ def merge_reports(parts: list[tuple[str, dict]]) -> dict[str, Any]:
 def _merged_pgd(parts: list[tuple[str, dict]], samples: list[dict]) -> dict | None:
     if any(rep.get("pgd") is None for _, rep in parts):
         return None
-    _same(parts, "PGD settings", lambda r: (r["pgd"]["steps"], r["pgd"]["restarts"]))
+    _same(parts, "PGD settings", lambda r: (r["pgd"]["steps"], r["pgd"]["restarts"], r["pgd"].get("loss", "ce")))
     robust = [bool(s["pgd_robust"]) for s in samples]
     broken = sum(s["certified"] and not r for s, r in zip(samples, robust))
     first = parts[0][1]["pgd"]
+    by_loss = {k: sum(r["pgd"]["accuracy_by_loss"][k] * r["pgd"]["n"] for _, r in parts) / len(samples)
+               for k in first.get("accuracy_by_loss", {})} if samples else {}
     return {**first, "n": len(samples), "accuracy": sum(robust) / len(samples) if samples else 0.0,
-            "broken_certified": broken, "status": "unsound" if broken else "not_broken"}
+            "accuracy_by_loss": by_loss, "broken_certified": broken, "status": "unsound" if broken else "not_broken"}
 
 
 def _merged_attack(parts: list[tuple[str, dict]]) -> dict | None:

@@ -54,8 +54,10 @@ def format_report(report: CertifyReport, model_path: str = "") -> str:
                      f"their radius (PGD x{a.pgd_restarts} restarts, gradient-free search)")
     if report.pgd is not None:
         g = report.pgd
-        lines.append(f"  PGD-{g.steps} accuracy        {g.accuracy:8.2%}   (empirical upper bound of the robust accuracy; "
-                     f"{g.broken_certified} certified inputs broken)")
+        each = ", ".join(f"{k} alone {v:.2%}" for k, v in (g.by_loss or {}).items()) if len(g.losses) > 1 else ""
+        lines.append(f"  PGD-{g.steps} accuracy        {g.accuracy:8.2%}   (empirical upper bound of the robust accuracy, "
+                     f"loss {'+'.join(g.losses)}{'; ' + each if each else ''}; {g.broken_certified} certified inputs "
+                     "broken)")
     return "\n".join(lines)
 
 

@@ -112,6 +112,7 @@ def test_sharded_and_merged_certification_equals_one_process(tmp_path, capsys):
     for key in ("n", "clean_accuracy", "certified_accuracy", "median_radius", "certified_by", "falsified", "bound"):
         assert merged[key] == one[key], key
     assert merged["pgd"]["accuracy"] == one["pgd"]["accuracy"]
+    assert merged["pgd"]["accuracy_by_loss"] == pytest.approx(one["pgd"]["accuracy_by_loss"])
     assert [len(_samples(tmp_path / f"p{i}.json")) for i in range(3)] == [100, 100, 50]
     assert "merged 3 parts" in capsys.readouterr().out
 

@@ -7,13 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 from contraction.certificates import block_certificates
 from contraction.errors import CNodeError
-from certify.bounds.attacks import pgd
 from certify.bounds.tight import REFINE_SECONDS
-from certify.checks import attack_check, pgd_check
+from certify.checks import PGD_LOSSES, attack_check, pgd_check, pgd_robust
 from certify.cli.flags import add_model_flags, load_run, positive_eps
 from certify.merge import format_merged, load_parts, merge_reports
 from certify.report import format_certificates, format_report, plot_curves, write_json
@@ -77,6 +75,9 @@ def add_certify_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pgd", type=int, default=0, metavar="STEPS",
                    help="also attack every input with PGD-STEPS at eps: the empirical robust accuracy beside the "
                    "certified one; a certified input it breaks exits 1 (0: off; default: %(default)s)")
+    p.add_argument("--pgd-loss", choices=sorted(PGD_LOSSES), default="both",
+                   help="--pgd's and --plot's objective(s): an input is robust only if PGD with each left it correct; "
+                   "cross-entropy alone saturates on large logits and overstates robustness (default: %(default)s)")
     p.add_argument("--json", default=None, help="write the full report as JSON")
     p.add_argument("--plot", default=None, help="draw certified (and PGD) accuracy against eps to this image")
     p.add_argument("--batch-size", type=int, default=1000, help="inputs per batch (default: %(default)s)")
@@ -132,7 +133,8 @@ def _certify_cmd(args: argparse.Namespace, shard: tuple[int, int] | None, dist: 
     report = certify_model(model, data, eps=args.eps, norm=args.norm, bound=args.bound, batch_size=args.batch_size,
                            progress=not args.quiet, radius=args.radius, shard=shard, dist=dist, budget=args.budget)
     if args.pgd:
-        report.pgd = pgd_check(model, data, report, steps=args.pgd, progress=not args.quiet, dist=dist)
+        report.pgd = pgd_check(model, data, report, steps=args.pgd, progress=not args.quiet, dist=dist,
+                               losses=PGD_LOSSES[args.pgd_loss])
     if not dist.main:
         return 0
     if args.attack_check:
@@ -142,9 +144,8 @@ def _certify_cmd(args: argparse.Namespace, shard: tuple[int, int] | None, dist: 
     if args.plot:
         x, y = (t.to(module_device(model)) for t in data.tensors(0, min(len(data), 200)))
         for e in [args.eps * f for f in (0.5, 1.0, 1.5, 2.0)]:
-            adv = pgd(model, x, y, eps=e, norm=args.norm, steps=20)
-            with torch.no_grad():
-                pgd_points.append((e, float((model(adv).argmax(1) == y).double().mean())))
+            robust = pgd_robust(model, x, y, eps=e, norm=args.norm, steps=20, losses=PGD_LOSSES[args.pgd_loss])
+            pgd_points.append((e, float(robust.all(dim=1).double().mean())))
         plot_curves(report, args.plot, pgd_points)
         print(f"  plot                    {args.plot}")
     if args.json:

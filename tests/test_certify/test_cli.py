@@ -31,7 +31,9 @@ def test_certify_json_schema(tiny_trained, tmp_path, capsys):
     report = json.loads(out_json.read_text())
     assert report["pgd"]["steps"] == 5 and report["pgd"]["n"] == 50 and report["pgd"]["broken_certified"] == 0
     assert report["certified_accuracy"] <= report["pgd"]["accuracy"] <= report["clean_accuracy"]
-    assert "PGD-5 accuracy" in out
+    assert report["pgd"]["loss"] == "ce+margin"  # the default: robust only if PGD with each loss left it correct
+    assert report["pgd"]["accuracy"] <= min(report["pgd"]["accuracy_by_loss"].values())
+    assert "PGD-5 accuracy" in out and "ce alone" in out
     for key in ("dataset", "norm", "eps", "n", "clean_accuracy", "certified_accuracy", "bound", "timing", "samples"):
         assert key in report
     assert report["dataset"] == "mnist-mini" and report["norm"] == "inf" and report["n"] == 50

@@ -145,3 +145,28 @@ def test_pgd_check_bounds_certified_accuracy_and_catches_a_forged_certificate(ti
     caught = pgd_check(model, data, forged, steps=10)
     assert caught.broken_certified > 0 and caught.status == "unsound"
     assert caught.accuracy < report.clean_accuracy
+
+
+def test_pgd_check_with_both_losses_is_not_fooled_by_saturated_cross_entropy(tiny_trained):
+    """With the logits scaled by 1e4 the float32 softmax saturates: cross-entropy's gradient is exactly 0 at every
+    confidently correct input and PGD with it alone moves nowhere, while the margin loss (scale-free under sign
+    steps) still finds adversarial inputs. The default check runs both and keeps the lower figure, per input."""
+    import copy
+
+    from certify.checks import PGD_LOSSES, pgd_check
+
+    model, _ = tiny_trained
+    scaled = copy.deepcopy(model)
+    with torch.no_grad():
+        scaled.head[-1].weight.mul_(1e4), scaled.head[-1].bias.mul_(1e4)
+    data = load_dataset("mnist-mini", "test", limit=60)
+    report = certify_model(scaled, data, eps=0.15, norm="inf", bound="global")
+    ce = pgd_check(scaled, data, report, steps=10, losses=PGD_LOSSES["ce"])
+    margin = pgd_check(scaled, data, report, steps=10, losses=PGD_LOSSES["margin"])
+    both = pgd_check(scaled, data, report, steps=10)
+    assert PGD_LOSSES["both"] == ("ce", "margin") and both.losses == ("ce", "margin")
+    assert ce.accuracy > margin.accuracy  # the saturated cross-entropy overstates robustness
+    assert both.accuracy <= min(both.by_loss.values()) and both.by_loss["ce"] > both.by_loss["margin"]
+    assert torch.equal(both.robust, ce.robust & margin.robust)  # per input: robust under each (same seeds)
+    assert (both.by_loss["ce"], both.by_loss["margin"]) == (ce.accuracy, margin.accuracy)
+    assert both.to_dict()["loss"] == "ce+margin" and both.broken_certified == 0
