@@ -82,6 +82,8 @@ def pgd(
     step_size defaults to 2.5 eps / steps. Returns adversarial inputs (or the best tries)."""
     if steps < 1 or restarts < 1:
         raise CNodeError("steps and restarts must be >= 1")
+    if loss not in ("ce", "margin"):
+        raise CNodeError(f"PGD's loss must be ce or margin (got {loss!r})")
     e = per_input_eps(eps, x)
     alpha = e * (2.5 / steps) if step_size is None else torch.as_tensor(step_size, dtype=x.dtype) * (e > 0)
     gen = torch.Generator(device=x.device).manual_seed(seed)  # on the data's device

@@ -7,7 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-
 from contraction.certificates import block_certificates
 from contraction.errors import CNodeError
 from certify.bounds.tight import REFINE_SECONDS
