@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from contraction.errors import CNodeError
-from certify.bounds.attacks import is_adversarial, pgd, square
+from certify.bounds.attacks import PGD_LOSS_NAMES, is_adversarial, pgd, square
 from certify.bounds.radius import float32_below
 from certify.run import CertifyReport
 from nodes.classifier import ConvNODE
@@ -76,7 +76,7 @@ def attack_check(
     return AttackCheck(int(len(idx)), broken, steps, restarts, queries)
 
 
-PGD_LOSSES = {"ce": ("ce",), "margin": ("margin",), "both": ("ce", "margin")}
+PGD_LOSSES = {**{name: (name,) for name in PGD_LOSS_NAMES}, "both": PGD_LOSS_NAMES}
 """`cnode certify --pgd-loss`: the objectives PGD runs with; an input is robust only if it survives every one. The
 default, both: cross-entropy saturates where the logits are large (the Lipschitz-margin models': on the shipped
 `mnist_l2.pt` PGD-50 with cross-entropy leaves 67.4 % of the first 500 test images at L2 1.58, with the margin loss

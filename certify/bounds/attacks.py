@@ -11,7 +11,7 @@ from torch import nn
 from contraction.errors import CNodeError, norm_error
 from nodes.device import eval_mode
 
-__all__ = ["per_input_eps", "project", "pgd", "fgsm", "square", "margin_loss", "is_adversarial"]
+__all__ = ["per_input_eps", "project", "PGD_LOSS_NAMES", "pgd", "fgsm", "square", "margin_loss", "is_adversarial"]
 
 
 def per_input_eps(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -63,6 +63,9 @@ def _random_start(x: torch.Tensor, eps: torch.Tensor, norm: str, gen: torch.Gene
     return d * eps * r
 
 
+PGD_LOSS_NAMES = ("ce", "margin")  # the objectives pgd() ascends: cross-entropy, the margin loss
+
+
 def pgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -82,8 +85,8 @@ def pgd(
     step_size defaults to 2.5 eps / steps. Returns adversarial inputs (or the best tries)."""
     if steps < 1 or restarts < 1:
         raise CNodeError("steps and restarts must be >= 1")
-    if loss not in ("ce", "margin"):
-        raise CNodeError(f"PGD's loss must be ce or margin (got {loss!r})")
+    if loss not in PGD_LOSS_NAMES:
+        raise CNodeError(f"PGD's loss must be one of {', '.join(PGD_LOSS_NAMES)} (got {loss!r})")
     e = per_input_eps(eps, x)
     alpha = e * (2.5 / steps) if step_size is None else torch.as_tensor(step_size, dtype=x.dtype) * (e > 0)
     gen = torch.Generator(device=x.device).manual_seed(seed)  # on the data's device
