@@ -12,6 +12,7 @@ from typing import Any
 from contraction.certificates import block_certificates
 from contraction.errors import CNodeError
 from certify.cli.flags import add_common_flags, add_model_flags, announce_data, load_run
+from certify.checks import PGD_LOSSES
 from certify.report import format_certificates, format_report
 from certify.robustness import ATTACK_EPS, L2_EPS, format_robustness, robustness
 from certify.run import BOUNDS, certify_model
@@ -45,6 +46,9 @@ def _add_robustness(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--l2-eps", type=float, nargs="*", default=list(L2_EPS),
                    help="L2 eps for PGD-20 and certified accuracy (default: %(default)s; none: skip)")
     p.add_argument("--square-queries", type=int, default=300, help="gradient-free queries (default: %(default)s)")
+    p.add_argument("--pgd-loss", choices=sorted(PGD_LOSSES), default="ce",
+                   help="PGD's objective: cross-entropy (the protocol's, default), the margin loss, or both (an input "
+                   "counts only if it survives each; cross-entropy alone overstates robustness where logits saturate)")
     p.add_argument("--batch-size", type=int, default=250, help="inputs per batch (default: %(default)s)")
     p.add_argument("--json", default=None, help="write the results as JSON")
     p.set_defaults(func=cmd_robustness)
@@ -119,7 +123,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         raise CNodeError("--certify-eps and --l2-eps values must be > 0 and --square-queries >= 1")
     result = robustness(model, data, draws=args.draws, bound=args.bound, progress=not args.quiet,
                         batch_size=args.batch_size, certify_eps=args.certify_eps, square_queries=args.square_queries,
-                        l2_eps=args.l2_eps)
+                        l2_eps=args.l2_eps, pgd_losses=PGD_LOSSES[args.pgd_loss])
     print(format_robustness(result, args.model))
     if args.json:
         Path(args.json).write_text(json.dumps({"model": str(args.model), **result}, indent=2))
