@@ -74,8 +74,8 @@ def robustness(model: ConvNODE, data: ImageData, *, gaussian: Sequence[float] = 
             if name == "fgsm":
                 attack = lambda x, y, i, e=eps: fgsm(model, x, y, eps=e)  # noqa: E731
             else:
-                attack = lambda x, y, i, e=eps: _pgd_worst(model, x, y, pgd_losses, eps=e, steps=pgd_steps,  # noqa: E731
-                                                           step_size=2.5 * e / pgd_steps, seed=i)
+                attack = lambda x, y, i, e=eps: _pgd_worst(model, x, y, pgd_losses, eps=e,  # noqa: E731
+                                                           steps=pgd_steps, step_size=2.5 * e / pgd_steps, seed=i)
             out[name][str(eps)] = accuracy(attack)
             tick(f"{name} {eps}")
     out["square"] = {"eps": square_eps, "queries": square_queries,
@@ -134,9 +134,10 @@ def format_robustness(result: dict[str, Any], name: str = "") -> str:
     lines = [f"robustness {name}: {result['dataset']} test, {result['n']} images ({result['seconds']:.0f} s)",
              f"  clean                          {pct(result['clean'])}"]
     pgd_loss = result.get("pgd_loss", "ce")  # results written before the flag: cross-entropy
+    bound = result["certified_bound"]
     for key, label in (("gaussian", "gaussian std"), ("salt_pepper", "salt-and-pepper"), ("fgsm", "FGSM Linf"),
-                       ("pgd", f"PGD-20 Linf ({pgd_loss})"), ("certified", f"certified Linf ({result['certified_bound']})"),
-                       ("pgd_l2", f"PGD-20 L2 ({pgd_loss})"), ("certified_l2", f"certified L2 ({result['certified_bound']})")):
+                       ("pgd", f"PGD-20 Linf ({pgd_loss})"), ("certified", f"certified Linf ({bound})"),
+                       ("pgd_l2", f"PGD-20 L2 ({pgd_loss})"), ("certified_l2", f"certified L2 ({bound})")):
         if key not in result:
             continue
         row = "  ".join(f"{k}: {pct(v)}" for k, v in result[key].items())
