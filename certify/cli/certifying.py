@@ -65,8 +65,9 @@ def add_certify_flags(p: argparse.ArgumentParser) -> None:
                    "(up to --budget seconds per input); auto (default) = every stage, with a PGD attack before the "
                    "linear stage that skips the inputs it breaks (reported as falsified)")
     p.add_argument("--budget", type=float, default=REFINE_SECONDS, metavar="SECONDS",
-                   help="the refine stage's time per input it runs on (refine, auto; only inputs the cheaper stages "
-                   "and the attack leave open; 0: skip it; default: %(default)s)")
+                   help="the refine stage's most time per input it runs on (refine, auto; only inputs the cheaper "
+                   "stages and the attack leave open; an input stops sooner when its rounds stop gaining and no "
+                   "branching could close its margins; 0: skip it; default: %(default)s)")
     p.add_argument("--radius", action="store_true",
                    help="with local/crown/linear/auto: bisect each input's certified radius (about 12x the time)")
     p.add_argument("--attack-check", action="store_true",
