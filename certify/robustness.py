@@ -4,8 +4,7 @@ Clean accuracy; Gaussian noise and salt-and-pepper, averaged over seeded draws; 
 step 2.5 eps / 20, random start; cross-entropy, or each of `pgd_losses`: an input counts only if it survives every
 one) through the fixed-step solver; a gradient-free attack at one eps as a masking check; certified accuracy (Linf,
 `--bound`, default auto) at the attack eps; in L2 (`l2_eps`) PGD-20 and certified accuracy; the ODE block's Lipschitz
-factor as run (Euler map, inf and channel-weighted inf; `factors`). Table on stdout,
-JSON with --json."""
+factor as run (Euler map, inf and channel-weighted inf; `factors`). Table on stdout, JSON with --json."""
 
 from __future__ import annotations
 
