@@ -64,7 +64,9 @@ BOUNDS: dict[str, BoundMethod] = {
     "local": BoundMethod(TIGHT_STAGES[:1], help="global, then interval + local-slope boxes over the eps-ball"),
     "crown": BoundMethod(TIGHT_STAGES[:2], help="... then a linear backward pass over the boxes (CROWN-IBP style)"),
     "linear": BoundMethod(TIGHT_STAGES[:3], help="... then linear intermediate bounds and the backward pass over them"),
-    "refine": BoundMethod(TIGHT_STAGES[:4], help="... then back-substituted bounds of the neurons the open margins "
+    "alpha": BoundMethod(TIGHT_STAGES[:4], help="... then the backward pass with each open margin's own optimised "
+                         "lower lines (alpha-CROWN style)"),
+    "refine": BoundMethod(TIGHT_STAGES[:5], help="... then back-substituted bounds of the neurons the open margins "
                           "need most, in rounds, up to --budget seconds per input"),
     "auto": BoundMethod(TIGHT_STAGES, falsify=True,
                         help="every stage, with a PGD attack dropping the inputs it breaks before the linear stage"),

@@ -45,7 +45,7 @@ from contraction.floats import TINY, UNIT, gamma
 from contraction.runge_kutta import Tableau, combine, stage_factors, step_factor, tableau_step
 from contraction.slopes import Activation
 from contraction.weights import euler_factor_2, euler_factor_inf, euler_row_gain, gradient_factor_2, gradient_row_gain
-from certify.bounds.relax import Relaxation, relax, relaxation
+from certify.bounds.relax import Relaxation, SlopedBox, relax, relaxation
 
 __all__ = ["Box", "Symbolic", "columns", "Layer", "Affine", "Normalize", "Conv", "Flatten", "Linear", "Act", "FieldStep",
            "EulerStep", "GradientStep", "RKStep", "STEP_LAYERS", "take", "row_dot", "accumulate", "constant_rounding"]
@@ -550,6 +550,11 @@ def _relaxed(act: Activation, lam: torch.Tensor, pre: Pre, rows: torch.Tensor,
     the dtype of `const` (float64 for float32 rows, certify.bounds.backsub); paired passes as `accumulate`."""
     assert pre is not None
     r = relaxation(act, pre)
+    if isinstance(pre, SlopedBox):  # the rows' own lower lines where lam > 0, the chord where lam < 0
+        assert const.shape[0] == lam.shape[0], "a SlopedBox's lines differ by sign: no paired pass"
+        pos, neg = lam.clamp(min=0), lam.clamp(max=0)
+        g = pos * pre.slopes.to(lam.dtype) + neg * take(r.slope.to(lam.dtype), rows)
+        return g, const + ((pos * pre.offsets).flatten(1).sum(1) + row_dot(neg, r.upper, rows)).to(const.dtype)
     mid, half = _mid_half(r, lam.dtype)
     return lam * take(r.slope.to(lam.dtype), rows), accumulate(const, row_dot(lam, mid, rows).to(const.dtype),
                                                                row_dot(lam.abs(), half, rows).to(const.dtype))

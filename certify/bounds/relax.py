@@ -6,7 +6,12 @@ leaky ReLU) the upper line is the chord and the lower one the tangent parallel t
 pair of parallel lines with the chord's slope. Computed in float64 with a small outward margin.
 
 A `CachedBox` keeps the relaxation computed on it (`relaxation`): back-substitution relaxes the same boxes in every
-backward pass it runs through them."""
+backward pass it runs through them.
+
+`line_offsets(act, lo, hi, k)` gives the same exact offsets for any slope k: a line of slope k with the lower offset
+lies below sigma on the whole interval, whatever k is. The optimised lower lines (certify.bounds.optimise, alpha-CROWN's
+idea) use it with a slope per neuron and margin row, differentiable in k; a `SlopedBox` carries them through a
+backward pass."""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import torch
 
 from contraction.slopes import Activation
 
-__all__ = ["Relaxation", "relax", "CachedBox", "relaxation"]
+__all__ = ["Relaxation", "relax", "line_offsets", "CachedBox", "SlopedBox", "relaxation"]
 
 MARGIN = 1e-12  # outward, relative to 1 + |sigma| at the endpoints: covers float64 error in g's extrema
 NARROW = 1e-9  # intervals narrower than this use the slope at the midpoint instead of the chord
@@ -41,10 +46,22 @@ def relax(act: Activation, lo: torch.Tensor, hi: torch.Tensor) -> Relaxation:
     narrow = width < NARROW
     chord = (s_hi - s_lo) / torch.where(narrow, torch.ones_like(width), width)
     k = torch.where(narrow, act.deriv(mid), chord).clamp(act.a, act.b)
-    candidates = [lo, hi, mid] + [torch.minimum(torch.maximum(z, lo), hi) for z in act.tangent_points(k)]
+    lower, upper = line_offsets(act, lo, hi, k)
+    return Relaxation(slope=k, lower=lower, upper=upper)
+
+
+def line_offsets(act: Activation, lo: torch.Tensor, hi: torch.Tensor,
+                 k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lower, upper): k z + lower <= sigma(z) <= k z + upper for every z in [lo, hi] (float64, lo <= hi), the exact
+    min and max of g(z) = sigma(z) - k z over the endpoints, the midpoint and every point where sigma' = k, moved out
+    by MARGIN (and by b times half the width of a NARROW interval). Any slope k gives sound offsets; differentiable in
+    k."""
+    candidates = [lo, hi, 0.5 * (lo + hi)] + [torch.minimum(torch.maximum(z, lo), hi) for z in act.tangent_points(k)]
     g = torch.stack([act.fn(z) - k * z for z in candidates])
-    margin = MARGIN * (1.0 + s_lo.abs() + s_hi.abs()) + 0.5 * act.b * torch.where(narrow, width, torch.zeros_like(width))
-    return Relaxation(slope=k, lower=g.amin(0) - margin, upper=g.amax(0) + margin)
+    width = hi - lo
+    margin = MARGIN * (1.0 + act.fn(lo).abs() + act.fn(hi).abs()) \
+        + 0.5 * act.b * torch.where(width < NARROW, width, torch.zeros_like(width))
+    return g.amin(0) - margin, g.amax(0) + margin
 
 
 class CachedBox(tuple):
@@ -53,6 +70,20 @@ class CachedBox(tuple):
     def __new__(cls, lo: torch.Tensor, hi: torch.Tensor) -> "CachedBox":
         box = super().__new__(cls, (lo, hi))
         box.relaxations = {}
+        return box
+
+
+class SlopedBox(CachedBox):
+    """A CachedBox whose backward passes use, for the rows of one pass (`rows`: the input of each row), their own
+    lower lines: slope `slopes` [R, ...] and offset `offsets` [R, ...] (`line_offsets` on the rows' boxes) wherever a
+    row's functional is positive; the chord (the relaxation's upper line) wherever it is negative."""
+
+    def __new__(cls, lo: torch.Tensor, hi: torch.Tensor, act: Activation, slopes: torch.Tensor,
+                rows: torch.Tensor) -> "SlopedBox":
+        box = super().__new__(cls, lo, hi)
+        box.slopes = slopes
+        box.offsets = line_offsets(act, lo[rows].to(torch.float64), torch.maximum(hi, lo)[rows].to(torch.float64),
+                                   slopes)[0]
         return box
 
 

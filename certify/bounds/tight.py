@@ -7,8 +7,11 @@ model; a NaN or infinite bound leaves its input open and is counted):
 - 'crown': one linear backward pass over those boxes (CROWN-IBP style, certify.bounds.crown), for the margins the boxes
   leave open;
 - 'linear': linear intermediate bounds (certify.bounds.linear) met with the boxes, then the backward pass over them;
+- 'alpha': the backward pass over the linear stage's boxes again, each open margin with its own optimised lower lines
+  (certify.bounds.optimise, alpha-CROWN's idea);
 - 'refine': rounds of back-substituted intermediate bounds for the neurons whose relaxation gaps weigh most in the
-  open margins, then the backward pass again (certify.bounds.backsub.refine_margins), at most `seconds` per input.
+  open margins, then the backward pass again (certify.bounds.backsub.refine_margins), with optimised lower lines over
+  the refined boxes before any branching, at most `seconds` per input.
 `escalate` runs them in order, each only on the inputs the earlier ones left unproven (sharing the boxes: the local
 ones, then the linear stage's), and keeps the best bound of every margin so far: a later stage never loses what an
 earlier one proved. A `falsify` hook (an attack) may drop inputs with an adversarial example before the first
@@ -27,17 +30,18 @@ import torch
 
 from contraction.errors import CNodeError
 from certify.bounds.backsub import refine_margins
-from certify.bounds.crown import crown_stage
+from certify.bounds.crown import crown_stage, float32_boxes
 from certify.bounds.linear import linear_bounds
 from certify.bounds.local import LayerBounds, box_margins, local_bounds
+from certify.bounds.optimise import optimised_margins
 from certify.bounds.radius import unproven
 from certify.bounds.roundoff import Float32Terms, ball_error, ball_terms, margin_slack
 from certify.bounds.unrolled import Unrolled
 
 __all__ = ["TIGHT_STAGES", "Escalation", "stage_margins", "escalate", "certified_at", "tight_radii"]
 
-TIGHT_STAGES = ("local", "crown", "linear", "refine")
-EXPENSIVE = ("linear", "refine")  # the falsify hook runs before the first of these
+TIGHT_STAGES = ("local", "crown", "linear", "alpha", "refine")
+EXPENSIVE = ("linear", "alpha", "refine")  # the falsify hook runs before the first of these
 REFINE_SECONDS = 5.0  # the refine stage's time per input (cnode certify --budget)
 
 Falsify = Callable[[torch.Tensor, "float | torch.Tensor"], torch.Tensor]  # (input indices, eps) -> adversarial found
@@ -72,6 +76,10 @@ def stage_margins(stage: str, net: Unrolled, u: torch.Tensor, labels: torch.Tens
     if terms is not None and stage != "crown":  # the float32 terms from the linear stage's (smaller) magnitudes
         terms = ball_terms(net, u, eps, norm, bounds)
     _, m, m32 = crown_stage(net, u, labels, eps, norm, slack, bounds, terms)
+    if stage == "alpha":
+        o = optimised_margins(net, bounds if terms is None else float32_boxes(bounds, terms), u, labels, eps, norm,
+                              unproven(m, slack) & ~(m32 > 0), slack, terms)
+        m, m32 = torch.maximum(m, o.margins), torch.maximum(m32, o.rounded)
     if stage == "refine":
         r = refine_margins(net, u, labels, eps, norm, bounds, m, slack, seconds=refine_seconds, terms=terms,
                            rounded=m32)
