@@ -20,10 +20,11 @@ at the last round's pace allows less; a neuron once refined is not chosen again)
 over the refined boxes, and rounds go on until the input is proven, a full-size round closes no open margin's
 distance to a proof by PROGRESS, an open margin's distance exceeds HOPELESS times what its last round's pace closes
 in the time left (every margin must close for a proof), or the time runs out. Which neurons are chosen affects only
-the cost: every box is sound whatever the choice. When the rounds end with margins still open and time left, branch
+the cost: every box is sound whatever the choice. When the rounds end with margins still open, the margins' pass
+over the refined boxes runs again with optimised lower lines (certify.bounds.optimise); then, with time left, branch
 and bound (`branch_margins`) splits the pre-activation intervals of the neurons whose gaps weigh most, if the
-largest weights could close the distance at the depth the time allows (`_reach`; on a conv network whose gap
-is spread over thousands of neurons a split gains ~0.1 % of it and branching is skipped). With the float32 terms
+largest weights could close the distance at the depth the time allows (`_reach`; on a conv network whose gap is
+spread over thousands of neurons a split gains ~0.1 % of it and branching is skipped). With the float32 terms
 (certify.bounds.roundoff.Float32Terms) the boxes are those of the float32 states (each back-substituted bound moved
 out by the errors the earlier layers add, weighed by the functional) and the margins' pass bounds the float32 margin
 too (certify.bounds.crown.rounded_margins)."""
@@ -42,6 +43,7 @@ from certify.bounds.crown import float32_boxes, input_minimum, rounded_margins
 from certify.bounds.layers import Act, FieldStep, Pre, meet, row_dot, take
 from certify.bounds.linear import DEFAULT_BUDGET
 from certify.bounds.local import LayerBounds
+from certify.bounds.optimise import optimised_margins
 from certify.bounds.radius import unproven
 from certify.bounds.relax import CachedBox, relaxation
 from certify.bounds.roundoff import ENGINE_MARGIN, Float32Terms
@@ -335,6 +337,10 @@ def refine_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: fl
                 break
             size = int(min(2 * size, rows, size * left / max(now - began, 1e-9)))
         todo = unproven(m, s) & ~(m32 > 0)
+        if neurons[i] > 0 and bool(todo.any()):  # the refined boxes' pass with optimised lower lines
+            o = optimised_margins(net, own, u[sl], labels[sl], e, norm, todo, s, t)
+            m, m32 = torch.maximum(m, o.margins), torch.maximum(m32, o.rounded)
+            todo = unproven(m, s) & ~(m32 > 0)
         left = seconds - (time.perf_counter() - start)
         depth = _reach(net, own, labels[sl], todo, torch.maximum(m - s, m32), left) \
             if done and bool(todo.any()) and left > 0 else 0

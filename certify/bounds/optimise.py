@@ -9,12 +9,13 @@ neuron wherever its functional on sigma's output is positive (the lower line), t
 
 `optimised_margins` starts every alpha at the chord's slope (the pass as it is: the first bound equals the CROWN
 pass's) and climbs the rows' bounds by projected Adam steps on alpha in [sigma'(l), sigma'(u)] (the slope range on
-the interval; [a, b] where sigma is not monotone in slope), keeping the best bound each row reached: every iterate is a sound
-bound for its alphas, so the best of them is too. With the float32 terms (certify.bounds.roundoff.Float32Terms) each
-row also bounds the float32 margin, C - R, as the CROWN pass does; a row climbs the better of its two routes to a
-proof (C above the slack, or C - R above 0) and stops counting once proven. The intermediate boxes are kept as given
-(the linear or refine stage's): only the last pass is optimised, so the cost is a few dozen backward passes of the
-open margins. The stages of a Runge-Kutta step keep the parallel lines."""
+the interval; [a, b] where sigma is not monotone in slope), keeping the best bound each row reached: every iterate
+is a sound bound for its alphas, so the best of them is too. With the float32 terms
+(certify.bounds.roundoff.Float32Terms) each row also bounds the float32 margin, C - R, as the CROWN pass does; a row
+climbs the better of its two routes to a proof (C above the slack, or C - R above 0) and stops counting once proven.
+The intermediate boxes are kept as given (the linear or refine stage's): only the last pass is optimised, so the
+cost is a few dozen backward passes of the open margins. The stages of a Runge-Kutta step keep the parallel
+lines."""
 
 from __future__ import annotations
 
