@@ -4,8 +4,8 @@ weight-regularized and certified-trained models, in one run.
     python bench/tightness.py [MODEL:EPS,EPS ...] [--limit 100] [--threads 2] [--pgd-steps 50]
 
 Each `--bound` runs global first, then its tight stages on the inputs still unproven: local (boxes), crown (+ the
-backward pass), linear (+ linear intermediate bounds), auto (all, with PGD dropping the inputs it breaks before
-the linear stage). The ratios that matter: auto's certified accuracy vs PGD (the gap no certifier can close is
+backward pass), linear (+ linear intermediate bounds), alpha (+ the backward pass with optimised lower lines), auto
+(all, with PGD dropping the inputs it breaks before the linear stage). The ratios that matter: auto's certified accuracy vs PGD (the gap no certifier can close is
 below PGD), and auto's time vs crown's (the escalation's cost where the cheap stages already suffice). Figures of
 one run on one machine; the timing columns are comparable only within this run."""
 
@@ -17,7 +17,7 @@ import torch
 from checkpoint_specs import checkpoint_runs, pgd_accuracy
 from certify.run import certify_model
 
-BOUNDS = ("global", "local", "crown", "linear", "auto")
+BOUNDS = ("global", "local", "crown", "linear", "alpha", "auto")
 DEFAULT = ("examples/models/mnist_plain_paper.pt:0.005,0.01,0.02", "examples/models/mnist_weightreg.pt:0.02,0.05",
            "examples/models/mnist_certified_linf.pt:0.1", "examples/models/mnist_linf_0.1.pt:0.1")
 

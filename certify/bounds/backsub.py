@@ -242,7 +242,8 @@ def branch_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: fl
     boxes with `terms`) by splitting pre-activation intervals, depth first, until every branch's margins are proven
     or `deadline` (time.perf_counter) passes. With `terms` a margin is proven on a branch when its float32 bound
     C - R > 0, else when C > `slack`. Each open branch splits the neuron whose relaxation gap weighs most in its open
-    margins (`gap_weights`) into two halves (`_split`); the halves cover the interval, so a margin proven on both is
+    margins (`gap_weights`) into two halves (`_split`); a branch's margins the plain pass leaves open get the pass
+    with optimised lower lines too (certify.bounds.optimise); the halves cover the interval, so a margin proven on both is
     proven on the branch, and the least of its bounds over the branches is a bound over the input set. The search
     gives up (as the refine rounds do, HOPELESS) when a branch at depth d is further from a proof than HOPELESS x
     what its own split gained x the `depth` - d splits left: every branch must close.
@@ -260,6 +261,12 @@ def branch_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: fl
         lb, r = rounded_margins(net, node, u, labels, eps, norm, want, terms)
         value = lb - r if terms is not None else lb
         done = want & ((value > 0) if terms is not None else ~unproven(lb, slack))
+        if bool((want & ~done).any()):  # the node's pass again with optimised lower lines
+            o = optimised_margins(net, node, u, labels, eps, norm, want & ~done, slack, terms)
+            lb = torch.where(want & ~done, torch.maximum(lb, o.margins), lb)
+            value = torch.where(want & ~done, torch.maximum(value, o.rounded if terms is not None else o.margins),
+                                value)
+            done = want & ((value > 0) if terms is not None else ~unproven(lb, slack))
         best = torch.where(done, torch.minimum(best, value), best)
         want = want & ~done
         if not bool(want.any()):
