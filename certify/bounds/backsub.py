@@ -43,7 +43,7 @@ from certify.bounds.crown import float32_boxes, input_minimum, rounded_margins
 from certify.bounds.layers import Act, FieldStep, Pre, meet, row_dot, take
 from certify.bounds.linear import DEFAULT_BUDGET
 from certify.bounds.local import LayerBounds
-from certify.bounds.optimise import optimised_margins
+from certify.bounds.optimise import optimised_margins, relaxed_layers
 from certify.bounds.radius import unproven
 from certify.bounds.relax import CachedBox, relaxation
 from certify.bounds.roundoff import ENGINE_MARGIN, Float32Terms
@@ -55,12 +55,6 @@ DEFAULT_ROWS = 6000  # neuron-layers back-substituted per input and round (about
 FIRST_ROWS = 250  # the first round's size; each next one doubles (up to `rows`) while the time left allows
 HOPELESS = 8.0  # ... or when some open margin would need more than this times its last round's pace in the time left
 PROGRESS = 0.01  # a round that closes no open margin's distance to a proof by this fraction ends the input's rounds
-
-
-def _refinable(net: Unrolled, pre: list[Pre]) -> list[int]:
-    """The layers whose pre-activation box back-substitution recomputes: sigma layers and Euler-type steps."""
-    return [k for k, layer in enumerate(net.layers[:-1])
-            if pre[k] is not None and isinstance(layer, (Act, FieldStep))]
 
 
 def _gap(net: Unrolled, box: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -161,7 +155,7 @@ def backsub_bounds(net: Unrolled, u: torch.Tensor, eps: float | torch.Tensor, no
     step. With the float32 `terms`, `bounds` and the result hold the float32 states' pre-activations
     (certify.bounds.crown.float32_boxes)."""
     pre: list[Pre] = [p if p is None or isinstance(p, CachedBox) else CachedBox(*p) for p in bounds.pre]
-    for k in _refinable(net, pre):
+    for k in relaxed_layers(net, pre):
         mask = _gap(net, pre[k]) > 0 if masks is None else masks.get(k)  # type: ignore[arg-type]
         if mask is not None and bool(mask.any()):
             pre[k] = CachedBox(*meet(pre[k], _refine(net, k, pre, bounds, u, eps, norm, budget, mask, terms)))  # type: ignore[arg-type]
@@ -176,7 +170,7 @@ def gap_weights(net: Unrolled, bounds: LayerBounds, labels: torch.Tensor, pairs:
     B = labels.shape[0]
     b_idx, j_idx = (pairs & ~F.one_hot(labels, W.shape[0]).bool()).nonzero(as_tuple=True)
     lam, const = W[labels[b_idx]] - W[j_idx], c[labels[b_idx]] - c[j_idx]
-    keep = set(_refinable(net, bounds.pre))
+    keep = set(relaxed_layers(net, bounds.pre))
     out = {}
     for k in range(len(net.layers) - 2, -1, -1):
         layer, box = net.layers[k], bounds.pre[k]
@@ -319,7 +313,7 @@ def refine_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: fl
         own = bounds.select(sl) if t is None else float32_boxes(bounds.select(sl), t)
         m, m32, s = best[sl], best32[sl], slack_t[sl]
         e = eps[sl] if isinstance(eps, torch.Tensor) and eps.dim() else eps
-        done = {k: torch.zeros_like(_gap(net, own.pre[k]), dtype=torch.bool) for k in _refinable(net, own.pre)}
+        done = {k: torch.zeros_like(_gap(net, own.pre[k]), dtype=torch.bool) for k in relaxed_layers(net, own.pre)}
         start, size = time.perf_counter(), min(FIRST_ROWS, rows)
         while done and (todo := unproven(m, s) & ~(m32 > 0)).any() and size >= 1:
             began = time.perf_counter()

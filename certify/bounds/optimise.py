@@ -8,8 +8,8 @@ Which alpha is best depends on the margin: a row of the pass (an input's margin 
 neuron wherever its functional on sigma's output is positive (the lower line), the chord wherever it is negative.
 
 `optimised_margins` starts every alpha at the chord's slope (the pass as it is: the first bound equals the CROWN
-pass's) and climbs the rows' bounds by projected Adam steps on alpha in [sigma'(l), sigma'(u)] (the slope range on
-the interval; [a, b] where sigma is not monotone in slope), keeping the best bound each row reached: every iterate
+pass's) and climbs the rows' bounds by projected Adam steps on alpha in the slope range of sigma on the interval
+(`Activation.slope_range`: [sigma'(l), sigma'(u)] for a convex sigma), keeping the best bound each row reached: every iterate
 is a sound bound for its alphas, so the best of them is too. With the float32 terms
 (certify.bounds.roundoff.Float32Terms) each row also bounds the float32 margin, C - R, as the CROWN pass does; a row
 climbs the better of its two routes to a proof (C above the slack, or C - R above 0) and stops counting once proven.
@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from certify.bounds.crown import rounded_margins
-from certify.bounds.layers import Act, FieldStep
+from certify.bounds.layers import Act, FieldStep, Pre
 from certify.bounds.local import LayerBounds
 from certify.bounds.relax import CachedBox, SlopedBox, relaxation
 from certify.bounds.roundoff import Float32Terms
 from certify.bounds.unrolled import Unrolled
 
-__all__ = ["STEPS", "LR", "Optimised", "optimised_margins"]
+__all__ = ["STEPS", "LR", "Optimised", "relaxed_layers", "optimised_margins"]
 
 STEPS = 20  # Adam steps on the slopes
 LR = 0.1  # Adam's step size, in slope units (slopes lie in [a, b], b = 1 for every activation here)
@@ -48,10 +48,11 @@ class Optimised:
     steps: int
 
 
-def _free_layers(net: Unrolled, bounds: LayerBounds) -> list[int]:
-    """The layers whose relaxation gets rows' own lower lines: sigma layers and Euler-type steps with a box."""
-    return [k for k, layer in enumerate(net.layers[:-1])
-            if bounds.pre[k] is not None and isinstance(layer, (Act, FieldStep))]
+def relaxed_layers(net: Unrolled, pre: list[Pre]) -> list[int]:
+    """The layers whose pre-activation box has a relaxation of sigma of its own: sigma layers and Euler-type steps with
+    a box (the ones back-substitution refines and whose lower lines are optimised here; a Runge-Kutta step's stage
+    boxes are kept as they are)."""
+    return [k for k, layer in enumerate(net.layers[:-1]) if pre[k] is not None and isinstance(layer, (Act, FieldStep))]
 
 
 def _number(t: torch.Tensor) -> torch.Tensor:
@@ -77,7 +78,7 @@ def optimised_margins(net: Unrolled, bounds: LayerBounds, u: torch.Tensor, label
     s = torch.as_tensor(slack, dtype=best.dtype, device=best.device)
     s = (s.reshape(-1, 1) if s.dim() == 1 else s).expand(B, K)[b_idx, j_idx]
     act = net.act
-    free = _free_layers(net, bounds)
+    free = relaxed_layers(net, bounds.pre)
     base = [p if p is None or isinstance(p, CachedBox) else CachedBox(*p) for p in bounds.pre]
     ranges, alphas = {}, []
     for k in free:

@@ -1,7 +1,7 @@
 """Bounds of the float32 margin itself (certify.bounds.crown.rounded_margins, the refine stage) against the float32
 network as it runs: at random, vertex and PGD points of the ball the float32 model's margin never falls below C - R,
-the refined bounds included (back-substituted in float32 rows where every layer has the rule); C stays below the
-exact margin; a network with Runge-Kutta steps has no such terms."""
+the refined bounds (back-substituted in float32 rows where every layer has the rule) and the optimised lower lines'
+included; C stays below the exact margin; a network with Runge-Kutta steps has no such terms."""
 
 import torch
 from hypothesis import given, settings
@@ -13,6 +13,7 @@ from certify.bounds.crown import float32_boxes, rounded_margins
 from certify.bounds.layers import RKStep
 from certify.bounds.linear import linear_bounds
 from certify.bounds.local import local_bounds
+from certify.bounds.optimise import optimised_margins
 from certify.bounds.radius import float32_below
 from certify.bounds.roundoff import ball_terms
 from certify.bounds.unrolled import unroll
@@ -45,6 +46,8 @@ def test_float32_margin_bounds_hold_for_the_float32_network_at_random_vertex_and
     assert (r[other] > 0).all() and torch.isfinite(r[other]).all()
     ref = refine_margins(net, u64, y, eps, norm, lin, c, float("inf"), seconds=5.0, rows=64, terms=terms)
     assert (ref.margins >= c).all() and (ref.rounds > 0).all()  # every margin open at first: a round ran
+    opt = optimised_margins(net, float32_boxes(lin, terms), u64, y, eps, norm, other, float("inf"), terms, steps=8)
+    assert (opt.rounded[other] >= (c - r)[other] - 1e-9 * (1 + (c - r)[other].abs())).all()  # from the CROWN pass
     points = [u] + _ball_points(u, eps, norm, gen, 6)
     if norm == "inf":
         lo, hi = (u - eps).clamp(0, 1), (u + eps).clamp(0, 1)
@@ -56,7 +59,7 @@ def test_float32_margin_bounds_hold_for_the_float32_network_at_random_vertex_and
             z = net(p.double())
         true32 = z32.gather(1, y[:, None]) - z32
         true = z.gather(1, y[:, None]) - z
-        for bound32 in (c - r, ref.rounded):
+        for bound32 in (c - r, ref.rounded, opt.rounded):
             assert (bound32[other] <= true32[other]).all(), float((bound32 - true32)[other].max())
-        for bound in (c, ref.margins):  # over the float32 boxes, which hold the exact states too
+        for bound in (c, ref.margins, opt.margins):  # over the float32 boxes, which hold the exact states too
             assert (bound[other] <= true[other] + 1e-9 * (1 + true[other].abs())).all()

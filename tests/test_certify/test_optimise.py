@@ -1,29 +1,23 @@
 """Optimised lower lines (certify.bounds.optimise) against brute force: a line of any slope with `line_offsets`'
 lower offset lies below sigma on a dense grid of the interval; the backward pass with any lower slopes per row and
 neuron (random ones, far outside the slope range, included) never exceeds a true margin at sampled, vertex and PGD
-points; the optimised bounds start from the CROWN pass's and never fall below it, bound the float32 network's margin
-as it runs with the float32 terms, and gain where the chord's parallel line is loose."""
+points; the optimised bounds start from the CROWN pass's and never fall below it, and gain where the chord's parallel
+line is loose. (With the float32 terms they bound the float32 network's margin: test_float32_margins.)"""
 
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certify.bounds.attacks import pgd
-from certify.bounds.crown import backward_margins, float32_boxes, rounded_margins
-from certify.bounds.layers import RKStep
+from certify.bounds.crown import backward_margins, rounded_margins
 from certify.bounds.linear import linear_bounds
-from certify.bounds.local import LayerBounds, local_bounds
-from certify.bounds.optimise import _free_layers, optimised_margins
-from certify.bounds.radius import float32_below
+from certify.bounds.local import LayerBounds
+from certify.bounds.optimise import optimised_margins, relaxed_layers
 from certify.bounds.relax import NARROW, SlopedBox, line_offsets
-from certify.bounds.roundoff import ball_terms
-from certify.bounds.unrolled import unroll
 from contraction.slopes import get_activation
 from tests.profiles import budget
-from tests.strategies import model_configs, random_case, random_model, seeds
+from tests.strategies import model_configs, random_case, seeds
 from tests.test_certify.test_linear import _points
-from tests.test_certify.test_roundoff import _ball_points
 
 ACTS = ["smooth_leaky_relu", "leaky_relu", "tanh"]
 
@@ -64,10 +58,10 @@ def test_any_lower_slopes_and_the_optimised_ones_never_exceed_a_true_margin(cfg,
     b_idx, _ = other.nonzero(as_tuple=True)
     # random slopes per row and neuron in [-1, 2]: sound too (the offsets are the exact minimum for any slope)
     rand = {k: 3 * torch.rand(len(b_idx), *lin.pre[k][0].shape[1:], generator=gen, dtype=torch.float64) - 1
-            for k in _free_layers(net, lin)}
+            for k in relaxed_layers(net, lin.pre)}
     random_bound = rounded_margins(net, _sloped(net, lin, rand, b_idx), u, y, eps, norm)[0]
     opt = optimised_margins(net, lin, u, y, eps, norm, other, float("inf"), steps=8)
-    assert opt.steps == (8 if _free_layers(net, lin) else 0)  # nothing proven at an infinite slack: every step ran
+    assert opt.steps == (8 if relaxed_layers(net, lin.pre) else 0)  # nothing proven at an infinite slack: every step ran
     # the first iterate is the CROWN pass (the chord's slope on both lines)
     assert (opt.margins[other] >= crown[other] - 1e-9 * (1 + crown[other].abs())).all()
     for x in _points(u, eps, norm, gen, model, y):
@@ -77,35 +71,6 @@ def test_any_lower_slopes_and_the_optimised_ones_never_exceed_a_true_margin(cfg,
         for bound in (random_bound, opt.margins):
             b = bound[other]
             assert (b.masked_fill(b.isinf(), -1e30) <= true + tol).all(), float((b - true).max())
-
-
-@settings(max_examples=budget(8), deadline=None)
-@given(model_configs(), seeds, st.sampled_from([1.0, 2.5]), st.sampled_from(["inf", "2"]),
-       st.sampled_from([0.02, 0.1]))
-def test_optimised_float32_margin_bounds_hold_for_the_float32_network(cfg, seed, scale, norm, eps):
-    model32 = random_model(cfg, seed, scale).float()
-    net = unroll(model32)
-    gen = torch.Generator().manual_seed(seed)
-    u = torch.rand(2, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen)
-    u64 = u.double()
-    local = local_bounds(net, u64, eps, norm)
-    terms = ball_terms(net, u64, eps, norm, local)
-    if any(isinstance(layer, RKStep) for layer in net.layers):
-        return  # no float32 terms for Runge-Kutta steps (test_float32_margins)
-    with torch.no_grad():
-        y = model32(u).argmax(1)
-    lin = float32_boxes(linear_bounds(net, u64, eps, norm, local=local), terms)
-    other = ~F.one_hot(y, net.readout_weight.shape[0]).bool()
-    c, r = rounded_margins(net, lin, u64, y, eps, norm, terms=terms)
-    opt = optimised_margins(net, lin, u64, y, eps, norm, other, float("inf"), terms, steps=8)
-    assert (opt.rounded[other] >= (c - r)[other] - 1e-9 * (1 + (c - r)[other].abs())).all()
-    points = [u] + _ball_points(u, eps, norm, gen, 6)
-    points.append(pgd(model32, u, y, eps=float32_below(eps), norm=norm, steps=10, loss="margin"))
-    for p in points:
-        with torch.no_grad():
-            z32 = model32(p).double()
-        true32 = (z32.gather(1, y[:, None]) - z32)[other]
-        assert (opt.rounded[other] <= true32).all(), float((opt.rounded[other] - true32).max())
 
 
 def test_optimised_slopes_gain_where_the_parallel_line_is_loose():
