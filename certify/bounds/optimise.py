@@ -93,7 +93,7 @@ def optimised_margins(net: Unrolled, bounds: LayerBounds, u: torch.Tensor, label
     for step in range(steps + 1):
         pre = list(base)
         for k, alpha in zip(free, alphas):
-            pre[k] = SlopedBox(pre[k][0], pre[k][1], act, alpha, b_idx)  # type: ignore[index]
+            pre[k] = SlopedBox(base[k], act, alpha, b_idx)  # type: ignore[arg-type]
         with torch.enable_grad():
             c, r = rounded_margins(net, LayerBounds(bounds.boxes, pre, bounds.input_lo, bounds.input_hi,
                                                     bounds.balls), u, labels, eps, norm, want, terms)

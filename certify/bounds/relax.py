@@ -57,9 +57,10 @@ def line_offsets(act: Activation, lo: torch.Tensor, hi: torch.Tensor,
     by MARGIN (and by b times half the width of a NARROW interval). Any slope k gives sound offsets; differentiable in
     k."""
     candidates = [lo, hi, 0.5 * (lo + hi)] + [torch.minimum(torch.maximum(z, lo), hi) for z in act.tangent_points(k)]
-    g = torch.stack([act.fn(z) - k * z for z in candidates])
+    values = [act.fn(z) for z in candidates]  # sigma at lo and hi first: the margin's scale
+    g = torch.stack([v - k * z for v, z in zip(values, candidates)])
     width = hi - lo
-    margin = MARGIN * (1.0 + act.fn(lo).abs() + act.fn(hi).abs()) \
+    margin = MARGIN * (1.0 + values[0].abs() + values[1].abs()) \
         + 0.5 * act.b * torch.where(width < NARROW, width, torch.zeros_like(width))
     return g.amin(0) - margin, g.amax(0) + margin
 
@@ -74,13 +75,15 @@ class CachedBox(tuple):
 
 
 class SlopedBox(CachedBox):
-    """A CachedBox whose backward passes use, for the rows of one pass (`rows`: the input of each row), their own
-    lower lines: slope `slopes` [R, ...] and offset `offsets` [R, ...] (`line_offsets` on the rows' boxes) wherever a
-    row's functional is positive; the chord (the relaxation's upper line) wherever it is negative."""
+    """The CachedBox `base` whose backward passes use, for the rows of one pass (`rows`: the input of each row), their
+    own lower lines: slope `slopes` [R, ...] and offset `offsets` [R, ...] (`line_offsets` on the rows' boxes) wherever
+    a row's functional is positive; the chord (the relaxation's upper line) wherever it is negative. It shares `base`'s
+    relaxations: a new set of slopes does not recompute the chords."""
 
-    def __new__(cls, lo: torch.Tensor, hi: torch.Tensor, act: Activation, slopes: torch.Tensor,
-                rows: torch.Tensor) -> "SlopedBox":
+    def __new__(cls, base: CachedBox, act: Activation, slopes: torch.Tensor, rows: torch.Tensor) -> "SlopedBox":
+        lo, hi = base
         box = super().__new__(cls, lo, hi)
+        box.relaxations = base.relaxations
         box.slopes = slopes
         box.offsets = line_offsets(act, lo[rows].to(torch.float64), torch.maximum(hi, lo)[rows].to(torch.float64),
                                    slopes)[0]

@@ -13,7 +13,7 @@ from certify.bounds.crown import backward_margins, rounded_margins
 from certify.bounds.linear import linear_bounds
 from certify.bounds.local import LayerBounds
 from certify.bounds.optimise import optimised_margins, relaxed_layers
-from certify.bounds.relax import NARROW, SlopedBox, line_offsets
+from certify.bounds.relax import NARROW, CachedBox, SlopedBox, line_offsets
 from contraction.slopes import get_activation
 from tests.profiles import budget
 from tests.strategies import model_configs, random_case, seeds
@@ -43,7 +43,7 @@ def test_a_line_of_any_slope_with_its_offsets_encloses_sigma_on_a_dense_grid(nam
 def _sloped(net, bounds: LayerBounds, slopes: dict[int, torch.Tensor], rows: torch.Tensor) -> LayerBounds:
     pre = list(bounds.pre)
     for k, s in slopes.items():
-        pre[k] = SlopedBox(pre[k][0], pre[k][1], net.act, s, rows)
+        pre[k] = SlopedBox(CachedBox(*pre[k]), net.act, s, rows)
     return LayerBounds(bounds.boxes, pre, bounds.input_lo, bounds.input_hi, bounds.balls)
 
 
