@@ -254,13 +254,14 @@ def branch_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: fl
         branches += 1
         lb, r = rounded_margins(net, node, u, labels, eps, norm, want, terms)
         value = lb - r if terms is not None else lb
-        done = want & ((value > 0) if terms is not None else ~unproven(lb, slack))
+        proven = lambda: want & ((value > 0) if terms is not None else ~unproven(lb, slack))  # noqa: E731
+        done = proven()
         if bool((want & ~done).any()):  # the node's pass again with optimised lower lines
             o = optimised_margins(net, node, u, labels, eps, norm, want & ~done, slack, terms)
             lb = torch.where(want & ~done, torch.maximum(lb, o.margins), lb)
             value = torch.where(want & ~done, torch.maximum(value, o.rounded if terms is not None else o.margins),
                                 value)
-            done = want & ((value > 0) if terms is not None else ~unproven(lb, slack))
+            done = proven()
         best = torch.where(done, torch.minimum(best, value), best)
         want = want & ~done
         if not bool(want.any()):
