@@ -5,9 +5,10 @@ weight-regularized and certified-trained models, in one run.
 
 Each `--bound` runs global first, then its tight stages on the inputs still unproven: local (boxes), crown (+ the
 backward pass), linear (+ linear intermediate bounds), alpha (+ the backward pass with optimised lower lines), auto
-(all, with PGD dropping the inputs it breaks before the linear stage). The ratios that matter: auto's certified accuracy vs PGD (the gap no certifier can close is
-below PGD), and auto's time vs crown's (the escalation's cost where the cheap stages already suffice). Figures of
-one run on one machine; the timing columns are comparable only within this run."""
+(all, with PGD dropping the inputs it breaks before the linear stage). The ratios that matter: auto's certified
+accuracy vs PGD (the gap no certifier can close is below PGD), and auto's time vs crown's (the escalation's cost where
+the cheap stages already suffice). Figures of one run on one machine; the timing columns are comparable only within
+this run."""
 
 import argparse
 import time

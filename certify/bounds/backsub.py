@@ -43,7 +43,7 @@ from certify.bounds.crown import float32_boxes, input_minimum, rounded_margins
 from certify.bounds.layers import Act, FieldStep, Pre, meet, row_dot, take
 from certify.bounds.linear import DEFAULT_BUDGET
 from certify.bounds.local import LayerBounds
-from certify.bounds.optimise import optimised_margins, relaxed_layers
+from certify.bounds.optimise import optimised_margins, raise_open, relaxed_layers
 from certify.bounds.radius import unproven
 from certify.bounds.relax import CachedBox, relaxation
 from certify.bounds.roundoff import ENGINE_MARGIN, Float32Terms
@@ -237,8 +237,8 @@ def branch_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: fl
     or `deadline` (time.perf_counter) passes. With `terms` a margin is proven on a branch when its float32 bound
     C - R > 0, else when C > `slack`. Each open branch splits the neuron whose relaxation gap weighs most in its open
     margins (`gap_weights`) into two halves (`_split`); a branch's margins the plain pass leaves open get the pass
-    with optimised lower lines too (certify.bounds.optimise); the halves cover the interval, so a margin proven on both is
-    proven on the branch, and the least of its bounds over the branches is a bound over the input set. The search
+    with optimised lower lines too (certify.bounds.optimise); the halves cover the interval, so a margin proven on
+    both is proven on the branch, and the least of its bounds over the branches is a bound over the input set. The search
     gives up (as the refine rounds do, HOPELESS) when a branch at depth d is further from a proof than HOPELESS x
     what its own split gained x the `depth` - d splits left: every branch must close.
 
@@ -340,8 +340,7 @@ def refine_margins(net: Unrolled, u: torch.Tensor, labels: torch.Tensor, eps: fl
             size = int(min(2 * size, rows, size * left / max(now - began, 1e-9)))
         todo = unproven(m, s) & ~(m32 > 0)
         if neurons[i] > 0 and bool(todo.any()):  # the refined boxes' pass with optimised lower lines
-            o = optimised_margins(net, own, u[sl], labels[sl], e, norm, todo, s, t)
-            m, m32 = torch.maximum(m, o.margins), torch.maximum(m32, o.rounded)
+            m, m32 = raise_open(net, own, u[sl], labels[sl], e, norm, m, m32, s, t)
             todo = unproven(m, s) & ~(m32 > 0)
         left = seconds - (time.perf_counter() - start)
         depth = _reach(net, own, labels[sl], todo, torch.maximum(m - s, m32), left) \

@@ -9,8 +9,8 @@ neuron wherever its functional on sigma's output is positive (the lower line), t
 
 `optimised_margins` starts every alpha at the chord's slope (the pass as it is: the first bound equals the CROWN
 pass's) and climbs the rows' bounds by projected Adam steps on alpha in the slope range of sigma on the interval
-(`Activation.slope_range`: [sigma'(l), sigma'(u)] for a convex sigma), keeping the best bound each row reached: every iterate
-is a sound bound for its alphas, so the best of them is too. With the float32 terms
+(`Activation.slope_range`: [sigma'(l), sigma'(u)] for a convex sigma), keeping the best bound each row reached:
+every iterate is a sound bound for its alphas, so the best of them is too. With the float32 terms
 (certify.bounds.roundoff.Float32Terms) each row also bounds the float32 margin, C - R, as the CROWN pass does; a row
 climbs the better of its two routes to a proof (C above the slack, or C - R above 0) and stops counting once proven.
 The intermediate boxes are kept as given (the linear or refine stage's): only the last pass is optimised, so the
@@ -27,11 +27,12 @@ import torch.nn.functional as F
 from certify.bounds.crown import rounded_margins
 from certify.bounds.layers import Act, FieldStep, Pre
 from certify.bounds.local import LayerBounds
+from certify.bounds.radius import unproven
 from certify.bounds.relax import CachedBox, SlopedBox, relaxation
 from certify.bounds.roundoff import Float32Terms
 from certify.bounds.unrolled import Unrolled
 
-__all__ = ["STEPS", "LR", "Optimised", "relaxed_layers", "optimised_margins"]
+__all__ = ["STEPS", "LR", "Optimised", "relaxed_layers", "optimised_margins", "raise_open"]
 
 STEPS = 20  # Adam steps on the slopes
 LR = 0.1  # Adam's step size, in slope units (slopes lie in [a, b], b = 1 for every activation here)
@@ -117,3 +118,12 @@ def optimised_margins(net: Unrolled, bounds: LayerBounds, u: torch.Tensor, label
             for k, alpha in zip(free, alphas):
                 alpha.copy_(torch.minimum(torch.maximum(alpha, ranges[k][0]), ranges[k][1]))
     return Optimised(best, best32, taken)
+
+
+def raise_open(net: Unrolled, bounds: LayerBounds, u: torch.Tensor, labels: torch.Tensor, eps: float | torch.Tensor,
+               norm: str, margins: torch.Tensor, rounded: torch.Tensor, slack: torch.Tensor | float,
+               terms: Float32Terms | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`margins` (C) and `rounded` (C - R), [B, K], each raised to the pass with optimised lower lines over `bounds`
+    on the margins still open (C not above `slack` and C - R not above 0); the others stay as they are."""
+    o = optimised_margins(net, bounds, u, labels, eps, norm, unproven(margins, slack) & ~(rounded > 0), slack, terms)
+    return torch.maximum(margins, o.margins), torch.maximum(rounded, o.rounded)

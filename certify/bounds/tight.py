@@ -33,7 +33,7 @@ from certify.bounds.backsub import refine_margins
 from certify.bounds.crown import crown_stage, float32_boxes
 from certify.bounds.linear import linear_bounds
 from certify.bounds.local import LayerBounds, box_margins, local_bounds
-from certify.bounds.optimise import optimised_margins
+from certify.bounds.optimise import raise_open
 from certify.bounds.radius import unproven
 from certify.bounds.roundoff import Float32Terms, ball_error, ball_terms, margin_slack
 from certify.bounds.unrolled import Unrolled
@@ -77,9 +77,8 @@ def stage_margins(stage: str, net: Unrolled, u: torch.Tensor, labels: torch.Tens
         terms = ball_terms(net, u, eps, norm, bounds)
     _, m, m32 = crown_stage(net, u, labels, eps, norm, slack, bounds, terms)
     if stage == "alpha":
-        o = optimised_margins(net, bounds if terms is None else float32_boxes(bounds, terms), u, labels, eps, norm,
-                              unproven(m, slack) & ~(m32 > 0), slack, terms)
-        m, m32 = torch.maximum(m, o.margins), torch.maximum(m32, o.rounded)
+        m, m32 = raise_open(net, bounds if terms is None else float32_boxes(bounds, terms), u, labels, eps, norm, m,
+                            m32, slack, terms)
     if stage == "refine":
         r = refine_margins(net, u, labels, eps, norm, bounds, m, slack, seconds=refine_seconds, terms=terms,
                            rounded=m32)

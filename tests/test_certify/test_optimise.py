@@ -61,7 +61,8 @@ def test_any_lower_slopes_and_the_optimised_ones_never_exceed_a_true_margin(cfg,
             for k in relaxed_layers(net, lin.pre)}
     random_bound = rounded_margins(net, _sloped(net, lin, rand, b_idx), u, y, eps, norm)[0]
     opt = optimised_margins(net, lin, u, y, eps, norm, other, float("inf"), steps=8)
-    assert opt.steps == (8 if relaxed_layers(net, lin.pre) else 0)  # nothing proven at an infinite slack: every step ran
+    # nothing proven at an infinite slack: every step ran
+    assert opt.steps == (8 if relaxed_layers(net, lin.pre) else 0)
     # the first iterate is the CROWN pass (the chord's slope on both lines)
     assert (opt.margins[other] >= crown[other] - 1e-9 * (1 + crown[other].abs())).all()
     for x in _points(u, eps, norm, gen, model, y):
